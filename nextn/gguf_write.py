@@ -1,0 +1,54 @@
+"""Shared helpers for writing GGUF files: tensor type policy, encoding, and all-or-nothing output."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import numpy as np
+from gguf import GGMLQuantizationType as Q
+from gguf.quants import quantize
+
+# llama.cpp keeps these in F32 whatever the output type
+_F32_SUFFIXES = ("ssm_a", "ssm_conv1d.weight", "ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight")
+_BLOCK_QUANTS = (Q.Q8_0, Q.Q5_0, Q.Q4_0)
+_RANK = {Q.F32: 5, Q.BF16: 4, Q.F16: 4, Q.Q8_0: 3, Q.Q6_K: 2, Q.Q5_0: 1, Q.Q5_K: 1, Q.Q4_0: 0, Q.Q4_K: 0}
+
+
+def at_least_q8(q: Q) -> bool:
+    return _RANK.get(q, 0) >= _RANK[Q.Q8_0]
+
+
+def choose_type(name: str, shape, outtype: Q, *, is_mtp: bool = False, keep_mtp_precision: bool = False) -> Q:
+    if len(shape) <= 1 or name.endswith(_F32_SUFFIXES) or name.endswith(".bias"):
+        return Q.F32
+    if is_mtp and keep_mtp_precision and not at_least_q8(outtype):
+        outtype = Q.Q8_0
+    if outtype in _BLOCK_QUANTS and shape[-1] % 32:
+        return Q.F16
+    return outtype
+
+
+def encode_tensor(arr: np.ndarray, qtype: Q) -> tuple[np.ndarray, Q | None]:
+    """Return (array, raw_dtype) ready for GGUFWriter.add_tensor."""
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if qtype == Q.F32:
+        return arr, None
+    if qtype == Q.F16:
+        return arr.astype(np.float16), None
+    return quantize(arr, qtype), qtype
+
+
+@contextlib.contextmanager
+def atomic_output(out: Path):
+    """Yield a temporary path beside `out`; rename it into place only if the block succeeds."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial")
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
