@@ -7,6 +7,7 @@ Tests, the benchmark and examples use them; transformers is needed only here.
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -148,3 +149,39 @@ def make_gguf(out: str | Path, arch: str = "qwen35", *, mode: str = "bundled", o
     out = Path(out)
     ck = make_checkpoint(Path(workdir) if workdir else out.with_suffix(".hf"), arch, **kwargs)
     return convert(ck, out, outtype=outtype, mode=mode, progress=False)
+
+
+def qwen_mtp_reference(hf_dir: str | Path, hf_model):
+    """The Qwen3.5 MTP head rebuilt from transformers' own decoder layer and norms, with the checkpoint's
+    `mtp.*` weights: an independent reference for nextn's MTP forward (transformers does not run it)."""
+    import copy
+
+    import torch.nn as nn
+    from safetensors.torch import load_file
+
+    cfg = hf_model.config
+    module = importlib.import_module(type(hf_model).__module__)
+    layer_cls = next(getattr(module, n) for n in dir(module) if n.endswith("DecoderLayer"))
+    norm_cls = next(getattr(module, n) for n in dir(module) if n.endswith("RMSNorm") and "Gated" not in n)
+
+    class MTPHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            one = copy.deepcopy(cfg)
+            one.layer_types = ["full_attention"]
+            d = cfg.hidden_size
+            self.fc = nn.Linear(2 * d, d, bias=False)
+            self.pre_fc_norm_embedding = norm_cls(d, eps=cfg.rms_norm_eps)
+            self.pre_fc_norm_hidden = norm_cls(d, eps=cfg.rms_norm_eps)
+            self.layers = nn.ModuleList([layer_cls(one, 0)])
+            self.norm = norm_cls(d, eps=cfg.rms_norm_eps)
+
+        def forward(self, embeds, hidden, rope):
+            u = self.fc(torch.cat((self.pre_fc_norm_embedding(embeds), self.pre_fc_norm_hidden(hidden)), -1))
+            u = self.layers[0](u, position_embeddings=rope, attention_mask=None)
+            return self.norm(u)
+
+    head = MTPHead()
+    state = {k[len("mtp."):]: v for k, v in load_file(str(Path(hf_dir) / "mtp.safetensors")).items()}
+    head.load_state_dict(state)
+    return head.eval()

@@ -1,0 +1,43 @@
+"""The acceptance rule of speculative decoding, as one small pure function.
+
+Greedy: keep drafts while they equal the target's argmax, then emit the target's own token (the
+correction on a mismatch, the bonus token when every draft matched).
+Sampling (Leviathan et al. 2023): keep draft x with probability min(1, p(x)/q(x)); on the first
+rejection emit a sample of norm(max(0, p - q)); if all are kept, emit a sample of the last p.
+With one-hot (greedy) drafts q(x) = 1, so x is kept with probability p(x) and the residual is p
+without x. The emitted tokens are distributed exactly as the target's.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def accept(drafts: list[int], target: torch.Tensor, draft_probs: torch.Tensor | None = None,
+           generator: torch.Generator | None = None) -> tuple[int, int]:
+    """Return (number of drafts kept, the token to emit after them).
+
+    target: [k+1] argmax ids (greedy), or [k+1, V] target probabilities (sampling), on the CPU.
+    draft_probs: [k, V] draft distributions the drafts were sampled from; None for one-hot drafts.
+    """
+    if target.dim() == 1:
+        best = target.tolist()
+        n = 0
+        while n < len(drafts) and drafts[n] == best[n]:
+            n += 1
+        return n, best[n]
+    for i, x in enumerate(drafts):
+        p = target[i, x]
+        q = draft_probs[i, x] if draft_probs is not None else 1.0
+        if torch.rand((), generator=generator) < p / q:   # q > 0 because x was drawn from q
+            continue
+        if draft_probs is not None:
+            residual = (target[i] - draft_probs[i]).clamp_min(0)
+        else:
+            residual = target[i].clone()
+            residual[x] = 0
+        if residual.sum() <= 0:         # p == q up to rounding: any sample of p is exact
+            residual = target[i]
+        return i, int(torch.multinomial(residual / residual.sum(), 1, generator=generator))
+    k = len(drafts)
+    return k, int(torch.multinomial(target[k], 1, generator=generator))
