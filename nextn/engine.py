@@ -72,7 +72,6 @@ class _Track:
     text: str = ""
     sent: int = 0               # characters already handed out
     generator: torch.Generator | None = None
-    t_start: float = field(default_factory=time.perf_counter)
 
 
 class Engine:
@@ -86,12 +85,16 @@ class Engine:
         self.runner = ModelRunner(self.model, config.n_parallel, config.ctx_size, use_mtp=want_mtp)
         self.scheduler = Scheduler(config.n_parallel, config.prefill_chunk)
         self.tuner = KTuner(config.draft_max if want_mtp else 0, config.draft_min)
-        self.stats = SpecStats()
+        self.stats = SpecStats()      # cumulative over all requests, updated every step
         self.tracks: dict[int, _Track] = {}
 
     @property
     def mtp_enabled(self) -> bool:
         return self.runner.use_mtp
+
+    @property
+    def device_is_cuda(self) -> bool:
+        return self.model.device.type == "cuda"
 
     # ---- requests ------------------------------------------------------------------------------
     def default_spec(self) -> SpecConfig:
@@ -139,32 +142,38 @@ class Engine:
     def step(self) -> list[Output]:
         plan = self.scheduler.schedule()
         outputs: list[Output] = []
-        if plan.prefill is not None:
+        if plan.prefill:
             outputs += self._prefill(plan.prefill, plan.prefill_tokens)
         if plan.decode:
             outputs += self._decode(plan.decode)
         for seq in self.scheduler.release_finished():
             if not any(o.seq is seq for o in outputs):
                 outputs.append(Output(seq, [], "", True))
-            self.stats.merge(seq.stats)
             self.tracks.pop(seq.id, None)
         return outputs
 
-    def _prefill(self, seq: Sequence, n: int) -> list[Output]:
-        if seq.num_cached == 0:
-            self.runner.start(seq)
+    def _prefill(self, seqs: list[Sequence], ns: list[int]) -> list[Output]:
+        for seq in seqs:
+            if seq.num_cached == 0:
+                self.runner.start(seq)
         t0 = time.perf_counter()
-        hidden = self.runner.prefill(seq, n)
-        if seq.num_cached < seq.n_prompt:
-            seq.stats.prefill_seconds += time.perf_counter() - t0
-            return []
-        logits = self.model.logits(hidden[-1:])
-        token = self._sample_first(seq, logits)
-        self.runner.enqueue_next(seq, token)
-        seq.stats.prefill_seconds += time.perf_counter() - t0
-        seq.status = Status.DECODE
-        self.tracks[seq.id].t_start = time.perf_counter()
-        return [self._emit(seq, [token])]
+        last = self.runner.prefill(seqs, ns)
+        done = [b for b, s in enumerate(seqs) if s.num_cached >= s.n_prompt]
+        outputs = []
+        if done:
+            logits = self.model.logits(last[done])
+            for row, b in enumerate(done):
+                seq = seqs[b]
+                token = self._sample_first(seq, logits[row:row + 1])
+                self.runner.enqueue_next(seq, token)
+                seq.status = Status.DECODE
+                self.stats.prompt_tokens += seq.n_prompt
+                outputs.append(self._emit(seq, [token]))
+        dt = time.perf_counter() - t0
+        for seq, n in zip(seqs, ns):
+            seq.stats.prefill_seconds += dt * n / sum(ns)
+        self.stats.prefill_seconds += dt
+        return outputs
 
     def _sample_first(self, seq: Sequence, logits: torch.Tensor) -> int:
         p = seq.params
@@ -191,8 +200,10 @@ class Engine:
         self.tuner.costs.observe_trunk(len(seqs), max(ks) + 1 if any(res.n_drafted) else 1, res.verify_seconds)
         self.tuner.costs.observe_draft(len(seqs), res.draft_steps, res.draft_seconds)
         outputs = []
+        self.stats.decode_seconds += res.draft_seconds + res.verify_seconds
         for b, seq in enumerate(seqs):
             seq.stats.record(res.n_drafted[b], res.n_accepted[b])
+            self.stats.record(res.n_drafted[b], res.n_accepted[b])
             seq.stats.decode_seconds += res.draft_seconds + res.verify_seconds
             if res.n_drafted[b]:
                 seq.acceptance.update(res.n_drafted[b], res.n_accepted[b])
@@ -213,6 +224,7 @@ class Engine:
                 seq.finish("length")
                 break
         seq.stats.n_generated = seq.n_generated
+        self.stats.n_generated += len(kept)
         track.text += track.decoder.push([t for t in kept if t not in self.tokenizer.eog_ids])
         if seq.is_finished:
             track.text += track.decoder.flush()

@@ -42,18 +42,24 @@ class ModelRunner:
 
     # ---- trunk -------------------------------------------------------------------------------
     @torch.inference_mode()
-    def prefill(self, seq: Sequence, n: int) -> torch.Tensor:
-        """Run the next n prompt tokens through the trunk; returns the hidden states [n, D]."""
-        s = seq.num_cached
-        tokens = torch.tensor([seq.tokens[s:s + n]], device=self.device)
-        step = Step.build([seq.slot], [s], [n], self.device, self.rows, chunked=True)
-        hidden = self.model.forward(tokens, step, self.cache)[0]
-        seq.num_cached += n
-        if self._tracks_mtp(seq):
-            prompt_next = seq.tokens[s + 1:s + n + 1]          # x_{p+1} for the rows whose successor is known
-            self.enqueue(seq.slot, prompt_next, hidden[:len(prompt_next)])
-        self.last_hidden[seq.slot] = hidden[-1]
-        return hidden
+    def prefill(self, seqs: list[Sequence], ns: list[int]) -> torch.Tensor:
+        """Run the next ns[b] prompt tokens of each sequence through the trunk in one batch; returns the
+        hidden state of each sequence's last processed token, [B, D]."""
+        T = max(ns)
+        rows = [s.tokens[s.num_cached:s.num_cached + n] for s, n in zip(seqs, ns)]
+        tokens = torch.tensor([r + [0] * (T - len(r)) for r in rows], device=self.device)
+        step = Step.build([s.slot for s in seqs], [s.num_cached for s in seqs], ns, self.device, self.rows,
+                          chunked=True)
+        hidden = self.model.forward(tokens, step, self.cache)
+        last = hidden[torch.arange(len(seqs), device=self.device), torch.tensor(ns, device=self.device) - 1]
+        for b, (seq, n) in enumerate(zip(seqs, ns)):
+            s = seq.num_cached
+            seq.num_cached += n
+            if self._tracks_mtp(seq):
+                prompt_next = seq.tokens[s + 1:s + n + 1]      # x_{p+1} for the rows whose successor is known
+                self.enqueue(seq.slot, prompt_next, hidden[b, :len(prompt_next)])
+            self.last_hidden[seq.slot] = last[b]
+        return last
 
     @torch.inference_mode()
     def verify(self, seqs: list[Sequence], inputs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:

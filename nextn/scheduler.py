@@ -1,7 +1,8 @@
 """Continuous batching over a fixed number of slots. Pure Python: which sequences run, nothing about tensors.
 
-Each engine step prefills one chunk of at most one admitted prompt and runs one decode step for
-every sequence already decoding, so new requests join and finished ones leave between steps.
+Each engine step prefills the next chunk of admitted prompts (up to `prefill_chunk` tokens in all,
+batched) and runs one decode step for every sequence already decoding, so new requests join and
+finished ones leave between steps.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ from .sequence import Sequence, Status
 
 @dataclass
 class Plan:
-    prefill: Sequence | None = None
-    prefill_tokens: int = 0
+    prefill: list[Sequence] = field(default_factory=list)
+    prefill_tokens: list[int] = field(default_factory=list)
     decode: list[Sequence] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
-        return self.prefill is None and not self.decode
+        return not self.prefill and not self.decode
 
 
 class Scheduler:
@@ -45,11 +46,14 @@ class Scheduler:
             seq.status = Status.PREFILL
             self.active.append(seq)
         plan = Plan()
-        prefilling = [s for s in self.active if s.status == Status.PREFILL]
-        if prefilling:
-            seq = prefilling[0]
-            plan.prefill = seq
-            plan.prefill_tokens = min(self.prefill_chunk, seq.n_prompt - seq.num_cached)
+        budget = self.prefill_chunk
+        for seq in (s for s in self.active if s.status == Status.PREFILL):
+            if budget <= 0:
+                break
+            n = min(budget, seq.n_prompt - seq.num_cached)
+            plan.prefill.append(seq)
+            plan.prefill_tokens.append(n)
+            budget -= n
         plan.decode = [s for s in self.active if s.status == Status.DECODE]
         return plan
 

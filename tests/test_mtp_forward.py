@@ -33,7 +33,7 @@ def test_mtp_forward_matches_reference_after_chunked_prefill(tiny):
     engine.scheduler.schedule()
     runner.start(seq)
     for s in range(0, ids.shape[1], 32):
-        runner.prefill(seq, min(32, ids.shape[1] - s))
+        runner.prefill([seq], [min(32, ids.shape[1] - s)])
     n = ids.shape[1]
     assert runner.queued(seq.slot) == n - 1            # pairs (x_{p+1}, h_p) for positions 1..n-1
     runner.flush([seq], want_logits=False)

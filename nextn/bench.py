@@ -1,0 +1,194 @@
+"""`nextn bench`: plain vs MTP decoding, every configuration in one process on the same prompts.
+
+Reports tokens/s, speedup over plain, acceptance (overall and per draft position), mean accepted
+length, the ideal speedup implied by the measured acceptance and draft cost, and peak memory.
+Prints a table, writes JSON, and draws a PNG chart.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .prompts import load_prompts
+from .sampling import SamplingParams
+from .sequence import SpecConfig
+from .stats import SpecStats
+from .tuner import KTuner
+
+
+@dataclass
+class BenchConfig:
+    name: str
+    spec: SpecConfig
+
+
+def parse_configs(text: str, draft_max: int = 3) -> list[BenchConfig]:
+    out = []
+    for item in [s.strip() for s in text.split(",") if s.strip()]:
+        if item == "none":
+            out.append(BenchConfig("none", SpecConfig(draft_max=0)))
+        elif item in ("mtp", "mtp:auto"):
+            out.append(BenchConfig("mtp:auto", SpecConfig(draft_max=draft_max, adaptive=True)))
+        elif item.startswith("mtp:") and item[4:].isdigit() and int(item[4:]) > 0:
+            out.append(BenchConfig(item, SpecConfig(draft_max=int(item[4:]), adaptive=False)))
+        else:
+            raise ValueError(f"bad --spec entry {item!r}: use none, mtp:K or mtp:auto")
+    if not any(c.name == "none" for c in out):
+        out.insert(0, BenchConfig("none", SpecConfig(draft_max=0)))   # speedups need the plain baseline
+    return out
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run(engine, configs: list[BenchConfig], prompts: dict[str, list[str]], params: SamplingParams,
+        repeats: int = 1, progress: bool = True) -> dict:
+    total = len(configs) * sum(len(v) for v in prompts.values()) * repeats
+    bar = tqdm(total=total, desc="bench", disable=not progress, file=sys.stderr)
+    engine.generate(next(iter(prompts.values()))[0], SamplingParams(max_tokens=8))   # warm-up
+    results = {}
+    for cfg in configs:
+        engine.tuner = KTuner(cfg.spec.draft_max, cfg.spec.draft_min)
+        if engine.device_is_cuda:
+            torch.cuda.reset_peak_memory_stats()
+        by_type = {}
+        for ptype, plist in prompts.items():
+            stats = SpecStats()
+            for _ in range(repeats):
+                for prompt in plist:
+                    bar.set_postfix_str(f"{cfg.name} {ptype}")
+                    stats.merge(engine.generate(prompt, params, spec=cfg.spec).stats)
+                    bar.update()
+            by_type[ptype] = stats
+        draft = engine.tuner.costs.draft_cost(1)
+        results[cfg.name] = {"stats": by_type, "draft_seconds": draft,
+                             "peak_rss_mb": peak_rss_mb(),
+                             "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if engine.device_is_cuda else None}
+    bar.close()
+    return summarize(results, configs)
+
+
+def summarize(results: dict, configs: list[BenchConfig]) -> dict:
+    plain = results["none"]["stats"]
+    rows = []
+    for cfg in configs:
+        r = results[cfg.name]
+        for ptype, st in list(r["stats"].items()) + [("all", _merged(r["stats"]))]:
+            base = plain[ptype] if ptype != "all" else _merged(plain)
+            plain_step = base.decode_seconds / max(base.n_steps, 1)
+            c = (r["draft_seconds"] or 0.0) / plain_step if plain_step else 0.0
+            tok_step = st.n_generated / max(st.n_steps, 1)
+            drafts_step = st.n_draft_tokens / max(st.n_steps, 1)
+            rows.append({
+                "config": cfg.name, "prompts": ptype, "tokens": st.n_generated,
+                "tokens_per_second": round(st.tokens_per_second, 2),
+                "speedup": round(st.tokens_per_second / base.tokens_per_second, 3) if base.tokens_per_second else None,
+                "acceptance_rate": round(st.acceptance_rate, 4),
+                "mean_accepted_length": round(st.mean_accepted_length, 3),
+                "acceptance_per_position": [round(a, 3) for a in st.acceptance_per_position],
+                "tokens_per_step": round(tok_step, 3), "drafts_per_step": round(drafts_step, 3),
+                "draft_cost_ratio": round(c, 4),
+                "ideal_speedup": round(tok_step / (1 + c * drafts_step), 3),
+                "peak_rss_mb": round(r["peak_rss_mb"], 1),
+                "peak_cuda_mb": round(r["peak_cuda_mb"], 1) if r["peak_cuda_mb"] is not None else None,
+            })
+    return {"rows": rows}
+
+
+def _merged(by_type: dict) -> SpecStats:
+    out = SpecStats()
+    for st in by_type.values():
+        out.merge(st)
+    return out
+
+
+def table(summary: dict) -> str:
+    head = (f"{'config':<9} {'prompts':<9} {'tok/s':>8} {'speedup':>8} {'ideal':>6} {'accept':>7} "
+            f"{'mean len':>8} {'per position':<22} {'peak MB':>8}")
+    lines = [head, "-" * len(head)]
+    for r in summary["rows"]:
+        per = " ".join(f"{a:.2f}" for a in r["acceptance_per_position"]) or "-"
+        lines.append(f"{r['config']:<9} {r['prompts']:<9} {r['tokens_per_second']:>8.1f} {r['speedup']:>7.2f}x "
+                     f"{r['ideal_speedup']:>5.2f}x {r['acceptance_rate']:>7.1%} {r['mean_accepted_length']:>8.2f} "
+                     f"{per:<22} {r['peak_cuda_mb'] or r['peak_rss_mb']:>8.0f}")
+    return "\n".join(lines)
+
+
+def chart(summary: dict, path: str | Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in summary["rows"] if r["prompts"] != "all"]
+    configs = list(dict.fromkeys(r["config"] for r in rows))
+    types = list(dict.fromkeys(r["prompts"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    width = 0.8 / len(types)
+    for i, t in enumerate(types):
+        xs = [j + i * width for j in range(len(configs))]
+        get = {r["config"]: r for r in rows if r["prompts"] == t}
+        axes[0].bar(xs, [get[c]["speedup"] for c in configs], width, label=t)
+        axes[1].bar(xs, [get[c]["acceptance_rate"] if c != "none" else 0 for c in configs], width, label=t)
+    for ax, label in zip(axes, ("speedup over plain decoding (x)", "draft acceptance rate")):
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(configs))], configs)
+        ax.set_ylabel(label)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].axhline(1.0, color="black", linewidth=0.8)
+    axes[0].legend(title="prompts", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def add_args(p) -> None:
+    p.add_argument("--spec", dest="configs", default="none,mtp:1,mtp:2,mtp:3,mtp:auto",
+                   help="comma list of none, mtp:K, mtp:auto (default: none,mtp:1,mtp:2,mtp:3,mtp:auto)")
+    p.add_argument("--prompts", default="code,math,chat,creative", help="prompt types, or a .json/.txt file")
+    p.add_argument("-n", "--max-tokens", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--temp", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json-out", default="bench.json")
+    p.add_argument("--png", default="bench.png")
+    p.add_argument("-q", "--quiet", action="store_true")
+
+
+def main(args) -> int:
+    from .cli import engine_config
+    from .engine import Engine
+
+    configs = parse_configs(args.configs, args.draft_max)
+    prompts = load_prompts(args.prompts)
+    spec_wanted = any(c.spec.draft_max > 0 for c in configs)
+    engine = Engine(engine_config(args, progress=not args.quiet, spec="mtp" if spec_wanted else "none",
+                                  draft_max=max(c.spec.draft_max for c in configs)))
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temp, seed=args.seed, ignore_eos=True)
+    t0 = time.time()
+    summary = run(engine, configs, prompts, params, args.repeats, progress=not args.quiet)
+    summary["setup"] = {
+        "model": str(engine.file.path), "device": str(engine.model.device), "dtype": str(engine.model.dtype),
+        "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+        "cpu_count": __import__("os").cpu_count(), "torch": torch.__version__, "max_tokens": args.max_tokens,
+        "temperature": args.temp, "repeats": args.repeats, "seconds": round(time.time() - t0, 1),
+        "command": " ".join(sys.argv),
+    }
+    print(table(summary))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(summary, indent=1))
+    if args.png:
+        chart(summary, args.png, f"{engine.file.path.name} on {summary['setup']['device']} "
+                                 f"({summary['setup']['threads']} threads), greedy, {args.max_tokens} tokens")
+    print(f"wrote {args.json_out} and {args.png}", file=sys.stderr)
+    return 0

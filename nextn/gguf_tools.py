@@ -1,0 +1,216 @@
+"""`nextn gguf ...`: inspect a file's publishing form, and move MTP heads between files without
+reconverting (extract, strip, graft), byte for byte; `quantize` re-encodes on request.
+
+Every command writes through a temporary file, so a refused or failed run leaves no output behind.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import torch
+from gguf import GGMLQuantizationType as Q, GGUFValueType, GGUFWriter
+from tqdm import tqdm
+
+from .errors import NextnError
+from .ggufio import BUNDLED, HEAD_ONLY, TRUNK_ONLY, GGUFFile, open_gguf, tensor_to_torch
+from .gguf_write import atomic_output, choose_type, encode_tensor
+from .loader import head_mismatch
+
+_INTERNAL = ("GGUF.",)
+HEAD_GLOBALS = ("token_embd.weight", "output.weight", "output_norm.weight")
+QUANT_TYPES = {"f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0, "q5_0": Q.Q5_0, "q4_0": Q.Q4_0}
+
+
+def _block(name: str) -> int | None:
+    return int(name.split(".")[1]) if name.startswith("blk.") else None
+
+
+def describe(gf: GGUFFile) -> dict:
+    trunk_bytes = mtp_bytes = other_bytes = 0
+    types = Counter()
+    for t in gf.tensors.values():
+        types[t.tensor_type.name] += 1
+        il = _block(t.name)
+        if il is None:
+            other_bytes += t.n_bytes
+        elif il >= gf.n_trunk:
+            mtp_bytes += t.n_bytes
+        else:
+            trunk_bytes += t.n_bytes
+    tokens = gf.fields.get("tokenizer.ggml.tokens")
+    return {
+        "file": str(gf.path), "size_bytes": gf.path.stat().st_size, "architecture": gf.arch, "form": gf.form,
+        "block_count": gf.n_layer_all, "trunk_layers": gf.n_trunk, "mtp_layers": gf.n_mtp,
+        "mtp_blocks": list(range(gf.n_trunk, gf.n_layer_all)) if gf.n_mtp else [],
+        "embedding_length": gf.arch_meta("embedding_length"), "context_length": gf.arch_meta("context_length"),
+        "vocab_size": len(tokens.data) if tokens is not None else None,
+        "tensor_count": len(gf.tensors), "tensor_types": dict(types),
+        "bytes": {"trunk": trunk_bytes, "mtp": mtp_bytes, "shared": other_bytes},
+        "chat_template": gf.meta("tokenizer.chat_template") is not None,
+    }
+
+
+def inspect_text(info: dict) -> str:
+    mb = lambda b: f"{b / 1e6:.1f} MB"  # noqa: E731
+    hint = {BUNDLED: "trunk and MTP head in one file",
+            TRUNK_ONLY: "no MTP head: pair with an mtp-*.gguf head file or use --spec none",
+            HEAD_ONLY: "MTP head only: pass with --mtp-model next to the trunk file"}[info["form"]]
+    lines = [
+        f"file:          {info['file']} ({mb(info['size_bytes'])})",
+        f"architecture:  {info['architecture']}",
+        f"form:          {info['form']} ({hint})",
+        f"layers:        {info['trunk_layers']} trunk + {info['mtp_layers']} MTP (block_count {info['block_count']})"
+        + (f", MTP blocks {info['mtp_blocks']}" if info["mtp_blocks"] else ""),
+        f"embedding:     {info['embedding_length']}, context {info['context_length']}, vocab {info['vocab_size']}",
+        f"tensors:       {info['tensor_count']} ({', '.join(f'{k} x{v}' for k, v in sorted(info['tensor_types'].items()))})",
+        f"bytes:         trunk {mb(info['bytes']['trunk'])}, MTP {mb(info['bytes']['mtp'])}, "
+        f"shared (embeddings, head, norm) {mb(info['bytes']['shared'])}",
+        f"chat template: {'yes' if info['chat_template'] else 'no'}",
+    ]
+    return "\n".join(lines)
+
+
+def _copy_metadata(w: GGUFWriter, gf: GGUFFile, overrides: dict, drop: set[str]) -> None:
+    """Copy every key with its own type, then apply overrides {key: (value, type, subtype)}."""
+    for key, field in gf.fields.items():
+        if key.startswith(_INTERNAL) or key in drop or key in overrides or key == "general.architecture":
+            continue
+        vtype = field.types[0]
+        sub = field.types[-1] if vtype == GGUFValueType.ARRAY else None
+        w.add_key_value(key, field.contents(), vtype, sub_type=sub)
+    for key, (value, vtype, sub) in overrides.items():
+        w.add_key_value(key, value, vtype, sub_type=sub)
+
+
+def _add_raw(w: GGUFWriter, t) -> None:
+    w.add_tensor(t.name, t.data, raw_dtype=Q(t.tensor_type))
+
+
+def _write(out: Path, arch: str, metadata, tensors: list) -> Path:
+    with atomic_output(out) as tmp:
+        w = GGUFWriter(str(tmp), arch)
+        metadata(w)
+        for t in tensors:
+            _add_raw(w, t)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file(progress=False)
+        w.close()
+    return out
+
+
+def _recurrent_override(gf: GGUFFile, n_blocks: int) -> dict:
+    key = f"{gf.arch}.attention.recurrent_layers"
+    flags = gf.meta(key)
+    if flags is None:
+        return {}
+    flags = [bool(x) for x in flags][:gf.n_trunk] + [False] * (n_blocks - gf.n_trunk)
+    return {key: (flags, GGUFValueType.ARRAY, GGUFValueType.BOOL)}
+
+
+def extract_mtp(src: str | Path, out: str | Path | None = None) -> Path:
+    gf = open_gguf(src)
+    if gf.form != BUNDLED:
+        raise NextnError(f"{gf.path} is {gf.form}; extract-mtp needs a bundled file (trunk + MTP head)")
+    out = Path(out) if out else gf.path.with_name("mtp-" + gf.path.name)
+    if not out.name.startswith("mtp-"):
+        out = out.with_name("mtp-" + out.name)
+    keep = [t for t in gf.tensors.values() if (_block(t.name) or -1) >= gf.n_trunk or t.name in HEAD_GLOBALS]
+    return _write(out, gf.arch, lambda w: _copy_metadata(w, gf, {}, set()), keep)
+
+
+def strip_mtp(src: str | Path, out: str | Path) -> Path:
+    gf = open_gguf(src)
+    if gf.form != BUNDLED:
+        raise NextnError(f"{gf.path} is {gf.form}; strip-mtp needs a bundled file (trunk + MTP head)")
+    keep = [t for t in gf.tensors.values() if _block(t.name) is None or _block(t.name) < gf.n_trunk]
+    overrides = {f"{gf.arch}.block_count": (gf.n_trunk, GGUFValueType.UINT32, None),
+                 **_recurrent_override(gf, gf.n_trunk)}
+    drop = {f"{gf.arch}.nextn_predict_layers"}
+    return _write(Path(out), gf.arch, lambda w: _copy_metadata(w, gf, overrides, drop), keep)
+
+
+def graft_mtp(trunk_path: str | Path, donor_path: str | Path, out: str | Path) -> Path:
+    trunk, donor = open_gguf(trunk_path), open_gguf(donor_path)
+    if trunk.form == HEAD_ONLY:
+        raise NextnError(f"{trunk.path} is a head-only file; graft-mtp needs a trunk (trunk-only or bundled) to graft onto")
+    if donor.form == TRUNK_ONLY:
+        raise NextnError(f"{donor.path} has no MTP layers to take (nextn_predict_layers missing)")
+    if (why := head_mismatch(trunk, donor)) is not None:
+        raise NextnError(f"cannot graft the MTP head of {donor.path} onto {trunk.path}: {why}")
+    n_trunk = trunk.n_trunk
+    body = [t for t in trunk.tensors.values() if _block(t.name) is None or _block(t.name) < n_trunk]
+    head = [t for t in donor.tensors.values() if (_block(t.name) or -1) >= donor.n_trunk]
+    n_all = n_trunk + donor.n_mtp
+    overrides = {f"{trunk.arch}.block_count": (n_all, GGUFValueType.UINT32, None),
+                 f"{trunk.arch}.nextn_predict_layers": (donor.n_mtp, GGUFValueType.UINT32, None),
+                 **_recurrent_override(trunk, n_all)}
+    return _write(Path(out), trunk.arch, lambda w: _copy_metadata(w, trunk, overrides, set()), body + head)
+
+
+def quantize_file(src: str | Path, out: str | Path, qtype: str, keep_mtp_precision: bool = False) -> Path:
+    gf = open_gguf(src)
+    if qtype not in QUANT_TYPES:
+        raise NextnError(f"unknown type {qtype!r} (choose from {', '.join(QUANT_TYPES)})")
+    target = QUANT_TYPES[qtype]
+    with atomic_output(Path(out)) as tmp:
+        w = GGUFWriter(str(tmp), gf.arch)
+        _copy_metadata(w, gf, {}, {"general.file_type"})
+        for t in tqdm(list(gf.tensors.values()), desc=f"quantizing to {qtype}", leave=False):
+            shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+            il = _block(t.name)
+            kind = choose_type(t.name, shape, target, is_mtp=il is not None and il >= gf.n_trunk,
+                               keep_mtp_precision=keep_mtp_precision)
+            if kind == Q(t.tensor_type):
+                _add_raw(w, t)
+                continue
+            arr, raw = encode_tensor(tensor_to_torch(t, torch.float32, gf.path).numpy(), kind)
+            w.add_tensor(t.name, arr, raw_dtype=raw)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file(progress=False)
+        w.close()
+    return Path(out)
+
+
+# ---- command line ---------------------------------------------------------------------------------
+def add_parser(sub) -> None:
+    g = sub.add_parser("gguf", help="inspect GGUF files and move MTP heads between them")
+    gs = g.add_subparsers(dest="gguf_cmd", required=True)
+    p = gs.add_parser("inspect", help="architecture, layers, publishing form, tensor types and sizes")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_inspect)
+    p = gs.add_parser("extract-mtp", help="bundled -> head-only mtp-*.gguf (like mmproj)")
+    p.add_argument("file")
+    p.add_argument("-o", "--out", default=None)
+    p.set_defaults(func=lambda a: _done(extract_mtp(a.file, a.out)))
+    p = gs.add_parser("strip-mtp", help="bundled -> trunk-only (saves memory and disk)")
+    p.add_argument("file")
+    p.add_argument("-o", "--out", required=True)
+    p.set_defaults(func=lambda a: _done(strip_mtp(a.file, a.out)))
+    p = gs.add_parser("graft-mtp", help="take the MTP head of another file of the same model")
+    p.add_argument("file", help="trunk-only (or bundled) file to graft onto")
+    p.add_argument("--from", dest="donor", required=True, help="bundled or head-only file with the MTP head")
+    p.add_argument("-o", "--out", required=True)
+    p.set_defaults(func=lambda a: _done(graft_mtp(a.file, a.donor, a.out)))
+    p = gs.add_parser("quantize", help="re-encode tensors (f16, bf16, q8_0, q5_0, q4_0)")
+    p.add_argument("file")
+    p.add_argument("-o", "--out", required=True)
+    p.add_argument("--type", required=True, choices=list(QUANT_TYPES))
+    p.add_argument("--keep-mtp-precision", action="store_true", help="keep MTP tensors at q8_0 or better")
+    p.set_defaults(func=lambda a: _done(quantize_file(a.file, a.out, a.type, a.keep_mtp_precision)))
+
+
+def _cmd_inspect(args) -> int:
+    info = describe(open_gguf(args.file))
+    print(json.dumps(info, indent=1) if args.json else inspect_text(info))
+    return 0
+
+
+def _done(path: Path) -> int:
+    print(inspect_text(describe(open_gguf(path))))
+    return 0

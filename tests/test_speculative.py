@@ -1,0 +1,179 @@
+"""Speculative decoding with the MTP head: output identical to plain greedy, exact rollback, lossless
+sampling, and statistics that add up."""
+
+import pytest
+import torch
+from scipy import stats as sstats
+
+import nextn.speculative as speculative
+from nextn.engine import Engine
+from nextn.sampling import SamplingParams
+from nextn.sequence import SpecConfig
+
+GREEDY = SamplingParams(max_tokens=48, ignore_eos=True)
+SPECS = [SpecConfig(draft_max=1, adaptive=False), SpecConfig(draft_max=2, adaptive=False),
+         SpecConfig(draft_max=3, adaptive=False), SpecConfig(draft_max=3, adaptive=True)]
+IDS = ["k1", "k2", "k3", "auto"]
+
+
+def _prompt(n=80, seed=0):
+    return torch.randint(3, 300, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+@pytest.fixture(scope="module")
+def engines(tiny):
+    made = {}
+
+    def get(arch, spec="mtp"):
+        if (arch, spec) not in made:
+            made[(arch, spec)] = Engine(model=str(tiny(arch)), spec=spec, prefill_chunk=32, progress=False)
+        return made[(arch, spec)]
+
+    return get
+
+
+@pytest.mark.parametrize("arch", ["qwen35", "qwen35moe"])
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+def test_mtp_greedy_equals_plain_on_random_models(engines, arch, spec):
+    prompt = _prompt()                                      # longer than the 32-token prefill chunk
+    plain = engines(arch, "none").generate(prompt, GREEDY).tokens
+    got = engines(arch).generate(prompt, GREEDY, spec=spec)
+    assert got.tokens == plain
+    assert got.stats.n_draft_tokens > 0
+
+
+@pytest.mark.parametrize("arch", ["qwen35", "qwen35moe"])
+def test_every_acceptance_length_keeps_output_identical(engines, arch, monkeypatch):
+    """Oracle drafts (the true continuation, corrupted at a random position) make every acceptance
+    length 0..k happen; verification and rollback must still give exactly the plain output."""
+    prompt = _prompt(seed=1)
+    plain = engines(arch, "none").generate(prompt, SamplingParams(max_tokens=60, ignore_eos=True)).tokens
+    rng = torch.Generator().manual_seed(0)
+    lengths = []
+    real_accept = speculative.accept
+
+    def oracle(runner, seqs, ks, gens):
+        drafts = []
+        for seq, k in zip(seqs, ks):
+            d = plain[seq.n_generated:seq.n_generated + k]
+            bad = int(torch.randint(0, len(d) + 1, (1,), generator=rng))
+            if bad < len(d):
+                d = d[:bad] + [(d[bad] + 1) % 300] + d[bad + 1:]
+            drafts.append(d)
+        return drafts, [[None] * len(d) for d in drafts], 1
+
+    def accept(drafts, target, q=None, g=None):
+        n, tok = real_accept(drafts, target, q, g)
+        lengths.append((len(drafts), n))
+        return n, tok
+
+    monkeypatch.setattr(speculative, "draft", oracle)
+    monkeypatch.setattr(speculative, "accept", accept)
+    result = engines(arch).generate(prompt, SamplingParams(max_tokens=60, ignore_eos=True),
+                                    spec=SpecConfig(draft_max=3, adaptive=False))
+    assert result.tokens == plain
+    assert {n for k, n in lengths if k == 3} == {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize("arch", ["qwen35", "qwen35moe"])
+@torch.inference_mode()
+def test_rollback_restores_the_recurrent_state_of_each_acceptance_length(engines, arch):
+    from nextn.cache import Cache
+    from nextn.step import Step
+
+    engine = engines(arch)
+    model, cfg = engine.model, engine.cfg
+    prompt = torch.tensor([_prompt(40, seed=2)])
+    extra = torch.tensor([[11, 22, 33, 44]])
+    rec = cfg.recurrent_layers
+    assert rec, "hybrid model must have recurrent layers"
+
+    def fresh():
+        cache = Cache.allocate(cfg, 1, 64, torch.float32, "cpu", with_mtp=False)
+        model.forward(prompt, Step.build([0], [0], [40], "cpu", 64, chunked=True), cache)
+        return cache
+
+    # reference: one token at a time
+    seq_cache = fresh()
+    reference = []
+    for j in range(4):
+        model.forward(extra[:, j:j + 1], Step.build([0], [40 + j], [1], "cpu", 64), seq_cache)
+        seq_cache.commit([1])
+        reference.append({il: (seq_cache.conv[il].clone(), seq_cache.ssm[il].clone()) for il in rec})
+    for keep in range(1, 5):
+        cache = fresh()
+        model.forward(extra, Step.build([0], [40], [4], "cpu", 64), cache)
+        snapshots = {il: cache.pending[il].states[0, :, keep - 1].clone() for il in rec}
+        cache.commit([keep])
+        for il in rec:
+            assert torch.equal(cache.ssm[il][0], snapshots[il])            # exactly the kept snapshot
+            conv_ref, ssm_ref = reference[keep - 1][il]   # same maths, batched: equal up to rounding
+            assert torch.allclose(cache.conv[il], conv_ref, atol=1e-4, rtol=1e-4)
+            assert torch.allclose(cache.ssm[il], ssm_ref, atol=1e-4, rtol=1e-4)
+            other = reference[keep % 4][il][1]             # and clearly not another length's state
+            assert not torch.allclose(cache.ssm[il], other, atol=1e-3, rtol=1e-3)
+
+
+def _exact_second_token_distribution(engine, prompt, params):
+    """p(x2) = sum_x1 p(x1 | prompt) p(x2 | prompt, x1), computed with plain forwards."""
+    from nextn.cache import Cache
+    from nextn.sampling import probabilities
+    from nextn.step import Step
+
+    model, cfg = engine.model, engine.cfg
+    n = len(prompt)
+
+    def next_probs(ids):
+        cache = Cache.allocate(cfg, 1, 128, torch.float32, "cpu", with_mtp=False)
+        h = model.forward(torch.tensor([ids]), Step.build([0], [0], [len(ids)], "cpu", 128, chunked=True), cache)
+        return probabilities(model.logits(h[:, -1]), params)[0]
+
+    with torch.inference_mode():
+        p1 = next_probs(prompt)
+        total = torch.zeros_like(p1)
+        for t in p1.nonzero().flatten().tolist():
+            total += p1[t] * next_probs(prompt + [t])
+    assert abs(float(total.sum()) - 1) < 1e-4 and n
+    return total
+
+
+def test_speculative_sampling_reproduces_the_target_distribution(tiny):
+    params = dict(temperature=1.0, max_tokens=3, ignore_eos=True)
+    engine = Engine(model=str(tiny("qwen35")), spec="mtp", n_parallel=16, progress=False)
+    prompt = _prompt(24, seed=3)
+    exact = _exact_second_token_distribution(engine, prompt, SamplingParams(**params))
+    n = 1600
+    seqs = [engine.add_request(prompt, SamplingParams(**params, seed=i), SpecConfig(draft_max=1, adaptive=False))
+            for i in range(n)]
+    while engine.has_work:
+        engine.step()
+    second = torch.tensor([s.generated[1] for s in seqs])
+    drafted = sum(s.stats.n_draft_tokens for s in seqs)
+    accepted = sum(s.stats.n_accepted for s in seqs)
+    assert drafted > 0 and 0 < accepted < drafted          # both accept and reject paths ran
+    support = exact.nonzero().flatten()
+    observed = torch.bincount(second, minlength=exact.numel())[support].float()
+    assert int(observed.sum()) == n                         # nothing outside the target's support
+    expected = exact[support] * n
+    keep = expected >= 5
+    obs = torch.cat([observed[keep], observed[~keep].sum()[None]]) if (~keep).any() else observed
+    exp = torch.cat([expected[keep], expected[~keep].sum()[None]]) if (~keep).any() else expected
+    assert sstats.chisquare(obs.numpy(), exp.numpy() * obs.sum().item() / exp.sum().item()).pvalue > 1e-3
+
+
+def test_trained_demo_model_accepts_drafts_and_stats_add_up(demo_model):
+    engine = Engine(model=str(demo_model), spec="mtp", progress=False)
+    prompt = "import os\nimport sys\n\n\ndef main(argv):\n    \"\"\"Parse the command line.\"\"\"\n"
+    plain = Engine(model=str(demo_model), spec="none", progress=False).generate(
+        prompt, SamplingParams(max_tokens=64, ignore_eos=True))
+    res = engine.generate(prompt, SamplingParams(max_tokens=64, ignore_eos=True),
+                          spec=SpecConfig(draft_max=3, adaptive=False))
+    st = res.stats
+    assert res.tokens == plain.tokens
+    assert st.acceptance_rate > 0.3 and st.n_accepted > 0
+    assert st.n_generated == len(res.tokens) == 64
+    assert st.n_generated == 1 + st.n_steps + st.n_accepted          # each step emits 1 + accepted drafts
+    assert st.n_draft_tokens == sum(st.drafted_per_pos) and st.n_accepted == sum(st.accepted_per_pos)
+    assert st.drafted_per_pos[0] == st.n_drafts
+    assert st.mean_accepted_length == pytest.approx(1 + st.n_accepted / st.n_drafts)
+    assert all(st.accepted_per_pos[i + 1] <= st.accepted_per_pos[i] for i in range(len(st.accepted_per_pos) - 1))
