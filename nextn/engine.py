@@ -3,6 +3,7 @@ and keeps statistics. `Engine.generate` is the Python API; the CLI and the serve
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from dataclasses import dataclass, field
@@ -124,6 +125,9 @@ class Engine:
         spec = spec or self.default_spec()
         if not self.mtp_enabled:
             spec = SpecConfig(draft_max=0)
+        elif params.seed is not None and not params.greedy and spec.adaptive:
+            # adaptive k depends on timing; a fixed k keeps a seeded sampling request reproducible
+            spec = dataclasses.replace(spec, adaptive=False)
         seq = Sequence(prompt_ids, params, spec)
         seed = params.seed if params.seed is not None else random.getrandbits(63)
         gen = None if params.greedy else torch.Generator().manual_seed(seed)

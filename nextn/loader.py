@@ -96,8 +96,8 @@ def load(model_path: str | Path | None = None, *, mtp_path: str | Path | None = 
          device: str | None = None, dtype: str | None = None, progress: bool = True):
     """Open, check and load a model. Returns (config, model, tokenizer, trunk file)."""
     trunk = open_trunk(model_path or default_model())
-    head = find_head(trunk, mtp_path) if with_mtp else None
     cfg = ModelConfig.from_gguf(trunk)
+    head = find_head(trunk, mtp_path) if with_mtp else None
     if with_mtp:
         cfg.n_mtp = (head or trunk).n_mtp
         cfg.recurrent = cfg.recurrent[:cfg.n_layer] + (False,) * cfg.n_mtp

@@ -8,6 +8,7 @@ out of speculation (`"speculative": false`) or set its own `draft_max`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import time
@@ -25,8 +26,14 @@ from .protocol import ApiError
 
 
 def create_app(engine: Engine, api_key: str | None = None, model_name: str | None = None) -> FastAPI:
-    app = FastAPI(title="nextn", docs_url=None, redoc_url=None)
     loop = EngineLoop(engine)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_):
+        yield
+        loop.stop()
+
+    app = FastAPI(title="nextn", docs_url=None, redoc_url=None, lifespan=lifespan)
     metrics = Metrics(engine)
     model_id = model_name or engine.model_name
     aliases = {model_id, engine.file.path.name, engine.file.path.stem}
@@ -48,10 +55,6 @@ def create_app(engine: Engine, api_key: str | None = None, model_name: str | Non
                 err = ApiError(401, "invalid API key", code="invalid_api_key", kind="authentication_error")
                 return JSONResponse(err.body(), status_code=401)
         return await call_next(request)
-
-    @app.on_event("shutdown")
-    def _stop():
-        loop.stop()
 
     @app.get("/health")
     def health():

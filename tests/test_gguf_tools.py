@@ -1,0 +1,160 @@
+"""Converting, inspecting, extracting, stripping and grafting MTP heads: forms round-trip byte for byte."""
+
+import shutil
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as Q
+
+from nextn.convert import convert
+from nextn.engine import Engine
+from nextn.errors import NextnError
+from nextn.gguf_tools import describe, extract_mtp, graft_mtp, inspect_text, quantize_file, strip_mtp
+from nextn.ggufio import BUNDLED, HEAD_ONLY, TRUNK_ONLY, open_gguf
+from nextn.sampling import SamplingParams
+from nextn.sequence import SpecConfig
+
+GREEDY = SamplingParams(max_tokens=40, ignore_eos=True)
+PROMPT = "import os\nimport sys\n\n\ndef main(argv):\n"
+
+
+def tensors(path) -> dict:
+    gf = open_gguf(path)
+    return {n: (t.tensor_type, bytes(np.asarray(t.data).tobytes())) for n, t in gf.tensors.items()}
+
+
+@pytest.fixture(scope="module")
+def forms(tiny, tmp_path_factory):
+    d = tmp_path_factory.mktemp("forms")
+    hf = tiny("qwen35").parent / "qwen35.hf"
+    return {
+        "hf": hf,
+        "bundled": convert(hf, d / "m.gguf", outtype="f32", progress=False),
+        "trunk": convert(hf, d / "m-nomtp.gguf", outtype="f32", mode="no-mtp", progress=False),
+        "head": convert(hf, d / "m.gguf", outtype="f32", mode="mtp", progress=False),
+    }
+
+
+def test_convert_writes_the_three_publishing_forms(forms):
+    assert forms["head"].name == "mtp-m.gguf"
+    info = {k: describe(open_gguf(forms[k])) for k in ("bundled", "trunk", "head")}
+    assert [info[k]["form"] for k in ("bundled", "trunk", "head")] == [BUNDLED, TRUNK_ONLY, HEAD_ONLY]
+    assert info["bundled"]["block_count"] == info["head"]["block_count"] == 5
+    assert info["trunk"]["block_count"] == 4 and info["trunk"]["mtp_layers"] == 0
+    assert info["head"]["bytes"]["trunk"] == 0 and info["head"]["bytes"]["mtp"] == info["bundled"]["bytes"]["mtp"]
+    assert "head-only" in inspect_text(info["head"])
+    head = open_gguf(forms["head"])
+    assert {"token_embd.weight", "output.weight", "output_norm.weight"} <= set(head.tensors)
+    assert "blk.0.attn_norm.weight" not in head.tensors
+
+
+def test_bundled_equals_trunk_plus_head(forms):
+    bundled, trunk, head = tensors(forms["bundled"]), tensors(forms["trunk"]), tensors(forms["head"])
+    assert set(bundled) == set(trunk) | set(head)
+    for name, value in bundled.items():
+        assert value == (trunk.get(name) or head[name])
+    prompt = list(range(5, 90))
+    a = Engine(model=str(forms["bundled"]), progress=False).generate(prompt, GREEDY, spec=SpecConfig(3, adaptive=False))
+    b = Engine(model=str(forms["trunk"]), mtp_model=str(forms["head"]), progress=False).generate(
+        prompt, GREEDY, spec=SpecConfig(3, adaptive=False))
+    assert a.tokens == b.tokens and a.stats.to_dict()["draft_tokens"] == b.stats.to_dict()["draft_tokens"]
+
+
+def test_head_file_is_found_beside_the_trunk(forms, tmp_path, capsys):
+    trunk = tmp_path / "m.gguf"
+    shutil.copy(forms["trunk"], trunk)
+    shutil.copy(forms["head"], tmp_path / "mtp-m.gguf")
+    engine = Engine(model=str(trunk), spec="mtp", progress=False)
+    assert engine.mtp_enabled and "mtp-m.gguf" in capsys.readouterr().err
+
+
+def test_extract_strip_graft_round_trip_on_the_demo_model(demo_model, tmp_path):
+    head = extract_mtp(demo_model, tmp_path / "demo.gguf")
+    assert head.name == "mtp-demo.gguf"
+    trunk = strip_mtp(demo_model, tmp_path / "demo-nomtp.gguf")
+    grafted = graft_mtp(trunk, head, tmp_path / "demo-grafted.gguf")
+    assert tensors(grafted) == tensors(demo_model)
+    original, back = open_gguf(demo_model), open_gguf(grafted)
+    for key in original.fields:
+        if not key.startswith("GGUF."):
+            assert back.meta(key) == original.meta(key), key
+    results = []
+    for kwargs in ({"model": str(demo_model)}, {"model": str(trunk), "mtp_model": str(head)},
+                   {"model": str(grafted)}):
+        r = Engine(**kwargs, progress=False).generate(PROMPT, GREEDY, spec=SpecConfig(3, adaptive=False))
+        results.append((r.tokens, r.stats.n_accepted, r.stats.n_draft_tokens))
+    assert results[0] == results[1] == results[2]
+    assert results[0][1] > 0
+    assert trunk.stat().st_size < demo_model.stat().st_size
+
+
+def test_extract_matches_convert_mtp(forms, tmp_path):
+    assert tensors(extract_mtp(forms["bundled"], tmp_path / "x.gguf")) == tensors(forms["head"])
+
+
+def test_graft_refuses_another_model_and_leaves_no_file(tiny, forms, tmp_path):
+    moe_head = tiny("qwen35moe")
+    out = tmp_path / "bad.gguf"
+    with pytest.raises(NextnError, match="architecture differs"):
+        graft_mtp(forms["trunk"], moe_head, out)
+    with pytest.raises(NextnError, match="has no MTP layers"):
+        graft_mtp(forms["trunk"], forms["trunk"], out)
+    with pytest.raises(NextnError, match="head-only file"):
+        graft_mtp(forms["head"], forms["bundled"], out)
+    with pytest.raises(NextnError, match="bundled"):
+        strip_mtp(forms["trunk"], out)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_corrupt_input_leaves_no_partial_output(forms, tmp_path):
+    data = forms["head"].read_bytes()
+    broken = tmp_path / "mtp-broken.gguf"
+    broken.write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out.gguf"
+    with pytest.raises(NextnError, match="truncated"):
+        graft_mtp(forms["trunk"], broken, out)
+    assert not out.exists() and not any(p.name.endswith(".partial") for p in tmp_path.iterdir())
+
+
+def test_convert_errors_leave_no_file(tmp_path):
+    (tmp_path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    with pytest.raises(NextnError, match="LlamaForCausalLM is not supported"):
+        convert(tmp_path, tmp_path / "out.gguf")
+    assert not (tmp_path / "out.gguf").exists()
+
+
+def test_keep_mtp_precision(forms, tmp_path):
+    out = convert(forms["hf"], tmp_path / "q4.gguf", outtype="q4_0", keep_mtp_precision=True, progress=False)
+    gf = open_gguf(out)
+    assert gf.tensors["blk.0.ffn_up.weight"].tensor_type == Q.Q4_0
+    assert gf.tensors["blk.4.ffn_up.weight"].tensor_type == Q.Q8_0
+    assert gf.tensors["blk.4.nextn.eh_proj.weight"].tensor_type == Q.Q8_0
+    plain = convert(forms["hf"], tmp_path / "q4b.gguf", outtype="q4_0", progress=False)
+    assert open_gguf(plain).tensors["blk.4.ffn_up.weight"].tensor_type == Q.Q4_0
+    requant = quantize_file(forms["bundled"], tmp_path / "rq.gguf", "q4_0", keep_mtp_precision=True)
+    rq = open_gguf(requant)
+    assert rq.tensors["blk.1.attn_k.weight"].tensor_type == Q.Q4_0
+    assert rq.tensors["blk.4.attn_k.weight"].tensor_type == Q.Q8_0
+
+
+@pytest.mark.parametrize("outtype", ["f16", "bf16", "q8_0"])
+def test_converted_types_load_and_stay_close(forms, tmp_path, outtype):
+    import torch
+
+    from nextn.cache import Cache
+    from nextn.config import ModelConfig
+    from nextn.model import Model
+    from nextn.step import Step
+
+    def logits(path):
+        gf = open_gguf(path)
+        cfg = ModelConfig.from_gguf(gf)
+        model = Model.load(gf, cfg, progress=False)
+        cache = Cache.allocate(cfg, 1, 64, torch.float32, "cpu", with_mtp=False)
+        ids = torch.arange(3, 43)[None]
+        with torch.inference_mode():
+            return model.logits(model.forward(ids, Step.build([0], [0], [40], "cpu", 64), cache))
+
+    ref = logits(forms["bundled"])
+    got = logits(convert(forms["hf"], tmp_path / f"{outtype}.gguf", outtype=outtype, progress=False))
+    assert ((got - ref).norm() / ref.norm()).item() < {"f16": 5e-3, "bf16": 3e-2, "q8_0": 6e-2}[outtype]

@@ -1,0 +1,190 @@
+"""The OpenAI-compatible server, exercised through real HTTP clients (the `openai` package and httpx)."""
+
+import json
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+import uvicorn
+
+from nextn.engine import Engine
+from nextn.sampling import SamplingParams
+from nextn.server import create_app
+
+KEY = "test-key"
+PROMPTS = [f"def function_{i}(x):\n    return" for i in range(10)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny):
+    model = str(tiny("qwen35"))
+    engine = Engine(model=model, spec="mtp", n_parallel=8, ctx_size=192, prefill_chunk=64, progress=False)
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(create_app(engine, api_key=KEY), host="127.0.0.1", port=port,
+                                        log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    while not srv.started:
+        time.sleep(0.05)
+    yield {"url": f"http://127.0.0.1:{port}", "engine": engine, "model": model}
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def reference(server):
+    """What `nextn generate` produces for each prompt: a separate engine, one request at a time."""
+    engine = Engine(model=server["model"], spec="none", progress=False)
+    return {p: engine.generate(p, SamplingParams(max_tokens=24, ignore_eos=True)).text for p in PROMPTS}
+
+
+@pytest.fixture()
+def client(server):
+    return openai.OpenAI(base_url=server["url"] + "/v1", api_key=KEY, max_retries=0)
+
+
+def _model_id(client):
+    return client.models.list().data[0].id
+
+
+def test_models_and_health(server, client):
+    assert _model_id(client) == "qwen35-bundled"
+    assert httpx.get(server["url"] + "/health").json() == {"status": "ok"}
+
+
+def test_greedy_completion_matches_generate_with_and_without_mtp(client, reference):
+    model = _model_id(client)
+    for prompt in PROMPTS[:3]:
+        extra = {"ignore_eos": True}
+        spec = client.completions.create(model=model, prompt=prompt, max_tokens=24, temperature=0, extra_body=extra)
+        plain = client.completions.create(model=model, prompt=prompt, max_tokens=24, temperature=0,
+                                          extra_body={**extra, "speculative": False})
+        assert spec.choices[0].text == plain.choices[0].text == reference[prompt]
+        assert spec.usage.completion_tokens == 24 and spec.choices[0].finish_reason == "length"
+        timings = spec.model_extra["timings"]
+        assert timings["draft_tokens"] > 0 and timings["tokens_per_second"] > 0
+        assert plain.model_extra["timings"]["draft_tokens"] == 0
+
+
+def test_streaming_equals_non_streaming(client, reference):
+    model = _model_id(client)
+    stream = client.completions.create(model=model, prompt=PROMPTS[3], max_tokens=24, temperature=0, stream=True,
+                                       stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text == reference[PROMPTS[3]]
+    assert chunks[-1].usage.completion_tokens == 24
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+
+
+def test_chat_completion_streaming_and_not(client):
+    model = _model_id(client)
+    msgs = [{"role": "user", "content": "Write a function."}]
+    full = client.chat.completions.create(model=model, messages=msgs, max_tokens=16, temperature=0, seed=1,
+                                          extra_body={"ignore_eos": True})
+    parts = client.chat.completions.create(model=model, messages=msgs, max_tokens=16, temperature=0, stream=True,
+                                           extra_body={"ignore_eos": True})
+    chunks = list(parts)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == full.choices[0].message.content
+    assert full.choices[0].message.role == "assistant"
+
+
+def test_sampling_with_a_seed_is_reproducible(client):
+    model = _model_id(client)
+    a, b = (client.completions.create(model=model, prompt=PROMPTS[4], max_tokens=20, temperature=0.9, seed=7,
+                                      extra_body={"ignore_eos": True}).choices[0].text for _ in range(2))
+    assert a == b
+
+
+def test_concurrent_requests_each_get_their_own_tokens(client, reference):
+    model = _model_id(client)
+
+    def one(i):
+        prompt = PROMPTS[i % len(PROMPTS)]
+        stream = i % 2 == 0
+        if stream:
+            out = client.completions.create(model=model, prompt=prompt, max_tokens=24, temperature=0, stream=True,
+                                            extra_body={"ignore_eos": True, "draft_max": 1 + i % 3})
+            return prompt, "".join(c.choices[0].text for c in out if c.choices)
+        out = client.completions.create(model=model, prompt=prompt, max_tokens=24, temperature=0,
+                                        extra_body={"ignore_eos": True})
+        return prompt, out.choices[0].text
+
+    with ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(one, range(12)))
+    for prompt, text in results:
+        assert text == reference[prompt]
+
+
+def test_client_disconnect_frees_the_slot(server):
+    engine = server["engine"]
+    body = {"prompt": PROMPTS[0], "max_tokens": 150, "temperature": 0, "stream": True, "ignore_eos": True}
+    with httpx.Client(base_url=server["url"], headers={"Authorization": f"Bearer {KEY}"}) as http:
+        with http.stream("POST", "/v1/completions", json=body, timeout=30) as resp:
+            lines = resp.iter_lines()
+            got = [next(lines) for _ in range(3)]
+            assert got[0].startswith("data: ")
+            assert len(engine.scheduler.active) == 1
+    deadline = time.time() + 5
+    while engine.scheduler.active and time.time() < deadline:
+        time.sleep(0.02)
+    assert not engine.scheduler.active and len(engine.scheduler.free_slots) == 8
+    text = httpx.get(server["url"] + "/metrics").text
+    assert 'status="cancelled"' in text
+
+
+def test_metrics_expose_speculative_counters(server, client):
+    client.completions.create(model=_model_id(client), prompt=PROMPTS[5], max_tokens=8, temperature=0)
+    text = httpx.get(server["url"] + "/metrics").text
+    for name in ("nextn:spec_decode_num_drafts_total", "nextn:spec_decode_num_draft_tokens_total",
+                 "nextn:spec_decode_num_accepted_tokens_total", "nextn:generation_tokens_total",
+                 'nextn:spec_decode_num_accepted_tokens_per_pos_total{position="0"}', "nextn:requests_total"):
+        assert name in text
+    drafts = float(next(l.split()[-1] for l in text.splitlines() if l.startswith("nextn:spec_decode_num_drafts_total")))
+    assert drafts > 0
+
+
+@pytest.mark.parametrize("body,status,needle", [
+    ({"prompt": "x", "temperature": -1}, 400, "temperature"),
+    ({"prompt": "x", "n": 2}, 400, "'n'"),
+    ({"prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
+    ({"prompt": {"a": 1}}, 400, "prompt"),
+    ({"prompt": [1, 2, 10**9]}, 400, "token ids"),
+    ({"prompt": "x", "stop": 5}, 400, "stop"),
+    ({"prompt": "x", "draft_max": -1}, 400, "draft_max"),
+    ({"prompt": "x", "model": "gpt-4o"}, 404, "does not exist"),
+    ({"prompt": "word " * 400}, 400, "context holds 192"),
+])
+def test_bad_input_gets_an_openai_style_error(server, body, status, needle):
+    r = httpx.post(server["url"] + "/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == status
+    err = r.json()["error"]
+    assert needle in err["message"] and err["type"]
+
+
+def test_invalid_json_and_missing_messages(server):
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    r = httpx.post(server["url"] + "/v1/completions", content=b"{not json", headers=headers)
+    assert r.status_code == 400 and "invalid JSON" in r.json()["error"]["message"]
+    r = httpx.post(server["url"] + "/v1/chat/completions", json={"max_tokens": 3}, headers=headers)
+    assert r.status_code == 400 and "messages" in r.json()["error"]["message"]
+
+
+def test_wrong_api_key(server):
+    bad = openai.OpenAI(base_url=server["url"] + "/v1", api_key="nope", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+    r = httpx.post(server["url"] + "/v1/completions", json={"prompt": "x"})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    assert httpx.get(server["url"] + "/health").status_code == 200
