@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import torch
-from gguf import GGMLQuantizationType as Q, GGUFWriter
+from gguf import ExpertGatingFuncType, GGMLQuantizationType as Q, GGUFWriter
 from safetensors import safe_open
 from tqdm import tqdm
 
@@ -249,7 +249,7 @@ def _write_metadata(w: GGUFWriter, ck: Checkpoint, with_mtp: bool) -> None:
         w.add_expert_shared_count(n_shared)
         w.add_expert_shared_feed_forward_length(int(hp["moe_intermediate_size"]) * max(n_shared, 1))
         w.add_expert_weights_scale(float(hp.get("routed_scaling_factor", 1.0)))
-        w.add_expert_gating_func(2)
+        w.add_expert_gating_func(ExpertGatingFuncType.SIGMOID)
         w.add_expert_group_count(int(hp.get("n_group", 1)))
         w.add_expert_group_used_count(int(hp.get("topk_group", 1)))
 

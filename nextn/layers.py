@@ -65,7 +65,7 @@ def route(x: torch.Tensor, w: dict, cfg: ModelConfig) -> tuple[torch.Tensor, tor
         group_score = grouped.topk(2, dim=-1).values.sum(-1)
         keep = group_score.topk(cfg.n_group_used, dim=-1).indices
         mask = torch.zeros_like(group_score, dtype=torch.bool).scatter_(1, keep, True)
-        choice = grouped.masked_fill(~mask[..., None], 0.0).view(n, e)
+        choice = grouped.masked_fill(~mask[..., None], float("-inf")).view(n, e)
     ids = choice.topk(cfg.n_expert_used, dim=-1).indices
     weights = scores.gather(1, ids)
     if cfg.expert_weights_norm:

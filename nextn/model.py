@@ -121,7 +121,7 @@ def _check_block(gf: GGUFFile, cfg: ModelConfig, il: int, w: dict) -> None:
     required = list(RECURRENT_REQUIRED if cfg.recurrent[il] else ATTN_REQUIRED)
     if cfg.recurrent[il] and "ssm_ba.weight" not in w:
         required += ["ssm_beta.weight", "ssm_alpha.weight"]
-    if cfg.is_moe_layer(il):
+    if "ffn_gate_inp.weight" in w or ("ffn_gate.weight" not in w and cfg.is_moe_layer(il)):
         required += ["ffn_gate_inp.weight", "ffn_gate_exps.weight", "ffn_up_exps.weight", "ffn_down_exps.weight"]
     else:
         required += ["ffn_gate.weight", "ffn_up.weight", "ffn_down.weight"]

@@ -95,7 +95,7 @@ def _randomize(state: dict, zero_centered: bool, gen: torch.Generator) -> dict:
     return state
 
 
-def _mtp_tensors(arch: str, cfg, model_cls, n_layer: int, gen: torch.Generator) -> dict:
+def _mtp_tensors(arch: str, cfg, model_cls, n_layer: int, gen: torch.Generator, own_head: bool = False) -> dict:
     """A random MTP block in the checkpoint's own naming (Qwen: mtp.*; GLM: model.layers.{n}.*)."""
     import copy
 
@@ -109,6 +109,9 @@ def _mtp_tensors(arch: str, cfg, model_cls, n_layer: int, gen: torch.Generator) 
     d = cfg.hidden_size
     head = {"eh_proj.weight": torch.randn(d, 2 * d, generator=gen) * 0.08,
             "enorm.weight": torch.ones(d), "hnorm.weight": torch.ones(d), "shared_head.norm.weight": torch.ones(d)}
+    if own_head:   # GLM-4.5 ships the NextN layer's own embedding and output head (GLM-4.6 does not)
+        head["embed_tokens.weight"] = torch.randn(cfg.vocab_size, d, generator=gen) * 0.08
+        head["shared_head.head.weight"] = torch.randn(cfg.vocab_size, d, generator=gen) * 0.08
     if arch == "glm4moe":
         out = {f"model.layers.{n_layer}.{k}": v for k, v in {**block, **head}.items()}
     else:
@@ -120,7 +123,7 @@ def _mtp_tensors(arch: str, cfg, model_cls, n_layer: int, gen: torch.Generator) 
 
 
 def make_checkpoint(out_dir: str | Path, arch: str = "qwen35", *, seed: int = 0, n_layer: int = 4,
-                    vocab_size: int = 320, mtp: bool = True) -> Path:
+                    vocab_size: int = 320, mtp: bool = True, mtp_own_head: bool = False) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     make_tokenizer(out_dir, vocab_size - 8)
@@ -135,7 +138,7 @@ def make_checkpoint(out_dir: str | Path, arch: str = "qwen35", *, seed: int = 0,
     raw = json.loads((out_dir / "config.json").read_text())
     raw.update(eos_token_id=0, bos_token_id=None)
     if mtp:
-        extra = _randomize(_mtp_tensors(arch, cfg, model_cls, n_layer, gen), zero_centered, gen)
+        extra = _randomize(_mtp_tensors(arch, cfg, model_cls, n_layer, gen, mtp_own_head), zero_centered, gen)
         save_file({k: v.contiguous() for k, v in extra.items()}, str(out_dir / "mtp.safetensors"))
         raw["num_nextn_predict_layers" if arch == "glm4moe" else "mtp_num_hidden_layers"] = 1
     else:
@@ -151,9 +154,10 @@ def make_gguf(out: str | Path, arch: str = "qwen35", *, mode: str = "bundled", o
     return convert(ck, out, outtype=outtype, mode=mode, progress=False)
 
 
-def qwen_mtp_reference(hf_dir: str | Path, hf_model):
-    """The Qwen3.5 MTP head rebuilt from transformers' own decoder layer and norms, with the checkpoint's
-    `mtp.*` weights: an independent reference for nextn's MTP forward (transformers does not run it)."""
+def mtp_reference(hf_dir: str | Path, hf_model, arch: str):
+    """The MTP head of ../shared/MTP.md rebuilt from transformers' own decoder layer and norms, with the
+    checkpoint's MTP weights: an independent reference for nextn's MTP forward (transformers does not
+    run it). Returns (head, embedding, lm_head) modules."""
     import copy
 
     import torch.nn as nn
@@ -163,18 +167,34 @@ def qwen_mtp_reference(hf_dir: str | Path, hf_model):
     module = importlib.import_module(type(hf_model).__module__)
     layer_cls = next(getattr(module, n) for n in dir(module) if n.endswith("DecoderLayer"))
     norm_cls = next(getattr(module, n) for n in dir(module) if n.endswith("RMSNorm") and "Gated" not in n)
+    n_trunk = cfg.num_hidden_layers
+    raw = load_file(str(Path(hf_dir) / "mtp.safetensors"))
+    if arch == "glm4moe":
+        names = {"eh_proj": "fc", "enorm": "pre_fc_norm_embedding", "hnorm": "pre_fc_norm_hidden",
+                 "shared_head.norm": "norm", "embed_tokens": "embed", "shared_head.head": "head"}
+        state = {}
+        for k, v in raw.items():
+            rest = k.split(".", 3)[3]
+            stem = rest.rsplit(".", 1)[0]
+            state[names[stem] + ".weight" if stem in names else "layers.0." + rest] = v
+    else:
+        state = {k[len("mtp."):]: v for k, v in raw.items()}
 
     class MTPHead(nn.Module):
         def __init__(self):
             super().__init__()
             one = copy.deepcopy(cfg)
-            one.layer_types = ["full_attention"]
+            if hasattr(one, "layer_types"):
+                one.layer_types = ["full_attention"] * (n_trunk + 1)
             d = cfg.hidden_size
             self.fc = nn.Linear(2 * d, d, bias=False)
             self.pre_fc_norm_embedding = norm_cls(d, eps=cfg.rms_norm_eps)
             self.pre_fc_norm_hidden = norm_cls(d, eps=cfg.rms_norm_eps)
-            self.layers = nn.ModuleList([layer_cls(one, 0)])
+            self.layers = nn.ModuleList([layer_cls(one, n_trunk)])
             self.norm = norm_cls(d, eps=cfg.rms_norm_eps)
+            if "embed.weight" in state:
+                self.embed = nn.Embedding(cfg.vocab_size, d)
+                self.head = nn.Linear(d, cfg.vocab_size, bias=False)
 
         def forward(self, embeds, hidden, rope):
             u = self.fc(torch.cat((self.pre_fc_norm_embedding(embeds), self.pre_fc_norm_hidden(hidden)), -1))
@@ -182,6 +202,8 @@ def qwen_mtp_reference(hf_dir: str | Path, hf_model):
             return self.norm(u)
 
     head = MTPHead()
-    state = {k[len("mtp."):]: v for k, v in load_file(str(Path(hf_dir) / "mtp.safetensors")).items()}
     head.load_state_dict(state)
-    return head.eval()
+    head.eval()
+    embed = head.embed if "embed.weight" in state else hf_model.model.embed_tokens
+    lm_head = head.head if "head.weight" in state else hf_model.lm_head
+    return head, embed, lm_head

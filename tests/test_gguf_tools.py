@@ -158,3 +158,19 @@ def test_converted_types_load_and_stay_close(forms, tmp_path, outtype):
     ref = logits(forms["bundled"])
     got = logits(convert(forms["hf"], tmp_path / f"{outtype}.gguf", outtype=outtype, progress=False))
     assert ((got - ref).norm() / ref.norm()).item() < {"f16": 5e-3, "bf16": 3e-2, "q8_0": 6e-2}[outtype]
+
+
+@pytest.mark.parametrize("arch", ["qwen35moe", "qwen3next", "glm4moe"])
+def test_every_family_converts_to_all_forms_that_agree(tiny, tmp_path, arch):
+    hf = tiny(arch).parent / f"{arch}.hf"
+    bundled = convert(hf, tmp_path / "b.gguf", outtype="f32", progress=False)
+    trunk = convert(hf, tmp_path / "t.gguf", outtype="f32", mode="no-mtp", progress=False)
+    head = convert(hf, tmp_path / "t.gguf", outtype="f32", mode="mtp", progress=False)
+    assert [open_gguf(p).form for p in (bundled, trunk, head)] == [BUNDLED, TRUNK_ONLY, HEAD_ONLY]
+    prompt = list(range(5, 90))
+    spec = SpecConfig(3, adaptive=False)
+    a = Engine(model=str(bundled), progress=False).generate(prompt, GREEDY, spec=spec)
+    b = Engine(model=str(trunk), mtp_model=str(head), progress=False).generate(prompt, GREEDY, spec=spec)
+    c = Engine(model=str(trunk), spec="none", progress=False).generate(prompt, GREEDY)
+    assert a.tokens == b.tokens == c.tokens
+    assert a.stats.n_draft_tokens == b.stats.n_draft_tokens > 0

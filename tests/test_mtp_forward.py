@@ -2,31 +2,52 @@
 embedding first in the concat, trunk hidden AFTER the final norm, position t+1, and an MTP KV cache
 filled for every prompt position, across prefill chunks."""
 
+import pytest
 import torch
 
+from nextn.cache import Cache
 from nextn.engine import Engine
-from nextn.tiny import qwen_mtp_reference
+from nextn.step import Step
+from nextn.tiny import make_gguf, mtp_reference
+
+ARCHS = ["qwen35", "qwen35moe", "qwen3next", "glm4moe"]
 
 
-def _reference(tiny, arch="qwen35", n=100, seed=0):
+@pytest.fixture(scope="module")
+def glm_own_head(models_dir):
+    """GLM-4.5 style: the NextN layer carries its own embed_tokens and shared_head.head."""
+    out = models_dir / "glm4moe-ownhead.gguf"
+    if not out.exists():
+        make_gguf(out, "glm4moe", workdir=models_dir / "glm4moe-ownhead.hf", seed=5, mtp_own_head=True)
+    return out
+
+
+def _reference(path, hf_dir, arch, n, seed):
     from transformers import AutoModelForCausalLM
 
-    path = tiny(arch)
-    hf_dir = path.parent / f"{arch}.hf"
     hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
-    head = qwen_mtp_reference(hf_dir, hf)
+    head, embed, lm_head = mtp_reference(hf_dir, hf, arch)
     ids = torch.randint(3, 300, (1, n), generator=torch.Generator().manual_seed(seed))
     with torch.inference_mode():
         h = hf.model(input_ids=ids).last_hidden_state                  # post-norm trunk hidden
         pos = torch.arange(1, n)[None]
-        rope = hf.model.rotary_emb(h, pos[None].expand(3, 1, n - 1))
-        g = head(hf.model.embed_tokens(ids[:, 1:]), h[:, :-1], rope)
-        logits = hf.lm_head(g)                                          # row t predicts x_{t+2}
-    return path, ids, g[0], logits[0]
+        rope = hf.model.rotary_emb(h, pos[None].expand(3, 1, n - 1) if arch.startswith("qwen35") else pos)
+        g = head(embed(ids[:, 1:]), h[:, :-1], rope)                    # row t: (x_{t+1}, h_t) at position t+1
+        logits = lm_head(g)                                             # row t predicts x_{t+2}
+    return ids, g[0], logits[0]
 
 
-def test_mtp_forward_matches_reference_after_chunked_prefill(tiny):
-    path, ids, g_ref, logits_ref = _reference(tiny)
+def _case(tiny, glm_own_head, arch):
+    if arch == "glm4moe-ownhead":
+        return glm_own_head, glm_own_head.parent / "glm4moe-ownhead.hf", "glm4moe"
+    path = tiny(arch)
+    return path, path.parent / f"{arch}.hf", arch
+
+
+@pytest.mark.parametrize("arch", ARCHS + ["glm4moe-ownhead"])
+def test_mtp_forward_matches_reference_after_chunked_prefill(tiny, glm_own_head, arch):
+    path, hf_dir, kind = _case(tiny, glm_own_head, arch)
+    ids, g_ref, logits_ref = _reference(path, hf_dir, kind, n=100, seed=0)
     engine = Engine(model=str(path), spec="mtp", prefill_chunk=32, progress=False)
     seq = engine.add_request(ids[0].tolist())
     runner = engine.runner
@@ -44,11 +65,10 @@ def test_mtp_forward_matches_reference_after_chunked_prefill(tiny):
     assert (logits - logits_ref[-1]).abs().max().item() <= 1e-4
 
 
-def test_mtp_forward_whole_sequence_matches_reference(tiny):
-    from nextn.cache import Cache
-    from nextn.step import Step
-
-    path, ids, g_ref, logits_ref = _reference(tiny, n=60, seed=1)
+@pytest.mark.parametrize("arch", ["qwen35", "glm4moe-ownhead"])
+def test_mtp_forward_whole_sequence_matches_reference(tiny, glm_own_head, arch):
+    path, hf_dir, kind = _case(tiny, glm_own_head, arch)
+    ids, g_ref, logits_ref = _reference(path, hf_dir, kind, n=60, seed=1)
     engine = Engine(model=str(path), spec="mtp", progress=False)
     model, cfg = engine.model, engine.cfg
     cache = Cache.allocate(cfg, 1, 128, torch.float32, "cpu", with_mtp=True)

@@ -9,7 +9,7 @@ from nextn.ggufio import open_gguf
 from nextn.model import Model
 from nextn.step import Step
 
-ARCHS = ["qwen35", "qwen35moe"]
+ARCHS = ["qwen35", "qwen35moe", "qwen3next", "glm4moe"]
 
 
 def _hf(path):

@@ -32,7 +32,7 @@ def engines(tiny):
     return get
 
 
-@pytest.mark.parametrize("arch", ["qwen35", "qwen35moe"])
+@pytest.mark.parametrize("arch", ["qwen35", "qwen35moe", "qwen3next", "glm4moe"])
 @pytest.mark.parametrize("spec", SPECS, ids=IDS)
 def test_mtp_greedy_equals_plain_on_random_models(engines, arch, spec):
     prompt = _prompt()                                      # longer than the 32-token prefill chunk
@@ -42,7 +42,7 @@ def test_mtp_greedy_equals_plain_on_random_models(engines, arch, spec):
     assert got.stats.n_draft_tokens > 0
 
 
-@pytest.mark.parametrize("arch", ["qwen35", "qwen35moe"])
+@pytest.mark.parametrize("arch", ["qwen35", "qwen35moe", "qwen3next", "glm4moe"])
 def test_every_acceptance_length_keeps_output_identical(engines, arch, monkeypatch):
     """Oracle drafts (the true continuation, corrupted at a random position) make every acceptance
     length 0..k happen; verification and rollback must still give exactly the plain output."""
@@ -75,7 +75,7 @@ def test_every_acceptance_length_keeps_output_identical(engines, arch, monkeypat
     assert {n for k, n in lengths if k == 3} == {0, 1, 2, 3}
 
 
-@pytest.mark.parametrize("arch", ["qwen35", "qwen35moe"])
+@pytest.mark.parametrize("arch", ["qwen35", "qwen35moe", "qwen3next"])
 @torch.inference_mode()
 def test_rollback_restores_the_recurrent_state_of_each_acceptance_length(engines, arch):
     from nextn.cache import Cache
