@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from .cache import Cache
 from .config import ModelConfig
+from .fuse import project_split
 from .layers import apply_rope, linear, rms_norm
 from .step import Step
 
@@ -14,15 +15,18 @@ from .step import Step
 def attention(x: torch.Tensor, w: dict, cfg: ModelConfig, step: Step, cache: Cache, il: int) -> torch.Tensor:
     B, T, _ = x.shape
     hd = cfg.head_dim
-    q = linear(x, w, "attn_q")
+    if "attn_in.wT" in w:
+        q, k, v = project_split(x, w, "attn_in")
+    else:
+        q, k, v = linear(x, w, "attn_q"), linear(x, w, "attn_k"), linear(x, w, "attn_v")
     gate = None
     if cfg.attn_output_gate:
-        q = q.view(B, T, cfg.n_head, 2 * hd)
+        q = q.reshape(B, T, cfg.n_head, 2 * hd)
         q, gate = q[..., :hd], q[..., hd:].reshape(B, T, cfg.n_head * hd)
     else:
-        q = q.view(B, T, cfg.n_head, hd)
-    k = linear(x, w, "attn_k").view(B, T, cfg.n_head_kv, hd)
-    v = linear(x, w, "attn_v").view(B, T, cfg.n_head_kv, hd)
+        q = q.reshape(B, T, cfg.n_head, hd)
+    k = k.reshape(B, T, cfg.n_head_kv, hd)
+    v = v.reshape(B, T, cfg.n_head_kv, hd)
     if "attn_q_norm.weight" in w:
         q = rms_norm(q, w["attn_q_norm.weight"], cfg.rms_eps)
         k = rms_norm(k, w["attn_k_norm.weight"], cfg.rms_eps)

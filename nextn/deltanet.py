@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from .cache import Cache, PendingState
 from .config import ModelConfig
+from .fuse import project_split
 from .layers import l2_norm, linear, rms_norm
 from .step import Step
 
@@ -48,8 +49,7 @@ def gated_deltanet(x: torch.Tensor, w: dict, cfg: ModelConfig, step: Step, cache
     # causal depthwise conv over [old window | new inputs]
     conv_state = cache.conv[il][step.slot_index]
     buf = torch.cat((conv_state, qkv.transpose(1, 2).to(conv_state.dtype)), dim=2)
-    mixed = F.silu(F.conv1d(buf, w["ssm_conv1d.weight"][:, None, :].to(buf.dtype), groups=buf.shape[1]))
-    mixed = mixed.transpose(1, 2).float()                                          # [B, T, C]
+    mixed = F.silu(causal_conv(buf, w["ssm_conv1d.weight"], T)).transpose(1, 2).float()   # [B, T, C]
     q, k, v = mixed.split((hk * dk, hk * dk, hv * dv), dim=-1)
     q = l2_norm(q.reshape(B, T, hk, dk)) * dk ** -0.5
     k = l2_norm(k.reshape(B, T, hk, dk))
@@ -83,6 +83,17 @@ def gated_deltanet(x: torch.Tensor, w: dict, cfg: ModelConfig, step: Step, cache
     return linear(out.reshape(B, T, hv * dv).to(x.dtype), w, "ssm_out")
 
 
+def causal_conv(buf: torch.Tensor, weight: torch.Tensor, T: int) -> torch.Tensor:
+    """Depthwise conv of kernel K over buf [B, C, K-1+T] -> [B, C, T], as K shifted multiply-adds
+    (a few small ops instead of a grouped conv1d call, which dominates at decode sizes)."""
+    K = weight.shape[1]
+    w = weight.to(buf.dtype)
+    out = buf[:, :, 0:T] * w[:, 0, None]
+    for j in range(1, K):
+        out = out + buf[:, :, j:j + T] * w[:, j, None]
+    return out
+
+
 def _expand_heads(t: torch.Tensor, r: int, cfg: ModelConfig) -> torch.Tensor:
     """Share each K head among r V heads. Qwen3.5 GGUFs store V heads tiled (head j reads K head j % hk,
     llama.cpp's reordering); Qwen3-Next keeps them grouped (head j reads K head j // r)."""
@@ -91,10 +102,15 @@ def _expand_heads(t: torch.Tensor, r: int, cfg: ModelConfig) -> torch.Tensor:
 
 def _projections(x: torch.Tensor, w: dict, cfg: ModelConfig):
     """(qkv [B,T,C], z [B,T,hv*dv], beta-logits [B,T,hv], alpha [B,T,hv]) for either weight layout."""
-    qkv, z = linear(x, w, "attn_qkv"), linear(x, w, "attn_gate")
-    if "ssm_ba.weight" in w:  # Qwen3-Next: interleaved per K-head group [b (r) | a (r)]
-        B, T, _ = x.shape
-        r = cfg.ssm_n_v_heads // cfg.ssm_n_k_heads
-        ba = linear(x, w, "ssm_ba").view(B, T, cfg.ssm_n_k_heads, 2 * r)
-        return qkv, z, ba[..., :r].reshape(B, T, -1), ba[..., r:].reshape(B, T, -1)
-    return qkv, z, linear(x, w, "ssm_beta"), linear(x, w, "ssm_alpha")
+    if "ssm_in.wT" in w:
+        return project_split(x, w, "ssm_in")
+    if "ssm_in_ba.wT" in w:
+        qkv, z, ba = project_split(x, w, "ssm_in_ba")
+    elif "ssm_ba.weight" in w:
+        qkv, z, ba = linear(x, w, "attn_qkv"), linear(x, w, "attn_gate"), linear(x, w, "ssm_ba")
+    else:
+        return linear(x, w, "attn_qkv"), linear(x, w, "attn_gate"), linear(x, w, "ssm_beta"), linear(x, w, "ssm_alpha")
+    B, T, _ = x.shape   # Qwen3-Next: beta and alpha interleaved per K-head group [b (r) | a (r)]
+    r = cfg.ssm_n_v_heads // cfg.ssm_n_k_heads
+    ba = ba.reshape(B, T, cfg.ssm_n_k_heads, 2 * r)
+    return qkv, z, ba[..., :r].reshape(B, T, -1), ba[..., r:].reshape(B, T, -1)

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import ModelConfig
+from .fuse import project, project_split
 
 
 def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
@@ -38,6 +39,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 def linear(x: torch.Tensor, w: dict, name: str) -> torch.Tensor:
+    """x @ W for a weight stored either transposed (`name.wT`, see fuse.py) or as in the file."""
+    if f"{name}.wT" in w:
+        return project(x, w, name)
     return F.linear(x, w[f"{name}.weight"], w.get(f"{name}.bias"))
 
 
@@ -45,7 +49,14 @@ def swiglu(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: to
     return F.linear(F.silu(F.linear(x, w_gate)) * F.linear(x, w_up), w_down)
 
 
+def fused_swiglu(x: torch.Tensor, w: dict, suffix: str = "") -> torch.Tensor:
+    gate, up = project_split(x, w, f"ffn_gate_up{suffix}")
+    return linear(F.silu(gate) * up, w, f"ffn_down{suffix}")
+
+
 def dense_ffn(x: torch.Tensor, w: dict) -> torch.Tensor:
+    if "ffn_gate_up.wT" in w:
+        return fused_swiglu(x, w)
     return swiglu(x, w["ffn_gate.weight"], w["ffn_up.weight"], w["ffn_down.weight"])
 
 
@@ -93,8 +104,12 @@ def moe_ffn(x: torch.Tensor, w: dict, cfg: ModelConfig) -> torch.Tensor:
         y = swiglu(x[tok], gate[e], up[e], down[e]) * flat_weights[start:start + n, None]
         out.index_add_(0, tok, y)
         start += n
-    if "ffn_gate_shexp.weight" in w:
+    shared = None
+    if "ffn_gate_up_shexp.wT" in w:
+        shared = fused_swiglu(x, w, "_shexp")
+    elif "ffn_gate_shexp.weight" in w:
         shared = swiglu(x, w["ffn_gate_shexp.weight"], w["ffn_up_shexp.weight"], w["ffn_down_shexp.weight"])
+    if shared is not None:
         if "ffn_gate_inp_shexp.weight" in w:
             shared = shared * torch.sigmoid(F.linear(x, w["ffn_gate_inp_shexp.weight"]))
         out = out + shared

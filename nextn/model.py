@@ -15,6 +15,7 @@ from .cache import Cache
 from .config import ModelConfig
 from .deltanet import gated_deltanet
 from .errors import ModelFileError
+from .fuse import fuse_block
 from .ggufio import GGUFFile
 from .layers import ffn, linear, rms_norm, rope_tables
 from .step import Step
@@ -32,7 +33,11 @@ class Model:
         self.tok_embd = globals_["token_embd.weight"]
         self.output_norm = globals_["output_norm.weight"]
         self.output = globals_.get("output.weight", self.tok_embd)   # tied embeddings
-        self.layers = layers
+        # untied heads are stored [D, V] (see fuse.py); a tied head stays shared with the embedding
+        self.output_t = self.output.t().contiguous() if "output.weight" in globals_ else None
+        if self.output_t is not None:
+            self.output = None
+        self.layers = [fuse_block(w) for w in layers]
         self.has_mtp = len(layers) > cfg.n_layer
 
     # ---- loading -------------------------------------------------------------------------------
@@ -84,7 +89,9 @@ class Model:
         return rms_norm(x, self.output_norm, self.cfg.rms_eps)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(hidden, self.output).float()
+        if self.output_t is not None:
+            return (hidden @ self.output_t).float()
+        return F.linear(hidden, self.tok_embd).float()
 
     def mtp_forward(self, tokens: torch.Tensor, hidden: torch.Tensor, step: Step, cache: Cache, i: int = 0):
         """MTP block: token x_{t+1} and trunk hidden h_t (post-norm) -> normed MTP hidden g (predicts x_{t+2})."""
@@ -100,12 +107,15 @@ class Model:
 
     def mtp_logits(self, g: torch.Tensor, i: int = 0) -> torch.Tensor:
         w = self.layers[self.cfg.n_layer + i]
-        return F.linear(g, w.get("nextn.shared_head_head.weight", self.output)).float()
+        if "nextn.shared_head_head.weight" in w:
+            return F.linear(g, w["nextn.shared_head_head.weight"]).float()
+        return self.logits(g)
 
     def nbytes(self) -> int:
         seen, total = set(), 0
-        for t in [self.tok_embd, self.output_norm, self.output, *(t for w in self.layers for t in w.values())]:
-            if id(t) not in seen:
+        tensors = [self.tok_embd, self.output_norm, self.output_t, *(t for w in self.layers for t in w.values())]
+        for t in tensors:
+            if isinstance(t, torch.Tensor) and id(t) not in seen:
                 seen.add(id(t))
                 total += t.numel() * t.element_size()
         return total

@@ -1,0 +1,49 @@
+"""Load-time weight layout for fast small-batch decoding.
+
+Projections that read the same input are concatenated into one matrix (q|k|v; qkv|z|beta|alpha;
+gate|up), and every dense matmul weight is stored transposed, [in, out], so a decode step does one
+`x @ W` per projection: on CPUs a one-row product over a row-major [in, out] matrix streams the
+weights at full speed, where x @ W.T does not. Tensors keep their GGUF names with a `.wT` suffix
+(or the fused name); the split sizes of a fused matrix are stored beside it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+FUSED = {
+    "attn_in": ("attn_q", "attn_k", "attn_v"),
+    "ssm_in": ("attn_qkv", "attn_gate", "ssm_beta", "ssm_alpha"),
+    "ssm_in_ba": ("attn_qkv", "attn_gate", "ssm_ba"),
+    "ffn_gate_up": ("ffn_gate", "ffn_up"),
+    "ffn_gate_up_shexp": ("ffn_gate_shexp", "ffn_up_shexp"),
+}
+TRANSPOSED = ("attn_output", "ssm_out", "ffn_down", "ffn_down_shexp", "nextn.eh_proj")
+
+
+def fuse_block(w: dict) -> dict:
+    """Rewrite one block's weight dict in place (originals are dropped, so no memory is duplicated)."""
+    for fused, parts in FUSED.items():
+        if all(f"{p}.weight" in w for p in parts):
+            mats = [w.pop(f"{p}.weight") for p in parts]
+            w[f"{fused}.wT"] = torch.cat(mats, 0).t().contiguous()
+            w[f"{fused}.split"] = tuple(m.shape[0] for m in mats)
+            if any(f"{p}.bias" in w for p in parts):
+                w[f"{fused}.bias"] = torch.cat([w.pop(f"{p}.bias", None) if f"{p}.bias" in w
+                                                else torch.zeros(m.shape[0], dtype=m.dtype, device=m.device)
+                                                for p, m in zip(parts, mats)])
+    for name in TRANSPOSED:
+        if f"{name}.weight" in w:
+            w[f"{name}.wT"] = w.pop(f"{name}.weight").t().contiguous()
+    return w
+
+
+def project(x: torch.Tensor, w: dict, name: str) -> torch.Tensor:
+    out = x @ w[f"{name}.wT"]
+    bias = w.get(f"{name}.bias")
+    return out + bias if bias is not None else out
+
+
+def project_split(x: torch.Tensor, w: dict, name: str) -> tuple[torch.Tensor, ...]:
+    return project(x, w, name).split(w[f"{name}.split"], dim=-1)
+
