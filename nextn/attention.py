@@ -37,10 +37,7 @@ def attention(x: torch.Tensor, w: dict, cfg: ModelConfig, step: Step, cache: Cac
     rows = step.write_rows
     kc[step.write_slots, step.write_pos] = k.reshape(B * T, cfg.n_head_kv, hd)[rows]
     vc[step.write_slots, step.write_pos] = v.reshape(B * T, cfg.n_head_kv, hd)[rows]
-    if B == 1:
-        keys, values = kc[step.slots[0], :step.kv_len][None], vc[step.slots[0], :step.kv_len][None]
-    else:
-        keys, values = kc[step.slot_index, :step.kv_len], vc[step.slot_index, :step.kv_len]
+    keys, values = kc[step.sel, :step.kv_len], vc[step.sel, :step.kv_len]
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2),
         attn_mask=step.mask, is_causal=step.mask is None and T > 1, enable_gqa=cfg.n_head != cfg.n_head_kv,

@@ -17,7 +17,7 @@ from .config import ModelConfig
 
 @dataclass
 class PendingState:
-    slot_index: torch.Tensor     # [B]
+    slot_index: torch.Tensor | slice   # the slots (a slice when contiguous)
     conv_buf: torch.Tensor       # [B, C, K-1+T]: old conv window followed by this step's inputs
     states: torch.Tensor         # [B, H, T, dk, dv]: recurrent state after each token
 

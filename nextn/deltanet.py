@@ -17,17 +17,26 @@ from .layers import l2_norm, linear, rms_norm
 from .step import Step
 
 CHUNK = 64
+_LOWER: dict = {}
+
+
+def _lower(T: int, device) -> torch.Tensor:
+    key = (T, str(device))
+    if key not in _LOWER:
+        _LOWER[key] = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+    return _LOWER[key]
 
 
 def delta_rule_chunk(q, k, v, g, beta, s0, all_states: bool):
     """Gated delta rule over one chunk, in closed form (WY/UT representation).
 
-    q, k: [B, H, T, dk] (q already scaled), v: [B, H, T, dv], g (log decay), beta: [B, H, T],
-    s0: [B, H, dk, dv]. Returns (outputs [B, H, T, dv], states [B, H, T, dk, dv] or final [B, H, dk, dv]).
+    q, k: [..., T, dk] (q already scaled), v: [..., T, dv], g (log decay), beta: [..., T],
+    s0: [..., dk, dv]; leading dims broadcast, so K heads shared by several V heads are never copied.
+    Returns (outputs [..., T, dv], states [..., T, dk, dv] after every token, or the final [..., dk, dv]).
     """
-    T = q.shape[2]
+    T = q.shape[-2]
     c = g.cumsum(-1)
-    lower = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+    lower = _lower(T, q.device)
     decay = (c[..., :, None] - c[..., None, :]).masked_fill(~lower, float("-inf")).exp()   # [.., t, i]
     a = (beta[..., :, None] * decay * (k @ k.transpose(-1, -2))).tril(-1)
     ec = c.exp()[..., None]
@@ -35,8 +44,8 @@ def delta_rule_chunk(q, k, v, g, beta, s0, all_states: bool):
     u = torch.linalg.solve_triangular(a, rhs, upper=False, unitriangular=True)
     out = ec * (q @ s0) + ((q @ k.transpose(-1, -2)) * decay) @ u
     if all_states:
-        inc = (decay[..., :, :, None] * k[..., None, :, :]).transpose(-1, -2) @ u[..., None, :, :]
-        return out, ec[..., None] * s0[:, :, None] + inc
+        inc = (decay[..., :, :, None] * k.unsqueeze(-3)).transpose(-1, -2) @ u.unsqueeze(-3)
+        return out, ec[..., None] * s0.unsqueeze(-3) + inc
     last = decay[..., -1, :, None]
     return out, c[..., -1].exp()[..., None, None] * s0 + (k * last).transpose(-1, -2) @ u
 
@@ -47,40 +56,68 @@ def gated_deltanet(x: torch.Tensor, w: dict, cfg: ModelConfig, step: Step, cache
     qkv, z, b, a = _projections(x, w, cfg)
 
     # causal depthwise conv over [old window | new inputs]
-    conv_state = cache.conv[il][step.slot_index]
+    conv_state = cache.conv[il][step.sel]
     buf = torch.cat((conv_state, qkv.transpose(1, 2).to(conv_state.dtype)), dim=2)
     mixed = F.silu(causal_conv(buf, w["ssm_conv1d.weight"], T)).transpose(1, 2).float()   # [B, T, C]
     q, k, v = mixed.split((hk * dk, hk * dk, hv * dv), dim=-1)
-    q = l2_norm(q.reshape(B, T, hk, dk)) * dk ** -0.5
-    k = l2_norm(k.reshape(B, T, hk, dk))
-    if hv != hk:
-        q, k = _expand_heads(q, hv // hk, cfg), _expand_heads(k, hv // hk, cfg)
-    v = v.reshape(B, T, hv, dv)
-    valid = step.valid[..., None]
-    beta = torch.sigmoid(b.float()) * valid                                         # padding: no write
-    g = w["ssm_a"].float() * F.softplus(a.float() + w["ssm_dt.bias"].float()) * valid   # padding: no decay
-    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-    beta, g = beta.transpose(1, 2), g.transpose(1, 2)
-
-    s0 = cache.ssm[il][step.slot_index]
+    heads = _Heads(cfg, B, T)
+    q = heads.keys(l2_norm(q.reshape(B, T, hk, dk)) * dk ** -0.5)
+    k = heads.keys(l2_norm(k.reshape(B, T, hk, dk)))
+    v = heads.values(v)
+    beta = heads.scalars(torch.sigmoid(b.float()) * step.valid_f[..., None])               # padding: no write
+    g = heads.scalars(w["ssm_a"].float() * F.softplus(a.float() + w["ssm_dt.bias"].float())
+                      * step.valid_f[..., None])                                            # padding: no decay
+    s0 = heads.state(cache.ssm[il][step.sel])
     if step.chunked:
         outs = []
         for s in range(0, T, CHUNK):
             e = s + CHUNK
-            o, s0 = delta_rule_chunk(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], g[:, :, s:e], beta[:, :, s:e], s0, False)
+            o, s0 = delta_rule_chunk(q[..., s:e, :], k[..., s:e, :], v[..., s:e, :], g[..., s:e], beta[..., s:e],
+                                     s0, False)
             outs.append(o)
-        out = torch.cat(outs, dim=2)
+        out = torch.cat(outs, dim=-2)
         n = torch.tensor(step.n_tokens, device=x.device)
         window = n[:, None] + torch.arange(buf.shape[2] - T, device=x.device)[None, :]
-        cache.conv[il][step.slot_index] = buf.gather(2, window[:, None, :].expand(-1, buf.shape[1], -1))
-        cache.ssm[il][step.slot_index] = s0
+        cache.conv[il][step.sel] = buf.gather(2, window[:, None, :].expand(-1, buf.shape[1], -1))
+        cache.ssm[il][step.sel] = s0.reshape(B, hv, dk, dv)
     else:
         out, states = delta_rule_chunk(q, k, v, g, beta, s0, True)
-        cache.pending[il] = PendingState(step.slot_index, buf, states)
+        cache.pending[il] = PendingState(step.sel, buf, heads.flat_states(states))
 
-    out = out.transpose(1, 2)                                                      # [B, T, hv, dv]
+    out = heads.merge(out)                                                         # [B, T, hv, dv]
     out = rms_norm(out, w["ssm_norm.weight"], cfg.rms_eps) * F.silu(z.float().view(B, T, hv, dv))
     return linear(out.reshape(B, T, hv * dv).to(x.dtype), w, "ssm_out")
+
+
+class _Heads:
+    """V heads share K heads in groups of r. Qwen3.5 GGUFs store V heads tiled over K heads (head j
+    reads K head j % hk, llama.cpp's order); Qwen3-Next keeps them grouped (head j reads j // r).
+    Values are viewed as [B, a, b, T, ...] with K heads broadcast along the r axis, never copied."""
+
+    def __init__(self, cfg: ModelConfig, B: int, T: int):
+        self.B, self.T, self.hk, self.hv = B, T, cfg.ssm_n_k_heads, cfg.ssm_n_v_heads
+        self.r = self.hv // self.hk
+        self.tiled = cfg.ssm_v_tiled
+        self.shape = (self.r, self.hk) if self.tiled else (self.hk, self.r)
+
+    def keys(self, t: torch.Tensor) -> torch.Tensor:          # [B, T, hk, d] -> [B, 1|hk, hk|1, T, d]
+        t = t.permute(0, 2, 1, 3)
+        return t[:, None] if self.tiled else t[:, :, None]
+
+    def values(self, t: torch.Tensor) -> torch.Tensor:        # [B, T, hv*d] -> [B, a, b, T, d]
+        return t.reshape(self.B, self.T, *self.shape, -1).permute(0, 2, 3, 1, 4)
+
+    def scalars(self, t: torch.Tensor) -> torch.Tensor:       # [B, T, hv] -> [B, a, b, T]
+        return t.reshape(self.B, self.T, *self.shape).permute(0, 2, 3, 1)
+
+    def state(self, s: torch.Tensor) -> torch.Tensor:         # [B, hv, dk, dv] -> [B, a, b, dk, dv]
+        return s.reshape(self.B, *self.shape, *s.shape[-2:])
+
+    def merge(self, out: torch.Tensor) -> torch.Tensor:       # [B, a, b, T, dv] -> [B, T, hv, dv]
+        return out.permute(0, 3, 1, 2, 4).reshape(self.B, self.T, self.hv, -1)
+
+    def flat_states(self, states: torch.Tensor) -> torch.Tensor:   # [B, a, b, T, dk, dv] -> [B, hv, T, dk, dv]
+        return states.reshape(self.B, self.hv, *states.shape[-3:])
 
 
 def causal_conv(buf: torch.Tensor, weight: torch.Tensor, T: int) -> torch.Tensor:
@@ -92,12 +129,6 @@ def causal_conv(buf: torch.Tensor, weight: torch.Tensor, T: int) -> torch.Tensor
     for j in range(1, K):
         out = out + buf[:, :, j:j + T] * w[:, j, None]
     return out
-
-
-def _expand_heads(t: torch.Tensor, r: int, cfg: ModelConfig) -> torch.Tensor:
-    """Share each K head among r V heads. Qwen3.5 GGUFs store V heads tiled (head j reads K head j % hk,
-    llama.cpp's reordering); Qwen3-Next keeps them grouped (head j reads K head j // r)."""
-    return t.repeat(1, 1, r, 1) if cfg.ssm_v_tiled else t.repeat_interleave(r, dim=2)
 
 
 def _projections(x: torch.Tensor, w: dict, cfg: ModelConfig):

@@ -27,6 +27,8 @@ class Step:
     kv_len: int                      # keys visible to this step: max(start + n)
     mask: torch.Tensor | None        # [B, 1, T, kv_len] bool, None when plain causal suffices
     chunked: bool                    # prefill-sized: chunked delta rule, final states only
+    sel: slice | torch.Tensor = None  # the slots, as a slice (a view, no copy) when they are contiguous
+    valid_f: torch.Tensor = None     # valid as float, for masking
     rope: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
@@ -55,4 +57,6 @@ class Step:
         return cls(slots=list(slots), starts=list(starts), n_tokens=list(n_tokens), T=T, positions=positions,
                    valid=valid, slot_index=slot_index, write_slots=slot_index.repeat_interleave(T)[rows],
                    write_pos=rows_idx.flatten()[rows], write_rows=rows, kv_len=kv_len, mask=mask,
-                   chunked=(T > 16) if chunked is None else chunked)
+                   chunked=(T > 16) if chunked is None else chunked,
+                   sel=slice(slots[0], slots[0] + B) if list(slots) == list(range(slots[0], slots[0] + B))
+                   else slot_index, valid_f=valid.to(torch.float32))
