@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from .cache import Cache
 from .config import ModelConfig
-from .fuse import project_split
+from .fuse import has, project_split
 from .layers import apply_rope, linear, rms_norm
 from .step import Step
 
@@ -15,7 +15,7 @@ from .step import Step
 def attention(x: torch.Tensor, w: dict, cfg: ModelConfig, step: Step, cache: Cache, il: int) -> torch.Tensor:
     B, T, _ = x.shape
     hd = cfg.head_dim
-    if "attn_in.wT" in w:
+    if has(w, "attn_in"):
         q, k, v = project_split(x, w, "attn_in")
     else:
         q, k, v = linear(x, w, "attn_q"), linear(x, w, "attn_k"), linear(x, w, "attn_v")

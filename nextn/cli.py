@@ -22,6 +22,8 @@ def add_model_args(p: argparse.ArgumentParser, spec_flag: bool = True) -> None:
     p.add_argument("--prefill-chunk", type=int, default=512)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", default=None, choices=["f32", "f16", "bf16"])
+    p.add_argument("--cpu-matmul", default=None, choices=["dual", "onednn", "blas"],
+                   help="CPU weight layout: dual (BLAS + oneDNN, default with MTP), onednn or blas (half the memory)")
 
 
 def engine_config(args, **over):
@@ -30,7 +32,7 @@ def engine_config(args, **over):
     fields = dict(model=args.model, mtp_model=args.mtp_model, spec=getattr(args, "spec", "mtp"),
                   draft_max=args.draft_max, draft_min=args.draft_min, draft_p_min=args.draft_p_min,
                   adaptive=not args.no_adaptive, ctx_size=args.ctx_size, prefill_chunk=args.prefill_chunk,
-                  device=args.device, dtype=args.dtype)
+                  device=args.device, dtype=args.dtype, cpu_matmul=args.cpu_matmul)
     fields.update(over)
     return EngineConfig(**fields)
 

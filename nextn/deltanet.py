@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from .cache import Cache, PendingState
 from .config import ModelConfig
-from .fuse import project_split
+from .fuse import has, project_split
 from .layers import l2_norm, linear, rms_norm
 from .step import Step
 
@@ -133,9 +133,9 @@ def causal_conv(buf: torch.Tensor, weight: torch.Tensor, T: int) -> torch.Tensor
 
 def _projections(x: torch.Tensor, w: dict, cfg: ModelConfig):
     """(qkv [B,T,C], z [B,T,hv*dv], beta-logits [B,T,hv], alpha [B,T,hv]) for either weight layout."""
-    if "ssm_in.wT" in w:
+    if has(w, "ssm_in"):
         return project_split(x, w, "ssm_in")
-    if "ssm_in_ba.wT" in w:
+    if has(w, "ssm_in_ba"):
         qkv, z, ba = project_split(x, w, "ssm_in_ba")
     elif "ssm_ba.weight" in w:
         qkv, z, ba = linear(x, w, "attn_qkv"), linear(x, w, "attn_gate"), linear(x, w, "ssm_ba")

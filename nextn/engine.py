@@ -37,6 +37,7 @@ class EngineConfig:
     prefill_chunk: int = 512
     device: str | None = None
     dtype: str | None = None
+    cpu_matmul: str | None = None     # CPU weight layout "dual" | "onednn" | "blas" (fuse.py); default by MTP use
     progress: bool = True
 
     def __post_init__(self):
@@ -81,7 +82,7 @@ class Engine:
         want_mtp = config.spec == "mtp" and config.draft_max > 0
         self.cfg, self.model, self.tokenizer, self.file = loader.load(
             config.model, mtp_path=config.mtp_model, with_mtp=want_mtp, device=config.device,
-            dtype=config.dtype, progress=config.progress)
+            dtype=config.dtype, progress=config.progress, matmul=config.cpu_matmul)
         self.model_name = self.file.path.stem
         self.runner = ModelRunner(self.model, config.n_parallel, config.ctx_size, use_mtp=want_mtp)
         self.scheduler = Scheduler(config.n_parallel, config.prefill_chunk)

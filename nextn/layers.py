@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import ModelConfig
-from .fuse import project, project_split
+from .fuse import has, project, project_split
 
 
 def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
@@ -40,7 +40,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 def linear(x: torch.Tensor, w: dict, name: str) -> torch.Tensor:
     """x @ W for a weight stored either transposed (`name.wT`, see fuse.py) or as in the file."""
-    if f"{name}.wT" in w:
+    if has(w, name):
         return project(x, w, name)
     return F.linear(x, w[f"{name}.weight"], w.get(f"{name}.bias"))
 
@@ -55,7 +55,7 @@ def fused_swiglu(x: torch.Tensor, w: dict, suffix: str = "") -> torch.Tensor:
 
 
 def dense_ffn(x: torch.Tensor, w: dict) -> torch.Tensor:
-    if "ffn_gate_up.wT" in w:
+    if has(w, "ffn_gate_up"):
         return fused_swiglu(x, w)
     return swiglu(x, w["ffn_gate.weight"], w["ffn_up.weight"], w["ffn_down.weight"])
 
@@ -105,7 +105,7 @@ def moe_ffn(x: torch.Tensor, w: dict, cfg: ModelConfig) -> torch.Tensor:
         out.index_add_(0, tok, y)
         start += n
     shared = None
-    if "ffn_gate_up_shexp.wT" in w:
+    if has(w, "ffn_gate_up_shexp"):
         shared = fused_swiglu(x, w, "_shexp")
     elif "ffn_gate_shexp.weight" in w:
         shared = swiglu(x, w["ffn_gate_shexp.weight"], w["ffn_up_shexp.weight"], w["ffn_down_shexp.weight"])

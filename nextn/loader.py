@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from .config import ModelConfig
-from .errors import ModelFileError, MTPUnavailableError
+from .errors import ModelFileError, MTPUnavailableError, NextnError
 from .ggufio import BUNDLED, HEAD_ONLY, GGUFFile, open_gguf
 from .model import Model
 from .tokenizer import Tokenizer
@@ -92,8 +92,22 @@ def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+def pick_layout(matmul: str | None, device: torch.device, dtype: torch.dtype, with_mtp: bool) -> str:
+    """Weight layout (fuse.py). Default on CPU float32: "dual" when speculating (BLAS for one-row
+    products, oneDNN for verification batches), plain "blas" otherwise."""
+    from .fuse import onednn_available
+
+    if device.type != "cpu" or dtype != torch.float32 or matmul == "blas":
+        return "blas"
+    if not onednn_available():
+        if matmul in ("onednn", "dual"):
+            raise NextnError(f"--cpu-matmul {matmul}: this PyTorch build has no oneDNN linear kernels")
+        return "blas"
+    return matmul or ("dual" if with_mtp else "blas")
+
+
 def load(model_path: str | Path | None = None, *, mtp_path: str | Path | None = None, with_mtp: bool = False,
-         device: str | None = None, dtype: str | None = None, progress: bool = True):
+         device: str | None = None, dtype: str | None = None, progress: bool = True, matmul: str | None = None):
     """Open, check and load a model. Returns (config, model, tokenizer, trunk file)."""
     trunk = open_trunk(model_path or default_model())
     cfg = ModelConfig.from_gguf(trunk)
@@ -102,6 +116,7 @@ def load(model_path: str | Path | None = None, *, mtp_path: str | Path | None = 
         cfg.n_mtp = (head or trunk).n_mtp
         cfg.recurrent = cfg.recurrent[:cfg.n_layer] + (False,) * cfg.n_mtp
     dev = pick_device(device)
-    model = Model.load(trunk, cfg, head=head, with_mtp=with_mtp, device=dev, dtype=pick_dtype(dtype, dev),
-                       progress=progress)
+    dt = pick_dtype(dtype, dev)
+    model = Model.load(trunk, cfg, head=head, with_mtp=with_mtp, device=dev, dtype=dt, progress=progress,
+                       layout=pick_layout(matmul, dev, dt, with_mtp))
     return cfg, model, Tokenizer.from_gguf(trunk), trunk

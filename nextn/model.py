@@ -15,7 +15,7 @@ from .cache import Cache
 from .config import ModelConfig
 from .deltanet import gated_deltanet
 from .errors import ModelFileError
-from .fuse import fuse_block
+from .fuse import fuse_block, project
 from .ggufio import GGUFFile
 from .layers import ffn, linear, rms_norm, rope_tables
 from .step import Step
@@ -28,22 +28,20 @@ MTP_REQUIRED = ("nextn.eh_proj.weight", "nextn.enorm.weight", "nextn.hnorm.weigh
 
 
 class Model:
-    def __init__(self, cfg: ModelConfig, globals_: dict, layers: list[dict], device, dtype):
+    def __init__(self, cfg: ModelConfig, globals_: dict, layers: list[dict], device, dtype, layout: str = "blas"):
         self.cfg, self.device, self.dtype = cfg, torch.device(device), dtype
         self.tok_embd = globals_["token_embd.weight"]
         self.output_norm = globals_["output_norm.weight"]
-        self.output = globals_.get("output.weight", self.tok_embd)   # tied embeddings
-        # untied heads are stored [D, V] (see fuse.py); a tied head stays shared with the embedding
-        self.output_t = self.output.t().contiguous() if "output.weight" in globals_ else None
-        if self.output_t is not None:
-            self.output = None
-        self.layers = [fuse_block(w) for w in layers]
+        # an untied output head gets the fast layout of fuse.py; a tied head stays shared with the embedding
+        self.head = {"output.weight": globals_["output.weight"]} if "output.weight" in globals_ else {}
+        fuse_block(self.head, layout, transpose=("output",))
+        self.layers = [fuse_block(w, layout) for w in layers]
         self.has_mtp = len(layers) > cfg.n_layer
 
     # ---- loading -------------------------------------------------------------------------------
     @classmethod
     def load(cls, gf: GGUFFile, cfg: ModelConfig, *, head: GGUFFile | None = None, with_mtp: bool = False,
-             device="cpu", dtype=torch.float32, progress: bool = True) -> "Model":
+             device="cpu", dtype=torch.float32, progress: bool = True, layout: str = "blas") -> "Model":
         plan = [(gf, n) for n in ("token_embd.weight", "output_norm.weight", "output.weight") if n in gf.tensors]
         plan += [(gf, n) for n in gf.tensors if _block_of(n) is not None and _block_of(n) < cfg.n_layer]
         if with_mtp:
@@ -66,7 +64,7 @@ class Model:
                 raise ModelFileError(f"{gf.path}: tensor '{name}' is missing")
         for il, w in enumerate(blocks):
             _check_block(head if (head is not None and il >= cfg.n_layer) else gf, cfg, il, w)
-        return cls(cfg, globals_, blocks, device, dtype)
+        return cls(cfg, globals_, blocks, device, dtype, layout)
 
     # ---- forward -------------------------------------------------------------------------------
     def block(self, il: int, x: torch.Tensor, step: Step, cache: Cache) -> torch.Tensor:
@@ -89,9 +87,9 @@ class Model:
         return rms_norm(x, self.output_norm, self.cfg.rms_eps)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        if self.output_t is not None:
-            return (hidden @ self.output_t).float()
-        return F.linear(hidden, self.tok_embd).float()
+        if self.head:
+            return project(hidden, self.head, "output").float()
+        return F.linear(hidden, self.tok_embd).float()   # tied: the head is the embedding
 
     def mtp_forward(self, tokens: torch.Tensor, hidden: torch.Tensor, step: Step, cache: Cache, i: int = 0):
         """MTP block: token x_{t+1} and trunk hidden h_t (post-norm) -> normed MTP hidden g (predicts x_{t+2})."""
@@ -113,11 +111,11 @@ class Model:
 
     def nbytes(self) -> int:
         seen, total = set(), 0
-        tensors = [self.tok_embd, self.output_norm, self.output_t, *(t for w in self.layers for t in w.values())]
+        tensors = [self.tok_embd, self.output_norm, *self.head.values(), *(t for w in self.layers for t in w.values())]
         for t in tensors:
             if isinstance(t, torch.Tensor) and id(t) not in seen:
                 seen.add(id(t))
-                total += t.numel() * t.element_size()
+                total += t.numel() * 4 if t.is_mkldnn else t.numel() * t.element_size()
         return total
 
 

@@ -91,3 +91,24 @@ def test_chunked_and_one_shot_prefill_give_identical_logits(tiny):
         c = _prefill_logits(model, cfg, ids, chunk=48)
     assert torch.equal(a, b)
     assert torch.allclose(a, c, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("layout", ["onednn", "dual"])
+@torch.inference_mode()
+def test_cpu_weight_layouts_compute_the_same_logits(tiny, layout):
+    from nextn.fuse import onednn_available
+
+    if not onednn_available():
+        pytest.skip("this PyTorch build has no oneDNN linear kernels")
+    gf = open_gguf(tiny("qwen35moe"))
+    cfg = ModelConfig.from_gguf(gf)
+    ref, other = Model.load(gf, cfg, progress=False), Model.load(gf, cfg, progress=False, layout=layout)
+    ids = torch.randint(0, cfg.n_vocab, (1, 40), generator=torch.Generator().manual_seed(4))
+    for model in (ref, other):
+        cache = Cache.allocate(cfg, 1, 64, torch.float32, "cpu", with_mtp=False)
+        model.out = [model.logits(model.forward(ids[:, :36], Step.build([0], [0], [36], "cpu", 64), cache))]
+        model.out.append(model.logits(model.forward(ids[:, 36:37], Step.build([0], [36], [1], "cpu", 64), cache)))
+        cache.commit([1])
+        model.out.append(model.logits(model.forward(ids[:, 37:], Step.build([0], [37], [3], "cpu", 64), cache)))
+    for a, b in zip(ref.out, other.out):
+        assert (a - b).abs().max().item() <= 1e-4
