@@ -51,29 +51,37 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run(engine, configs: list[BenchConfig], prompts: dict[str, list[str]], params: SamplingParams,
+def run(engines: dict, configs: list[BenchConfig], prompts: dict[str, list[str]], params: SamplingParams,
         repeats: int = 1, progress: bool = True) -> dict:
+    """engines: {"plain": engine without MTP, "mtp": engine with MTP}; "none" runs on the plain one, so
+    the baseline pays for nothing MTP needs (no MTP weights, single-row BLAS layout)."""
     total = len(configs) * sum(len(v) for v in prompts.values()) * repeats
     bar = tqdm(total=total, desc="bench", disable=not progress, file=sys.stderr)
-    engine.generate(next(iter(prompts.values()))[0], SamplingParams(max_tokens=8))   # warm-up
+    for engine in engines.values():
+        engine.generate(next(iter(prompts.values()))[0], SamplingParams(max_tokens=8))   # warm-up
+    # interleave configurations prompt by prompt, so that drift in machine speed hits all of them alike
+    tuners = {c.name: KTuner(c.spec.draft_max, c.spec.draft_min) for c in configs}
+    stats = {c.name: {t: SpecStats() for t in prompts} for c in configs}
+    peak_cuda = {c.name: 0.0 for c in configs}
+    for _ in range(repeats):
+        for ptype, plist in prompts.items():
+            for prompt in plist:
+                for cfg in configs:
+                    engine = engines["plain" if cfg.spec.draft_max == 0 else "mtp"]
+                    engine.tuner = tuners[cfg.name]
+                    if engine.device_is_cuda:
+                        torch.cuda.reset_peak_memory_stats()
+                    bar.set_postfix_str(f"{cfg.name} {ptype}")
+                    stats[cfg.name][ptype].merge(engine.generate(prompt, params, spec=cfg.spec).stats)
+                    if engine.device_is_cuda:
+                        peak_cuda[cfg.name] = max(peak_cuda[cfg.name], torch.cuda.max_memory_allocated() / 2**20)
+                    bar.update()
     results = {}
     for cfg in configs:
-        engine.tuner = KTuner(cfg.spec.draft_max, cfg.spec.draft_min)
-        if engine.device_is_cuda:
-            torch.cuda.reset_peak_memory_stats()
-        by_type = {}
-        for ptype, plist in prompts.items():
-            stats = SpecStats()
-            for _ in range(repeats):
-                for prompt in plist:
-                    bar.set_postfix_str(f"{cfg.name} {ptype}")
-                    stats.merge(engine.generate(prompt, params, spec=cfg.spec).stats)
-                    bar.update()
-            by_type[ptype] = stats
-        draft = engine.tuner.costs.draft_cost(1)
-        results[cfg.name] = {"stats": by_type, "draft_seconds": draft,
-                             "peak_rss_mb": peak_rss_mb(),
-                             "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if engine.device_is_cuda else None}
+        engine = engines["plain" if cfg.spec.draft_max == 0 else "mtp"]
+        results[cfg.name] = {"stats": stats[cfg.name], "draft_seconds": tuners[cfg.name].costs.draft_cost(1),
+                             "peak_rss_mb": peak_rss_mb(), "engine_mb": engine.memory_bytes() / 2**20,
+                             "peak_cuda_mb": peak_cuda[cfg.name] if engine.device_is_cuda else None}
     bar.close()
     return summarize(results, configs)
 
@@ -99,7 +107,7 @@ def summarize(results: dict, configs: list[BenchConfig]) -> dict:
                 "tokens_per_step": round(tok_step, 3), "drafts_per_step": round(drafts_step, 3),
                 "draft_cost_ratio": round(c, 4),
                 "ideal_speedup": round(tok_step / (1 + c * drafts_step), 3),
-                "peak_rss_mb": round(r["peak_rss_mb"], 1),
+                "peak_rss_mb": round(r["peak_rss_mb"], 1), "engine_mb": round(r["engine_mb"], 1),
                 "peak_cuda_mb": round(r["peak_cuda_mb"], 1) if r["peak_cuda_mb"] is not None else None,
             })
     return {"rows": rows}
@@ -114,13 +122,13 @@ def _merged(by_type: dict) -> SpecStats:
 
 def table(summary: dict) -> str:
     head = (f"{'config':<9} {'prompts':<9} {'tok/s':>8} {'speedup':>8} {'ideal':>6} {'accept':>7} "
-            f"{'mean len':>8} {'per position':<22} {'peak MB':>8}")
+            f"{'mean len':>8} {'per position':<22} {'weights+cache MB':>16}")
     lines = [head, "-" * len(head)]
     for r in summary["rows"]:
         per = " ".join(f"{a:.2f}" for a in r["acceptance_per_position"]) or "-"
         lines.append(f"{r['config']:<9} {r['prompts']:<9} {r['tokens_per_second']:>8.1f} {r['speedup']:>7.2f}x "
                      f"{r['ideal_speedup']:>5.2f}x {r['acceptance_rate']:>7.1%} {r['mean_accepted_length']:>8.2f} "
-                     f"{per:<22} {r['peak_cuda_mb'] or r['peak_rss_mb']:>8.0f}")
+                     f"{per:<22} {r['peak_cuda_mb'] or r['engine_mb']:>16.1f}")
     return "\n".join(lines)
 
 
@@ -171,12 +179,14 @@ def main(args) -> int:
 
     configs = parse_configs(args.configs, args.draft_max)
     prompts = load_prompts(args.prompts)
-    spec_wanted = any(c.spec.draft_max > 0 for c in configs)
-    engine = Engine(engine_config(args, progress=not args.quiet, spec="mtp" if spec_wanted else "none",
-                                  draft_max=max(c.spec.draft_max for c in configs)))
+    engines = {"plain": Engine(engine_config(args, progress=not args.quiet, spec="none"))}
+    if any(c.spec.draft_max > 0 for c in configs):
+        engines["mtp"] = Engine(engine_config(args, progress=not args.quiet, spec="mtp",
+                                              draft_max=max(c.spec.draft_max for c in configs)))
+    engine = engines.get("mtp", engines["plain"])
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temp, seed=args.seed, ignore_eos=True)
     t0 = time.time()
-    summary = run(engine, configs, prompts, params, args.repeats, progress=not args.quiet)
+    summary = run(engines, configs, prompts, params, args.repeats, progress=not args.quiet)
     summary["setup"] = {
         "model": str(engine.file.path), "device": str(engine.model.device), "dtype": str(engine.model.dtype),
         "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),

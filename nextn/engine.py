@@ -94,6 +94,10 @@ class Engine:
     def mtp_enabled(self) -> bool:
         return self.runner.use_mtp
 
+    def memory_bytes(self) -> int:
+        """Weights (in their in-memory layout) plus the preallocated caches."""
+        return self.model.nbytes() + self.runner.cache.nbytes()
+
     @property
     def device_is_cuda(self) -> bool:
         return self.model.device.type == "cuda"

@@ -45,33 +45,59 @@ class Acceptance:
 
 
 @dataclass
-class Ema:
-    value: float | None = None
-    alpha: float = 0.25
+class Recent:
+    """Median of the last `window` timings: robust to the scheduler hiccups that skew a mean."""
+
+    window: int = 15
+    samples: list[float] = field(default_factory=list)
 
     def add(self, x: float) -> None:
-        self.value = x if self.value is None else (1 - self.alpha) * self.value + self.alpha * x
+        self.samples.append(x)
+        del self.samples[:-self.window]
+
+    @property
+    def value(self) -> float | None:
+        if not self.samples:
+            return None
+        ordered = sorted(self.samples)
+        return ordered[len(ordered) // 2]
 
 
 @dataclass
 class CostModel:
     """Measured seconds of one trunk forward per (batch size, tokens per sequence), one draft step per batch size."""
 
-    trunk: dict[tuple[int, int], Ema] = field(default_factory=dict)
-    draft: dict[int, Ema] = field(default_factory=dict)
+    trunk: dict[tuple[int, int], Recent] = field(default_factory=dict)
+    draft: dict[int, Recent] = field(default_factory=dict)
 
     def observe_trunk(self, B: int, T: int, seconds: float) -> None:
-        self.trunk.setdefault((B, T), Ema()).add(seconds)
+        self.trunk.setdefault((B, T), Recent()).add(seconds)
 
     def observe_draft(self, B: int, steps: int, seconds: float) -> None:
         if steps:
-            self.draft.setdefault(B, Ema()).add(seconds / steps)
+            self.draft.setdefault(B, Recent()).add(seconds / steps)
 
     def trunk_cost(self, B: int, T: int) -> float | None:
-        if (B, T) in self.trunk:
-            return self.trunk[(B, T)].value
-        known = sorted((t, e.value) for (b, t), e in self.trunk.items() if b == B and t < T)
-        return known[-1][1] if known else None   # optimistic: assume no growth until measured
+        """Median of the measurements at (B, T), blended with a line a + b (T - 1) fitted through every
+        measured T of this batch size, so one unlucky sample cannot freeze a choice. Unmeasured larger
+        T get the optimistic slope max(b, 0) from what is known (0 with a single point)."""
+        pts = sorted((t, e.value, len(e.samples)) for (b, t), e in self.trunk.items() if b == B)
+        if not pts:
+            return None
+        if len(pts) == 1:
+            line = pts[0][1]
+        else:
+            w = [n for _, _, n in pts]
+            mt = sum(t * n for t, _, n in pts) / sum(w)
+            mv = sum(v * n for _, v, n in pts) / sum(w)
+            var = sum(n * (t - mt) ** 2 for t, _, n in pts)
+            slope = max(0.0, sum(n * (t - mt) * (v - mv) for t, v, n in pts) / var)
+            line = mv + slope * (T - mt)
+        own = self.trunk.get((B, T))
+        if own is None:
+            return line
+        n = len(own.samples)
+        return (own.value * n + line * 3) / (n + 3)
 
     def draft_cost(self, B: int) -> float | None:
         e = self.draft.get(B)
@@ -82,9 +108,9 @@ class CostModel:
 class KTuner:
     k_max: int
     k_min: int = 0
-    explore_every: int = 16
+    explore_every: int = 8
     costs: CostModel = field(default_factory=CostModel)
-    since_spec: int = 0
+    steps: int = 0
 
     def choose(self, acceptances: list[Acceptance]) -> int:
         if self.k_max == 0 or not acceptances:
@@ -92,23 +118,21 @@ class KTuner:
         B = len(acceptances)
         plain = self.costs.trunk_cost(B, 1)
         draft = self.costs.draft_cost(B)
-        if plain is None:
+        if plain is None or (B, 1) not in self.costs.trunk:
             return 0                           # measure plain decoding first
         if draft is None:
             return self._spec(self.k_max)      # then measure drafting
         best_k, best_rate = 0, B / plain
         for k in range(max(1, self.k_min), self.k_max + 1):
-            t = (self.costs.trunk_cost(B, k + 1) or plain) + k * draft
+            t = self.costs.trunk_cost(B, k + 1) + k * draft
             rate = sum(a.expected_tokens(k) for a in acceptances) / t
             if rate > best_rate:
                 best_k, best_rate = k, rate
-        if best_k == 0:
-            self.since_spec += 1
-            if self.since_spec >= self.explore_every:   # keep the acceptance estimate fresh
-                return self._spec(max(1, self.k_min))
-            return 0
-        return self._spec(best_k)
+        self.steps += 1
+        if self.steps % self.explore_every == 0:   # revisit a neighbour now and then: estimates go stale
+            nb = best_k + 1 if best_k < self.k_max else best_k - 1
+            return self._spec(max(nb, self.k_min if nb else 0)) if nb else 0
+        return self._spec(best_k) if best_k else 0
 
     def _spec(self, k: int) -> int:
-        self.since_spec = 0
         return k

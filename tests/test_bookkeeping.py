@@ -1,0 +1,99 @@
+"""Pure-Python bookkeeping: the adaptive draft-length tuner, the scheduler, statistics."""
+
+from nextn.sampling import SamplingParams
+from nextn.scheduler import Scheduler
+from nextn.sequence import Sequence, SpecConfig, Status
+from nextn.stats import SpecStats
+from nextn.tuner import Acceptance, KTuner
+
+
+def _tuner(trunk: dict, draft: float, k_max=3, explore_every=10**9) -> KTuner:
+    t = KTuner(k_max, explore_every=explore_every)
+    for T, secs in trunk.items():
+        for _ in range(5):
+            t.costs.observe_trunk(1, T, secs)
+    t.costs.observe_draft(1, 1, draft)
+    return t
+
+
+def _acceptance(rate: float, n=200) -> Acceptance:
+    a = Acceptance(3)
+    for i in range(n):
+        accepted = 0
+        while accepted < 3 and (i * 7 + accepted * 13) % 100 < rate * 100:
+            accepted += 1
+        a.update(3, accepted)
+    return a
+
+
+def test_measures_plain_then_drafting_first():
+    t = KTuner(3)
+    assert t.choose([Acceptance(3)]) == 0
+    t.costs.observe_trunk(1, 1, 0.01)
+    assert t.choose([Acceptance(3)]) == 3
+
+
+def test_high_acceptance_and_cheap_verification_drafts_the_most():
+    t = _tuner({1: 0.010, 2: 0.0105, 3: 0.011, 4: 0.0115}, draft=0.001)
+    assert t.choose([_acceptance(0.9)]) == 3
+
+
+def test_useless_drafts_turn_speculation_off():
+    t = _tuner({1: 0.010, 2: 0.014, 3: 0.018, 4: 0.022}, draft=0.002)
+    assert t.choose([_acceptance(0.0)]) == 0
+
+
+def test_expensive_verification_limits_k():
+    t = _tuner({1: 0.010, 2: 0.011, 3: 0.030, 4: 0.040}, draft=0.001)
+    assert t.choose([_acceptance(0.8)]) == 1
+
+
+def test_one_outlier_does_not_freeze_a_choice():
+    t = _tuner({1: 0.010, 2: 0.0105, 3: 0.011, 4: 0.0115}, draft=0.001)
+    t.costs.observe_trunk(1, 4, 0.5)           # a scheduler hiccup
+    assert t.choose([_acceptance(0.9)]) == 3
+
+
+def test_exploration_revisits_a_neighbour():
+    t = _tuner({1: 0.010, 2: 0.014, 3: 0.018, 4: 0.022}, draft=0.002, explore_every=4)
+    picks = [t.choose([_acceptance(0.0)]) for _ in range(8)]
+    assert picks.count(1) == 2 and picks.count(0) == 6
+
+
+def test_acceptance_is_conditional_per_position():
+    a = Acceptance(3, prior=0.5, weight=1e-9)
+    for _ in range(10):
+        a.update(3, 1)            # first kept, second rejected, third never reached
+    assert a.rate(0) > 0.99 and a.rate(1) < 0.01 and abs(a.rate(2) - 0.5) < 1e-6
+    assert abs(a.expected_tokens(3) - 2.0) < 1e-6
+
+
+def test_scheduler_admits_within_slots_and_batches_prefill():
+    sched = Scheduler(n_slots=2, prefill_chunk=100)
+    seqs = [Sequence(list(range(n)), SamplingParams(), SpecConfig()) for n in (60, 70, 10)]
+    for s in seqs:
+        sched.add(s)
+    plan = sched.schedule()
+    assert plan.prefill == seqs[:2] and plan.prefill_tokens == [60, 40] and not plan.decode
+    assert sorted(s.slot for s in seqs[:2]) == [0, 1] and seqs[2].status == Status.WAITING
+    seqs[0].num_cached, seqs[0].status = 60, Status.DECODE
+    seqs[1].num_cached = 40
+    plan = sched.schedule()
+    assert plan.prefill == [seqs[1]] and plan.prefill_tokens == [30] and plan.decode == [seqs[0]]
+    seqs[0].cancelled = True
+    sched.schedule()
+    assert sched.release_finished() == [seqs[0]] and seqs[0].finish_reason == "cancelled"
+    plan = sched.schedule()
+    assert seqs[2] in plan.prefill and seqs[2].slot == seqs[0].slot
+
+
+def test_stats_merge_and_rates():
+    a, b = SpecStats(), SpecStats()
+    a.record(3, 2)
+    a.record(3, 0)
+    b.record(2, 2)
+    b.record(0, 0)
+    a.merge(b)
+    assert (a.n_drafts, a.n_draft_tokens, a.n_accepted, a.n_steps) == (3, 8, 4, 4)
+    assert a.drafted_per_pos == [3, 3, 2] and a.accepted_per_pos == [2, 2, 0]
+    assert a.acceptance_rate == 0.5 and abs(a.mean_accepted_length - (1 + 4 / 3)) < 1e-9
