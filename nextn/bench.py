@@ -95,7 +95,7 @@ def summarize(results: dict, configs: list[BenchConfig]) -> dict:
             base = plain[ptype] if ptype != "all" else _merged(plain)
             plain_step = base.decode_seconds / max(base.n_steps, 1)
             c = (r["draft_seconds"] or 0.0) / plain_step if plain_step else 0.0
-            tok_step = st.n_generated / max(st.n_steps, 1)
+            tok_step = (st.n_steps + st.n_accepted) / max(st.n_steps, 1)   # tokens per decode step
             drafts_step = st.n_draft_tokens / max(st.n_steps, 1)
             rows.append({
                 "config": cfg.name, "prompts": ptype, "tokens": st.n_generated,

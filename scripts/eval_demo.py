@@ -1,0 +1,54 @@
+"""Evaluate the demo model on held-out standard-library files (never trained on, see train_demo.py):
+MTP greedy acceptance per draft position with k = 3, and a sample of what it writes.
+
+    python scripts/eval_demo.py [MODEL.gguf] [--files 40] [--tokens 96]
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from nextn.engine import Engine  # noqa: E402
+from nextn.sampling import SamplingParams  # noqa: E402
+from nextn.sequence import SpecConfig  # noqa: E402
+from nextn.stats import SpecStats  # noqa: E402
+from train_demo import corpus_files, corpus_root  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model", nargs="?", default=None)
+    ap.add_argument("--files", type=int, default=40)
+    ap.add_argument("--lines", type=int, default=12, help="prompt: the first N lines of each file")
+    ap.add_argument("--tokens", type=int, default=96)
+    ap.add_argument("--corpus", default=None)
+    args = ap.parse_args()
+    files = [f for f in corpus_files(corpus_root(args.corpus), held_out=True) if f.stat().st_size > 2000]
+    step = max(1, len(files) // args.files)
+    files = files[::step][:args.files]
+    engine = Engine(model=args.model, spec="mtp", progress=False)
+    total = SpecStats()
+    sample = None
+    for f in files:
+        prompt = "".join(f.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)[:args.lines])
+        r = engine.generate(prompt, SamplingParams(max_tokens=args.tokens), spec=SpecConfig(draft_max=3, adaptive=False))
+        total.merge(r.stats)
+        if sample is None and len(r.text) > 200:
+            sample = (f.name, prompt, r.text)
+    per = total.acceptance_per_position
+    print(json.dumps({"files": len(files), "generated_tokens": total.n_generated,
+                      "acceptance_rate": round(total.acceptance_rate, 3),
+                      "acceptance_per_position": [round(a, 3) for a in per],
+                      "conditional_acceptance": [round(per[0], 3)] + [round(per[i] / per[i - 1], 3) if per[i - 1] else 0
+                                                                        for i in range(1, len(per))],
+                      "mean_accepted_length": round(total.mean_accepted_length, 3)}, indent=1))
+    if sample:
+        print(f"\n--- {sample[0]} (held out): prompt ---\n{sample[1]}--- continuation ---\n{sample[2]}")
+
+
+if __name__ == "__main__":
+    main()
