@@ -79,7 +79,9 @@ def run(engines: dict, configs: list[BenchConfig], prompts: dict[str, list[str]]
     results = {}
     for cfg in configs:
         engine = engines["plain" if cfg.spec.draft_max == 0 else "mtp"]
-        results[cfg.name] = {"stats": stats[cfg.name], "draft_seconds": tuners[cfg.name].costs.draft_cost(1),
+        costs = tuners[cfg.name].costs
+        verify = costs.trunk[(1, cfg.spec.draft_max + 1)].value if (1, cfg.spec.draft_max + 1) in costs.trunk else None
+        results[cfg.name] = {"stats": stats[cfg.name], "draft_seconds": costs.draft_cost(1), "verify_seconds": verify,
                              "peak_rss_mb": peak_rss_mb(), "engine_mb": engine.memory_bytes() / 2**20,
                              "peak_cuda_mb": peak_cuda[cfg.name] if engine.device_is_cuda else None}
     bar.close()
@@ -88,6 +90,7 @@ def run(engines: dict, configs: list[BenchConfig], prompts: dict[str, list[str]]
 
 def summarize(results: dict, configs: list[BenchConfig]) -> dict:
     plain = results["none"]["stats"]
+    plain_step = results["none"]["verify_seconds"]
     rows = []
     for cfg in configs:
         r = results[cfg.name]
@@ -106,6 +109,8 @@ def summarize(results: dict, configs: list[BenchConfig]) -> dict:
                 "acceptance_per_position": [round(a, 3) for a in st.acceptance_per_position],
                 "tokens_per_step": round(tok_step, 3), "drafts_per_step": round(drafts_step, 3),
                 "draft_cost_ratio": round(c, 4),
+                "verify_cost_ratio": (round(r["verify_seconds"] / plain_step, 3)
+                                      if r["verify_seconds"] and plain_step and not cfg.spec.adaptive else None),
                 "ideal_speedup": round(tok_step / (1 + c * drafts_step), 3),
                 "peak_rss_mb": round(r["peak_rss_mb"], 1), "engine_mb": round(r["engine_mb"], 1),
                 "peak_cuda_mb": round(r["peak_cuda_mb"], 1) if r["peak_cuda_mb"] is not None else None,

@@ -46,6 +46,8 @@ def fuse_block(w: dict, layout: str = "blas", transpose: tuple[str, ...] = TRANS
                 w[f"{fused}.bias"] = torch.cat([w.pop(f"{p}.bias", None) if f"{p}.bias" in w
                                                 else torch.zeros(m.shape[0], dtype=m.dtype, device=m.device)
                                                 for p, m in zip(parts, mats)])
+    if "ffn_gate_exps.weight" in w and "ffn_up_exps.weight" in w:   # experts: [E, 2 ff, D], one product each
+        w["ffn_gate_up_exps.weight"] = torch.cat((w.pop("ffn_gate_exps.weight"), w.pop("ffn_up_exps.weight")), 1)
     for name in transpose:
         if f"{name}.weight" in w:
             w[f"{name}.wT"] = w.pop(f"{name}.weight").t().contiguous()

@@ -95,13 +95,14 @@ def moe_ffn(x: torch.Tensor, w: dict, cfg: ModelConfig) -> torch.Tensor:
     token_of = order // cfg.n_expert_used
     flat_weights = weights.flatten()[order].to(x.dtype)
     out = torch.zeros_like(x)
-    gate, up, down = w["ffn_gate_exps.weight"], w["ffn_up_exps.weight"], w["ffn_down_exps.weight"]
+    gate_up, down = w["ffn_gate_up_exps.weight"], w["ffn_down_exps.weight"]
     start = 0
     for e, n in enumerate(counts):
         if n == 0:
             continue
         tok = token_of[start:start + n]
-        y = swiglu(x[tok], gate[e], up[e], down[e]) * flat_weights[start:start + n, None]
+        g, u = F.linear(x[tok], gate_up[e]).chunk(2, dim=-1)
+        y = F.linear(F.silu(g) * u, down[e]) * flat_weights[start:start + n, None]
         out.index_add_(0, tok, y)
         start += n
     shared = None

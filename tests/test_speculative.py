@@ -177,3 +177,19 @@ def test_trained_demo_model_accepts_drafts_and_stats_add_up(demo_model):
     assert st.drafted_per_pos[0] == st.n_drafts
     assert st.mean_accepted_length == pytest.approx(1 + st.n_accepted / st.n_drafts)
     assert all(st.accepted_per_pos[i + 1] <= st.accepted_per_pos[i] for i in range(len(st.accepted_per_pos) - 1))
+
+
+def test_mtp_off_reads_no_mtp_tensors(tiny, monkeypatch):
+    """With --spec none the MTP block is neither read from the file nor allocated."""
+    from nextn.ggufio import GGUFFile
+
+    read = []
+    real = GGUFFile.load
+    monkeypatch.setattr(GGUFFile, "load", lambda self, name, dtype=torch.float32: read.append(name) or real(self, name, dtype))
+    off = Engine(model=str(tiny("qwen35")), spec="none", progress=False)
+    assert read and not any(n.startswith("blk.4.") for n in read)
+    assert len(off.model.layers) == off.cfg.n_layer and not off.mtp_enabled
+    read.clear()
+    on = Engine(model=str(tiny("qwen35")), spec="mtp", cpu_matmul="blas", progress=False)
+    assert any(n.startswith("blk.4.nextn") for n in read)
+    assert on.model.nbytes() > off.model.nbytes() and on.runner.cache.nbytes() > off.runner.cache.nbytes()
