@@ -4,7 +4,9 @@ Corpus: the Python standard library's own source (every machine with Python has 
 path hashes into the held-out bucket are never trained on; `--eval` measures on them.
 
     python scripts/train_demo.py --minutes 40 --out runs/demo      # CPU, 2 cores: well under an hour
-    python scripts/train_demo.py --minutes 8 --out runs/demo       # uses the GPU when there is one
+    python scripts/train_demo.py --minutes 6.5 --out runs/demo     # uses the GPU when there is one
+
+The bundled model was made by the second line on one H100 (see README).
 
 Writes runs/demo/hf (a Hugging Face checkpoint: safetensors + config.json + tokenizer.json, MTP
 tensors under `mtp.*` as Qwen3.5 publishes them) and runs/demo/nextn-demo-code.gguf, converted by
@@ -182,9 +184,9 @@ def main(argv=None):
     ap.add_argument("--minutes", type=float, default=40.0, help="training time budget")
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--dim", type=int, default=256)
-    ap.add_argument("--layers", type=int, default=8)
-    ap.add_argument("--seq", type=int, default=256)
-    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--seq", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=None, help="sequences per step (default: 64 on a GPU, 8 on CPU)")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--depth", type=int, default=3, help="MTP unroll depth in the loss")
     ap.add_argument("--mtp-weight", type=float, default=0.5)
@@ -198,6 +200,8 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.batch is None:
+        args.batch = 64 if device.type == "cuda" else 8
     out = Path(args.out)
     hf = out / "hf"
     hf.mkdir(parents=True, exist_ok=True)
