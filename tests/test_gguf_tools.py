@@ -174,3 +174,41 @@ def test_every_family_converts_to_all_forms_that_agree(tiny, tmp_path, arch):
     c = Engine(model=str(trunk), spec="none", progress=False).generate(prompt, GREEDY)
     assert a.tokens == b.tokens == c.tokens
     assert a.stats.n_draft_tokens == b.stats.n_draft_tokens > 0
+
+
+@pytest.mark.parametrize("qtype", [Q.Q4_K, Q.Q6_K, Q.Q8_0, Q.BF16])
+def test_quantized_tensors_dequantize_to_their_logical_shape(tmp_path, qtype):
+    """K-quants cannot be written by gguf-py, so build valid blocks by hand (scales set to 1.0)."""
+    import torch
+    from gguf import GGML_QUANT_SIZES, GGUFWriter
+
+    from nextn.ggufio import tensor_to_torch
+    from gguf.quants import dequantize
+
+    rows, cols = 3, 512
+    block, size = GGML_QUANT_SIZES[qtype]
+    rng = np.random.default_rng(0)
+    raw = rng.integers(0, 256, size=(rows, cols // block, size), dtype=np.uint8)
+    one = np.frombuffer(np.float16(1.0).tobytes(), dtype=np.uint8)
+    if qtype == Q.Q4_K:
+        raw[..., 0:2], raw[..., 2:4] = one, one          # d, dmin
+    elif qtype == Q.Q6_K:
+        raw[..., -2:] = one                              # d
+    elif qtype == Q.Q8_0:
+        raw[..., 0:2] = one
+    else:
+        raw = np.frombuffer(np.float32(rng.standard_normal(rows * cols)).tobytes(), dtype=np.uint8)
+        raw = raw.reshape(rows * cols, 4)[:, 2:].reshape(rows, cols // block, size).copy()   # bf16 = top half
+    raw = raw.reshape(rows, -1)
+    path = tmp_path / "q.gguf"
+    w = GGUFWriter(str(path), "qwen35")
+    w.add_tensor("t", raw, raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    t = open_gguf(path).tensors["t"]
+    got = tensor_to_torch(t, torch.float32)
+    assert got.shape == (rows, cols)
+    expect = torch.from_numpy(dequantize(raw, qtype).reshape(rows, cols).astype(np.float32))
+    assert torch.equal(got, expect) and torch.isfinite(got).all() and got.abs().sum() > 0
