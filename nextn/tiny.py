@@ -36,7 +36,9 @@ the trunk verifies them in one forward pass and keeps the ones that match. 01234
 """
 
 
-def make_tokenizer(out_dir: Path, vocab_size: int) -> None:
+def make_tokenizer(out_dir: Path, vocab_size: int, texts: list[str] | None = None):
+    """Train a byte-level BPE (Qwen2 pre-tokenizer, ChatML specials) and write tokenizer.json and
+    tokenizer_config.json into out_dir, as a Hugging Face checkpoint has them."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tk = Tokenizer(models.BPE())
@@ -46,11 +48,12 @@ def make_tokenizer(out_dir: Path, vocab_size: int) -> None:
     tk.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tk.train_from_iterator([CORPUS] * 4, trainer)
+    tk.train_from_iterator(texts if texts is not None else [CORPUS] * 4, trainer)
     tk.save(str(out_dir / "tokenizer.json"))
     (out_dir / "tokenizer_config.json").write_text(json.dumps(
         {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "add_bos_token": False,
          "chat_template": CHATML}))
+    return tk
 
 
 def _config(arch: str, vocab: int, n_layer: int):
@@ -154,31 +157,17 @@ def make_gguf(out: str | Path, arch: str = "qwen35", *, mode: str = "bundled", o
     return convert(ck, out, outtype=outtype, mode=mode, progress=False)
 
 
-def mtp_reference(hf_dir: str | Path, hf_model, arch: str):
-    """The MTP head of ../shared/MTP.md rebuilt from transformers' own decoder layer and norms, with the
-    checkpoint's MTP weights: an independent reference for nextn's MTP forward (transformers does not
-    run it). Returns (head, embedding, lm_head) modules."""
+def mtp_head(cfg, module):
+    """A fresh MTP head in Qwen3.5's checkpoint naming (fc, pre_fc_norm_embedding/hidden, layers.0,
+    norm), built from a transformers modeling module's own decoder layer and RMSNorm classes. Its
+    forward is ../shared/MTP.md's: concat(enorm(embedding), hnorm(hidden)) -> fc -> block -> norm."""
     import copy
 
     import torch.nn as nn
-    from safetensors.torch import load_file
 
-    cfg = hf_model.config
-    module = importlib.import_module(type(hf_model).__module__)
     layer_cls = next(getattr(module, n) for n in dir(module) if n.endswith("DecoderLayer"))
     norm_cls = next(getattr(module, n) for n in dir(module) if n.endswith("RMSNorm") and "Gated" not in n)
     n_trunk = cfg.num_hidden_layers
-    raw = load_file(str(Path(hf_dir) / "mtp.safetensors"))
-    if arch == "glm4moe":
-        names = {"eh_proj": "fc", "enorm": "pre_fc_norm_embedding", "hnorm": "pre_fc_norm_hidden",
-                 "shared_head.norm": "norm", "embed_tokens": "embed", "shared_head.head": "head"}
-        state = {}
-        for k, v in raw.items():
-            rest = k.split(".", 3)[3]
-            stem = rest.rsplit(".", 1)[0]
-            state[names[stem] + ".weight" if stem in names else "layers.0." + rest] = v
-    else:
-        state = {k[len("mtp."):]: v for k, v in raw.items()}
 
     class MTPHead(nn.Module):
         def __init__(self):
@@ -192,16 +181,37 @@ def mtp_reference(hf_dir: str | Path, hf_model, arch: str):
             self.pre_fc_norm_hidden = norm_cls(d, eps=cfg.rms_norm_eps)
             self.layers = nn.ModuleList([layer_cls(one, n_trunk)])
             self.norm = norm_cls(d, eps=cfg.rms_norm_eps)
-            if "embed.weight" in state:
-                self.embed = nn.Embedding(cfg.vocab_size, d)
-                self.head = nn.Linear(d, cfg.vocab_size, bias=False)
 
         def forward(self, embeds, hidden, rope):
             u = self.fc(torch.cat((self.pre_fc_norm_embedding(embeds), self.pre_fc_norm_hidden(hidden)), -1))
             u = self.layers[0](u, position_embeddings=rope, attention_mask=None)
             return self.norm(u)
 
-    head = MTPHead()
+    return MTPHead()
+
+
+def mtp_reference(hf_dir: str | Path, hf_model, arch: str):
+    """The checkpoint's MTP head as `mtp_head` modules: an independent reference for nextn's MTP
+    forward (transformers does not run it). Returns (head, embedding, lm_head) modules."""
+    import torch.nn as nn
+    from safetensors.torch import load_file
+
+    cfg = hf_model.config
+    raw = load_file(str(Path(hf_dir) / "mtp.safetensors"))
+    if arch == "glm4moe":
+        names = {"eh_proj": "fc", "enorm": "pre_fc_norm_embedding", "hnorm": "pre_fc_norm_hidden",
+                 "shared_head.norm": "norm", "embed_tokens": "embed", "shared_head.head": "head"}
+        state = {}
+        for k, v in raw.items():
+            rest = k.split(".", 3)[3]
+            stem = rest.rsplit(".", 1)[0]
+            state[names[stem] + ".weight" if stem in names else "layers.0." + rest] = v
+    else:
+        state = {k[len("mtp."):]: v for k, v in raw.items()}
+    head = mtp_head(cfg, importlib.import_module(type(hf_model).__module__))
+    if "embed.weight" in state:
+        head.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        head.head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
     head.load_state_dict(state)
     head.eval()
     embed = head.embed if "embed.weight" in state else hf_model.model.embed_tokens

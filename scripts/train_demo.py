@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
 import math
 import sys
@@ -34,11 +35,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nextn.chat import CHATML  # noqa: E402
 from nextn.convert import convert  # noqa: E402
-from nextn.tokenizer import PRE_TOKENIZER_REGEX  # noqa: E402
+from nextn.tiny import make_tokenizer, mtp_head  # noqa: E402
 
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 MTP_DEPTH_WEIGHTS = (0.5, 0.3, 0.2)
 
 
@@ -75,23 +74,6 @@ def read(files: list[Path]) -> list[str]:
     return texts
 
 
-def train_tokenizer(texts: list[str], vocab: int, out: Path):
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tk = Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRE_TOKENIZER_REGEX["qwen2"]), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=SPECIALS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tk.train_from_iterator(texts, trainer)
-    tk.save(str(out / "tokenizer.json"))
-    (out / "tokenizer_config.json").write_text(json.dumps(
-        {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "add_bos_token": False, "chat_template": CHATML}))
-    return tk
-
-
 def model_config(vocab: int, args):
     from transformers import Qwen3_5TextConfig
 
@@ -104,31 +86,6 @@ def model_config(vocab: int, args):
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25,
                          "mrope_section": [3, 3, 2], "mrope_interleaved": True},
         initializer_range=0.02, eos_token_id=0)
-
-
-class MTPHead(nn.Module):
-    """Qwen3.5's MTP block with its checkpoint names: fc, pre_fc_norm_embedding/hidden, layers.0, norm."""
-
-    def __init__(self, cfg):
-        super().__init__()
-        from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5DecoderLayer, Qwen3_5RMSNorm
-        import copy
-
-        one = copy.deepcopy(cfg)
-        one.layer_types = ["full_attention"]
-        one.num_hidden_layers = 1
-        d = cfg.hidden_size
-        self.fc = nn.Linear(2 * d, d, bias=False)
-        self.pre_fc_norm_embedding = Qwen3_5RMSNorm(d, eps=cfg.rms_norm_eps)
-        self.pre_fc_norm_hidden = Qwen3_5RMSNorm(d, eps=cfg.rms_norm_eps)
-        self.layers = nn.ModuleList([Qwen3_5DecoderLayer(one, 0)])
-        self.norm = Qwen3_5RMSNorm(d, eps=cfg.rms_norm_eps)
-        nn.init.normal_(self.fc.weight, std=cfg.initializer_range)
-
-    def forward(self, embeds, hidden, rope):
-        u = self.fc(torch.cat((self.pre_fc_norm_embedding(embeds), self.pre_fc_norm_hidden(hidden)), -1))
-        u = self.layers[0](u, position_embeddings=rope, attention_mask=None)
-        return self.norm(u)
 
 
 def losses(model, mtp, x: torch.Tensor, depth: int):
@@ -209,7 +166,7 @@ def main(argv=None):
     t0 = time.time()
     root = corpus_root(args.corpus)
     train_texts = read(corpus_files(root, held_out=False))
-    tk = train_tokenizer(train_texts, args.vocab, hf)
+    tk = make_tokenizer(hf, args.vocab, train_texts)
     eot = tk.token_to_id("<|endoftext|>")
     flat = []
     for enc in tk.encode_batch(train_texts):
@@ -224,7 +181,8 @@ def main(argv=None):
 
     cfg = model_config(args.vocab, args)
     model = Qwen3_5ForCausalLM(cfg).to(device)
-    mtp = MTPHead(cfg).to(device)
+    mtp = mtp_head(cfg, importlib.import_module(type(model).__module__)).to(device)
+    nn.init.normal_(mtp.fc.weight, std=cfg.initializer_range)
     params = list(model.parameters()) + list(mtp.parameters())
     print(f"params: trunk {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M, "
           f"mtp {sum(p.numel() for p in mtp.parameters()) / 1e6:.2f}M, device {device}", flush=True)

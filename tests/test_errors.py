@@ -1,6 +1,5 @@
 """Bad input ends in one clear message naming the file and the problem, never a deep traceback."""
 
-import shutil
 import subprocess
 import sys
 

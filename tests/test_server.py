@@ -1,6 +1,5 @@
 """The OpenAI-compatible server, exercised through real HTTP clients (the `openai` package and httpx)."""
 
-import json
 import socket
 import threading
 import time
