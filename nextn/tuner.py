@@ -1,7 +1,7 @@
 """Adaptive draft length: speculate only as far as it pays.
 
 Pure bookkeeping, no tensors. The engine reports how long trunk forwards and draft steps take
-and how many drafts were kept; `choose_k` picks the k in {0} U [k_min, k_max] that maximises
+and how many drafts were kept; `KTuner.choose` picks the k in {0} U [k_min, k_max] that maximises
 expected tokens per second, where k = 0 is plain decoding:
 
     tokens(k) = 1 + sum_{i<=k} prod_{j<=i} a_j        (a_j: acceptance at draft position j)
@@ -121,7 +121,7 @@ class KTuner:
         if plain is None or (B, 1) not in self.costs.trunk:
             return 0                           # measure plain decoding first
         if draft is None:
-            return self._spec(self.k_max)      # then measure drafting
+            return self.k_max                  # then measure drafting
         best_k, best_rate = 0, B / plain
         for k in range(max(1, self.k_min), self.k_max + 1):
             t = self.costs.trunk_cost(B, k + 1) + k * draft
@@ -131,8 +131,5 @@ class KTuner:
         self.steps += 1
         if self.steps % self.explore_every == 0:   # revisit a neighbour now and then: estimates go stale
             nb = best_k + 1 if best_k < self.k_max else best_k - 1
-            return self._spec(max(nb, self.k_min if nb else 0)) if nb else 0
-        return self._spec(best_k) if best_k else 0
-
-    def _spec(self, k: int) -> int:
-        return k
+            return max(nb, self.k_min) if nb else 0
+        return best_k

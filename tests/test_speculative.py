@@ -193,3 +193,35 @@ def test_mtp_off_reads_no_mtp_tensors(tiny, monkeypatch):
     on = Engine(model=str(tiny("qwen35")), spec="mtp", cpu_matmul="blas", progress=False)
     assert any(n.startswith("blk.4.nextn") for n in read)
     assert on.model.nbytes() > off.model.nbytes() and on.runner.cache.nbytes() > off.runner.cache.nbytes()
+
+
+@pytest.mark.parametrize("arch", ["qwen35", "glm4moe"])
+def test_penalties_and_stop_strings_behave_the_same_with_mtp(engines, arch, monkeypatch):
+    """Penalties see the drafts before them, so greedy output with penalties still matches plain."""
+    prompt = _prompt(seed=4)
+    params = SamplingParams(max_tokens=40, ignore_eos=True, repetition_penalty=1.3, presence_penalty=0.5,
+                            frequency_penalty=0.2)
+    plain = engines(arch, "none").generate(prompt, params)
+    real = engines(arch).generate(prompt, params, spec=SpecConfig(draft_max=2, adaptive=False, p_min=0.01))
+    assert real.tokens == plain.tokens                  # the MTP's own (penalised, p-min gated) drafts
+    rng = torch.Generator().manual_seed(1)
+
+    def oracle(runner, seqs, ks, gens):   # drafts that are often right, so penalised rows get verified
+        out = []
+        for seq, k in zip(seqs, ks):
+            d = plain.tokens[seq.n_generated:seq.n_generated + k]
+            if d and torch.rand((), generator=rng) < 0.3:
+                d = d[:-1] + [(d[-1] + 7) % 300]
+            out.append(d)
+        return out, [[None] * len(d) for d in out], 1
+
+    monkeypatch.setattr(speculative, "draft", oracle)
+    got = engines(arch).generate(prompt, params, spec=SpecConfig(draft_max=3, adaptive=False))
+    assert got.tokens == plain.tokens and got.stats.n_accepted > 0
+    text = plain.text
+    stop = text[len(text) // 2:len(text) // 2 + 3]
+    if stop.strip():
+        cut = engines(arch).generate(prompt, SamplingParams(max_tokens=40, ignore_eos=True, repetition_penalty=1.3,
+                                                            presence_penalty=0.5, frequency_penalty=0.2, stop=[stop]),
+                                     spec=SpecConfig(draft_max=3, adaptive=False))
+        assert cut.finish_reason == "stop" and cut.text == text[:text.find(stop)]
