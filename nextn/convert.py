@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from . import hfnames
 from .errors import NextnError
-from .gguf_write import atomic_output, choose_type, encode_tensor
+from .gguf_write import atomic_output, choose_type, encode_tensor, tensor_order
 from .hfvocab import load_vocab, write_vocab
 
 HF_ARCHS = {
@@ -137,13 +137,7 @@ def _tensors(ck: Checkpoint, mode: str):
     if mode != "no-mtp" and ck.n_mtp and not any(n.startswith(f"blk.{ck.n_trunk}.nextn.") for n, _ in out):
         raise NextnError(f"{ck.dir}: config declares {ck.n_mtp} MTP layer(s) but the checkpoint holds no MTP tensors "
                          f"(convert with --no-mtp)")
-    return sorted(out, key=lambda item: _order(item[0]))
-
-
-def _order(name: str):
-    if name.startswith("blk."):
-        return (1, int(name.split(".")[1]), name)
-    return (0 if name == "token_embd.weight" else 2, 0, name)
+    return sorted(out, key=lambda item: tensor_order(item[0]))
 
 
 def _transform(ck: Checkpoint, name: str, t: torch.Tensor) -> list[tuple[str, torch.Tensor]]:

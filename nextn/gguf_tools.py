@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from .errors import NextnError
 from .ggufio import BUNDLED, HEAD_ONLY, TRUNK_ONLY, GGUFFile, open_gguf, tensor_to_torch
-from .gguf_write import atomic_output, choose_type, encode_tensor
+from .gguf_write import atomic_output, choose_type, encode_tensor, tensor_order
 from .loader import head_mismatch
 
 _INTERNAL = ("GGUF.",)
@@ -74,15 +74,26 @@ def inspect_text(info: dict) -> str:
 
 
 def _copy_metadata(w: GGUFWriter, gf: GGUFFile, overrides: dict, drop: set[str]) -> None:
-    """Copy every key with its own type, then apply overrides {key: (value, type, subtype)}."""
-    for key, field in gf.fields.items():
-        if key.startswith(_INTERNAL) or key in drop or key in overrides or key == "general.architecture":
-            continue
-        vtype = field.types[0]
-        sub = field.types[-1] if vtype == GGUFValueType.ARRAY else None
-        w.add_key_value(key, field.contents(), vtype, sub_type=sub)
-    for key, (value, vtype, sub) in overrides.items():
+    """Copy every key with its own type and in its own place; overrides {key: (value, type, subtype)}
+    replace keys in place, and new ones follow `{arch}.block_count` (where nextn's converter puts them)."""
+    pending = dict(overrides)
+
+    def put(key, value, vtype, sub):
         w.add_key_value(key, value, vtype, sub_type=sub)
+
+    for key, field in gf.fields.items():
+        if key.startswith(_INTERNAL) or key in drop or key == "general.architecture":
+            continue
+        if key in pending:
+            put(key, *pending.pop(key))
+        else:
+            vtype = field.types[0]
+            put(key, field.contents(), vtype, field.types[-1] if vtype == GGUFValueType.ARRAY else None)
+        if key == f"{gf.arch}.block_count":
+            for new in [k for k in pending if k not in gf.fields]:
+                put(new, *pending.pop(new))
+    for key, args in pending.items():
+        put(key, *args)
 
 
 def _add_raw(w: GGUFWriter, t) -> None:
@@ -148,7 +159,8 @@ def graft_mtp(trunk_path: str | Path, donor_path: str | Path, out: str | Path) -
     overrides = {f"{trunk.arch}.block_count": (n_all, GGUFValueType.UINT32, None),
                  f"{trunk.arch}.nextn_predict_layers": (donor.n_mtp, GGUFValueType.UINT32, None),
                  **_recurrent_override(trunk, n_all)}
-    return _write(Path(out), trunk.arch, lambda w: _copy_metadata(w, trunk, overrides, set()), body + head)
+    tensors = sorted(body + head, key=lambda t: tensor_order(t.name))
+    return _write(Path(out), trunk.arch, lambda w: _copy_metadata(w, trunk, overrides, set()), tensors)
 
 
 def quantize_file(src: str | Path, out: str | Path, qtype: str, keep_mtp_precision: bool = False) -> Path:

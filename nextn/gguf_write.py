@@ -16,6 +16,13 @@ _BLOCK_QUANTS = (Q.Q8_0, Q.Q5_0, Q.Q4_0)
 _RANK = {Q.F32: 5, Q.BF16: 4, Q.F16: 4, Q.Q8_0: 3, Q.Q6_K: 2, Q.Q5_0: 1, Q.Q5_K: 1, Q.Q4_0: 0, Q.Q4_K: 0}
 
 
+def tensor_order(name: str):
+    """The order nextn writes tensors in: token_embd, blocks by index, then the rest by name."""
+    if name.startswith("blk."):
+        return (1, int(name.split(".")[1]), name)
+    return (0 if name == "token_embd.weight" else 2, 0, name)
+
+
 def at_least_q8(q: Q) -> bool:
     return _RANK.get(q, 0) >= _RANK[Q.Q8_0]
 
