@@ -134,6 +134,7 @@ class Engine:
             # adaptive k depends on timing; a fixed k keeps a seeded sampling request reproducible
             spec = dataclasses.replace(spec, adaptive=False)
         seq = Sequence(prompt_ids, params, spec)
+        seq.acceptance = self.tuner.new_acceptance(spec.draft_max)
         seed = params.seed if params.seed is not None else random.getrandbits(63)
         gen = None if params.greedy else torch.Generator().manual_seed(seed)
         self.tracks[seq.id] = _Track(StreamDecoder(self.tokenizer), generator=gen)
@@ -216,6 +217,7 @@ class Engine:
             seq.stats.decode_seconds += res.draft_seconds + res.verify_seconds
             if res.n_drafted[b]:
                 seq.acceptance.update(res.n_drafted[b], res.n_accepted[b])
+                self.tuner.observe(res.n_drafted[b], res.n_accepted[b])
             outputs.append(self._emit(seq, res.new_tokens[b]))
         return outputs
 

@@ -16,7 +16,8 @@ from .sequence import Sequence
 from .step import Step
 
 SLACK = 16          # cache rows past the context limit, for draft tokens that may be rejected
-FLUSH_EVERY = 32    # queued MTP pairs that force a flush even when not drafting
+FLUSH_EVERY = 256   # queued MTP pairs that force a flush even when not drafting (bounds memory;
+                    # pairs of a sequence that never drafts again are never computed)
 
 
 class ModelRunner:

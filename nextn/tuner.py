@@ -6,6 +6,10 @@ expected tokens per second, where k = 0 is plain decoding:
 
     tokens(k) = 1 + sum_{i<=k} prod_{j<=i} a_j        (a_j: acceptance at draft position j)
     time(k)   = trunk(B, T=k+1) + k * draft(B)
+
+A new request starts from what the model's drafts have been worth lately (`KTuner.model`), not from
+a fixed guess, so a head that never matches stops costing anything after the first request. While
+the choice stays put, the neighbour is revisited at growing intervals (8, 16, ... 128 steps).
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ from dataclasses import dataclass, field
 
 @dataclass
 class Acceptance:
-    """Decayed per-position acceptance estimate with an optimistic prior (so speculation gets tried)."""
+    """Decayed per-position acceptance estimate. `prior` (one rate, or one per position) is where
+    the estimate starts; the default is optimistic so that speculation gets tried."""
 
     k_max: int
-    prior: float = 0.7
+    prior: float | list[float] = 0.7
     weight: float = 2.0
     decay: float = 0.97
     hits: list[float] = field(default_factory=list)
@@ -34,7 +39,13 @@ class Acceptance:
             self.hits[i] = self.hits[i] * self.decay + (1.0 if i < n_accepted else 0.0)
 
     def rate(self, i: int) -> float:
-        return (self.hits[i] + self.prior * self.weight) / (self.tries[i] + self.weight)
+        prior = self.prior[i] if isinstance(self.prior, list) else self.prior
+        return (self.hits[i] + prior * self.weight) / (self.tries[i] + self.weight)
+
+    def spawn(self, k_max: int) -> "Acceptance":
+        """A fresh estimate for a new request whose prior is this one's current rates."""
+        rates = [self.rate(min(i, self.k_max - 1)) for i in range(k_max)]
+        return Acceptance(k_max, prior=rates, weight=self.weight, decay=self.decay)
 
     def expected_tokens(self, k: int) -> float:
         total, run = 1.0, 1.0
@@ -109,8 +120,24 @@ class KTuner:
     k_max: int
     k_min: int = 0
     explore_every: int = 8
+    explore_max: int = 128
     costs: CostModel = field(default_factory=CostModel)
+    model: Acceptance | None = None      # acceptance over all requests, the prior of new ones
     steps: int = 0
+    _best: int = -1
+    _interval: int = 0
+    _next_explore: int = 0
+
+    def __post_init__(self):
+        if self.model is None:
+            self.model = Acceptance(max(self.k_max, 1), decay=0.99)
+
+    def new_acceptance(self, k_max: int) -> Acceptance:
+        return self.model.spawn(max(k_max, 1))
+
+    def observe(self, n_drafted: int, n_accepted: int) -> None:
+        """One request's verified drafts; the request updates its own `Acceptance` too."""
+        self.model.update(n_drafted, n_accepted)
 
     def choose(self, acceptances: list[Acceptance]) -> int:
         if self.k_max == 0 or not acceptances:
@@ -129,7 +156,12 @@ class KTuner:
             if rate > best_rate:
                 best_k, best_rate = k, rate
         self.steps += 1
-        if self.steps % self.explore_every == 0:   # revisit a neighbour now and then: estimates go stale
+        if best_k != self._best:               # the choice moved: look around again soon
+            self._best, self._interval = best_k, self.explore_every
+            self._next_explore = self.steps + self._interval
+        if self.steps >= self._next_explore:   # revisit a neighbour now and then: estimates go stale
+            self._interval = min(2 * self._interval, self.explore_max)
+            self._next_explore = self.steps + self._interval
             nb = best_k + 1 if best_k < self.k_max else best_k - 1
             return max(nb, self.k_min) if nb else 0
         return best_k

@@ -54,10 +54,27 @@ def test_one_outlier_does_not_freeze_a_choice():
     assert t.choose([_acceptance(0.9)]) == 3
 
 
-def test_exploration_revisits_a_neighbour():
+def test_exploration_revisits_a_neighbour_less_often_while_the_choice_holds():
     t = _tuner({1: 0.010, 2: 0.014, 3: 0.018, 4: 0.022}, draft=0.002, explore_every=4)
-    picks = [t.choose([_acceptance(0.0)]) for _ in range(8)]
-    assert picks.count(1) == 2 and picks.count(0) == 6
+    t.explore_max = 16
+    picks = [t.choose([_acceptance(0.0)]) for _ in range(80)]
+    explored = [i + 1 for i, k in enumerate(picks) if k]
+    assert set(picks) == {0, 1}
+    assert explored == [5, 13, 29, 45, 61, 77]        # gaps 8, 16, then capped at 16
+    good = _acceptance(0.9)
+    assert t.choose([good]) > 0 and t._interval == 4    # a new choice: look around soon again
+
+
+def test_new_requests_start_from_the_models_recent_acceptance():
+    t = KTuner(3)
+    assert abs(t.new_acceptance(3).rate(0) - 0.7) < 1e-9      # nothing seen yet: optimistic
+    for _ in range(100):
+        t.observe(3, 0)
+    a = t.new_acceptance(3)
+    assert a.rate(0) < 0.1 and a.expected_tokens(3) < 1.1
+    for _ in range(200):
+        t.observe(3, 3)
+    assert t.new_acceptance(2).rate(1) > 0.9
 
 
 def test_acceptance_is_conditional_per_position():
