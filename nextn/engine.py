@@ -133,8 +133,7 @@ class Engine:
         elif params.seed is not None and not params.greedy and spec.adaptive:
             # adaptive k depends on timing; a fixed k keeps a seeded sampling request reproducible
             spec = dataclasses.replace(spec, adaptive=False)
-        seq = Sequence(prompt_ids, params, spec)
-        seq.acceptance = self.tuner.new_acceptance(spec.draft_max)
+        seq = Sequence(prompt_ids, params, spec, acceptance=self.tuner.new_acceptance(spec.draft_max))
         seed = params.seed if params.seed is not None else random.getrandbits(63)
         gen = None if params.greedy else torch.Generator().manual_seed(seed)
         self.tracks[seq.id] = _Track(StreamDecoder(self.tokenizer), generator=gen)

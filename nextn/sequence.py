@@ -55,7 +55,8 @@ class Sequence:
     def __post_init__(self):
         self.tokens = list(self.prompt)
         self.stats.prompt_tokens = len(self.prompt)
-        self.acceptance = Acceptance(max(self.spec.draft_max, 1))
+        if self.acceptance is None:
+            self.acceptance = Acceptance(max(self.spec.draft_max, 1))
 
     @property
     def n_prompt(self) -> int:
