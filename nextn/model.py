@@ -91,6 +91,17 @@ class Model:
             return project(hidden, self.head, "output").float()
         return F.linear(hidden, self.tok_embd).float()   # tied: the head is the embedding
 
+    def score(self, tokens: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        """Trunk logits after every position of one sequence [1, T], prefilled in chunks into a cache of
+        its own (teacher forcing: parity checks, perplexity)."""
+        T = tokens.shape[1]
+        chunk = chunk or T
+        cache = Cache.allocate(self.cfg, 1, T, self.dtype, self.device, with_mtp=False)
+        out = [self.logits(self.forward(tokens[:, s:s + chunk],
+                                        Step.build([0], [s], [min(chunk, T - s)], self.device, T, chunked=True), cache))
+               for s in range(0, T, chunk)]
+        return torch.cat(out, 1)
+
     def mtp_forward(self, tokens: torch.Tensor, hidden: torch.Tensor, step: Step, cache: Cache, i: int = 0):
         """MTP block: token x_{t+1} and trunk hidden h_t (post-norm) -> normed MTP hidden g (predicts x_{t+2})."""
         il = self.cfg.n_layer + i

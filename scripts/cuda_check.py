@@ -11,14 +11,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nextn.cache import Cache  # noqa: E402
 from nextn.config import ModelConfig  # noqa: E402
 from nextn.engine import Engine  # noqa: E402
 from nextn.ggufio import open_gguf  # noqa: E402
 from nextn.model import Model  # noqa: E402
 from nextn.sampling import SamplingParams  # noqa: E402
 from nextn.sequence import SpecConfig  # noqa: E402
-from nextn.step import Step  # noqa: E402
 from nextn.tiny import ARCHS, make_gguf  # noqa: E402
 
 PROMPT = "import os\nimport sys\n\n\ndef main(argv):\n    \"\"\"Parse the command line.\"\"\"\n"
@@ -29,11 +27,8 @@ def logits_on(path, device):
     gf = open_gguf(path)
     cfg = ModelConfig.from_gguf(gf)
     model = Model.load(gf, cfg, device=device, progress=False)
-    cache = Cache.allocate(cfg, 1, 256, torch.float32, device, with_mtp=False)
     ids = torch.arange(3, 153, device=device)[None] % cfg.n_vocab
-    out = [model.logits(model.forward(ids[:, s:s + 64], Step.build([0], [s], [min(64, 150 - s)], device, 256, chunked=True), cache))
-           for s in range(0, 150, 64)]
-    return torch.cat(out, 1).cpu()
+    return model.score(ids, chunk=64).cpu()
 
 
 def check_archs(tmp: Path):

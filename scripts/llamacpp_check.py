@@ -31,13 +31,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nextn.cache import Cache  # noqa: E402
 from nextn.engine import Engine  # noqa: E402
 from nextn.gguf_tools import extract_mtp, strip_mtp  # noqa: E402
 from nextn.loader import DEMO_MODEL  # noqa: E402
 from nextn.sampling import SamplingParams  # noqa: E402
 from nextn.sequence import SpecConfig  # noqa: E402
-from nextn.step import Step  # noqa: E402
 from nextn.tiny import make_gguf  # noqa: E402
 
 PROMPT = "import os\nimport sys\n\n\ndef main(argv):\n    \"\"\"Parse the command line and run.\"\"\"\n"
@@ -90,16 +88,12 @@ def greedy_body(prompt_ids: list[int], n: int, n_probs: int = 0) -> dict:
 @torch.inference_mode()
 def nextn_logprobs(engine: Engine, ids: list[int]) -> torch.Tensor:
     """Log-probabilities after every position of `ids`, one forward (teacher forcing)."""
-    cfg, model = engine.cfg, engine.model
-    cache = Cache.allocate(cfg, 1, len(ids) + 1, torch.float32, "cpu", with_mtp=False)
-    x = torch.tensor([ids])
-    logits = model.logits(model.forward(x, Step.build([0], [0], [len(ids)], "cpu", len(ids) + 1, chunked=True), cache))
-    return torch.log_softmax(logits[0].float(), -1)
+    return torch.log_softmax(engine.model.score(torch.tensor([ids]))[0], -1)
 
 
-def check_model(exe: str, path: Path, n: int, with_mtp: bool, tmp: Path) -> bool:
+def check_model(exe: str, path: Path, n: int, tmp: Path) -> bool:
     ok = True
-    engine = Engine(model=str(path), spec="mtp" if with_mtp else "none", progress=False, cpu_matmul="blas",
+    engine = Engine(model=str(path), spec="mtp", progress=False, cpu_matmul="blas",
                     ctx_size=1024)
     prompt_ids = engine.tokenizer.encode(PROMPT)
     ours = engine.generate(prompt_ids, SamplingParams(max_tokens=n, ignore_eos=True))
@@ -143,30 +137,29 @@ def check_model(exe: str, path: Path, n: int, with_mtp: bool, tmp: Path) -> bool
         ok &= worst < tol
     finally:
         srv.close()
-    if with_mtp:
-        head, trunk = tmp / f"mtp-{path.stem}.gguf", tmp / f"{path.stem}-nomtp.gguf"
-        extract_mtp(path, head)
-        strip_mtp(path, trunk)
-        fixed = engine.generate(prompt_ids, SamplingParams(max_tokens=n, ignore_eos=True),
-                                spec=SpecConfig(draft_max=3, adaptive=False))
-        for label, st in (("adaptive k", ours.stats), ("k = 3", fixed.stats)):
-            print(f"  nextn MTP, {label}: drafted {st.n_draft_tokens}, accepted {st.n_accepted} "
-                  f"({st.acceptance_rate:.1%})")
-        for label, model, extra in (("bundled", path, ()), ("trunk + -md head", trunk, ("-md", str(head)))):
-            srv = LlamaServer(exe, model, "--spec-type", "draft-mtp", "--spec-draft-n-max", "3", *extra)
-            try:
-                r = srv.post("/completion", greedy_body(prompt_ids, n))
-                t = r.get("timings", {})
-                same = r["tokens"] == theirs
-                acc = t.get("draft_n_accepted", 0) / max(t.get("draft_n", 0), 1)
-                print(f"  llama.cpp draft-mtp, {label}: output {'same as its plain greedy' if same else 'DIFFERENT from its plain greedy'}, "
-                      f"drafted {t.get('draft_n')}, accepted {t.get('draft_n_accepted')} ({acc:.1%})")
-                ok &= same and t.get("draft_n", 0) > 0
-            except Exception as e:
-                print(f"  llama.cpp draft-mtp, {label}: FAILED {e}\n{srv.tail()}")
-                ok = False
-            finally:
-                srv.close()
+    head, trunk = tmp / f"mtp-{path.stem}.gguf", tmp / f"{path.stem}-nomtp.gguf"
+    extract_mtp(path, head)
+    strip_mtp(path, trunk)
+    fixed = engine.generate(prompt_ids, SamplingParams(max_tokens=n, ignore_eos=True),
+                            spec=SpecConfig(draft_max=3, adaptive=False))
+    for label, st in (("adaptive k", ours.stats), ("k = 3", fixed.stats)):
+        print(f"  nextn MTP, {label}: drafted {st.n_draft_tokens}, accepted {st.n_accepted} "
+              f"({st.acceptance_rate:.1%})")
+    for label, model, extra in (("bundled", path, ()), ("trunk + -md head", trunk, ("-md", str(head)))):
+        srv = LlamaServer(exe, model, "--spec-type", "draft-mtp", "--spec-draft-n-max", "3", *extra)
+        try:
+            r = srv.post("/completion", greedy_body(prompt_ids, n))
+            t = r.get("timings", {})
+            same = r["tokens"] == theirs
+            acc = t.get("draft_n_accepted", 0) / max(t.get("draft_n", 0), 1)
+            print(f"  llama.cpp draft-mtp, {label}: output {'same as its plain greedy' if same else 'DIFFERENT from its plain greedy'}, "
+                  f"drafted {t.get('draft_n')}, accepted {t.get('draft_n_accepted')} ({acc:.1%})")
+            ok &= same and t.get("draft_n", 0) > 0
+        except Exception as e:
+            print(f"  llama.cpp draft-mtp, {label}: FAILED {e}\n{srv.tail()}")
+            ok = False
+        finally:
+            srv.close()
     return ok
 
 
@@ -183,7 +176,7 @@ def main():
             path = DEMO_MODEL if name == "demo" else make_gguf(tmp / f"tiny-{name}.gguf", name, workdir=tmp / f"{name}.hf")
             print(f"{name}: {path.name}")
             try:
-                results[name] = check_model(args.server, path, args.n, with_mtp=True, tmp=tmp)
+                results[name] = check_model(args.server, path, args.n, tmp=tmp)
             except Exception as e:
                 print(f"  FAILED: {e}")
                 results[name] = False

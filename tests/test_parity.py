@@ -25,16 +25,6 @@ def _ours(path):
     return cfg, Model.load(gf, cfg, progress=False)
 
 
-def _prefill_logits(model, cfg, ids, chunk):
-    cache = Cache.allocate(cfg, 1, 512, torch.float32, "cpu", with_mtp=False)
-    out = []
-    for s in range(0, ids.shape[1], chunk):
-        n = min(chunk, ids.shape[1] - s)
-        step = Step.build([0], [s], [n], "cpu", 512, chunked=True)
-        out.append(model.logits(model.forward(ids[:, s:s + n], step, cache)))
-    return torch.cat(out, 1)
-
-
 @pytest.mark.parametrize("arch", ARCHS)
 @torch.inference_mode()
 def test_logits_match_transformers(tiny, arch):
@@ -43,9 +33,9 @@ def test_logits_match_transformers(tiny, arch):
     hf = _hf(path)
     ids = torch.randint(0, cfg.n_vocab, (1, 150), generator=torch.Generator().manual_seed(0))
     ref = hf(ids).logits
-    got = _prefill_logits(model, cfg, ids, chunk=64)      # three chunks, the last one partial
+    got = model.score(ids, chunk=64)      # three chunks, the last one partial
     assert (got - ref).abs().max().item() <= 1e-4
-    whole = _prefill_logits(model, cfg, ids, chunk=150)
+    whole = model.score(ids, chunk=150)
     assert (whole - ref).abs().max().item() <= 1e-4
     assert torch.equal(got.argmax(-1), whole.argmax(-1))
 
@@ -86,9 +76,9 @@ def test_chunked_and_one_shot_prefill_give_identical_logits(tiny):
     cfg, model = _ours(tiny("qwen35"))
     ids = torch.randint(0, cfg.n_vocab, (1, 128), generator=torch.Generator().manual_seed(3))
     with torch.inference_mode():
-        a = _prefill_logits(model, cfg, ids, chunk=64)
-        b = _prefill_logits(model, cfg, ids, chunk=128)
-        c = _prefill_logits(model, cfg, ids, chunk=48)
+        a = model.score(ids, chunk=64)
+        b = model.score(ids, chunk=128)
+        c = model.score(ids, chunk=48)
     assert torch.equal(a, b)
     assert torch.allclose(a, c, atol=1e-4, rtol=0)
 
