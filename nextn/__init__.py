@@ -1,9 +1,10 @@
 """nextn: speculative decoding with a model's own multi-token-prediction (MTP / NextN) head."""
 
-from .engine import Completion, Engine, EngineConfig
+from .engine.config import EngineConfig
+from .engine.engine import Completion, Engine
+from .engine.params import SamplingParams
+from .engine.sequence import SpecConfig
 from .errors import ModelFileError, MTPUnavailableError, NextnError
-from .sampling import SamplingParams
-from .sequence import SpecConfig
 
 __all__ = ["Engine", "EngineConfig", "Completion", "SamplingParams", "SpecConfig", "NextnError",
            "ModelFileError", "MTPUnavailableError"]

@@ -8,6 +8,7 @@ Prints a table, writes JSON, and draws a PNG chart.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import resource
 import sys
@@ -18,11 +19,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from .engine.config import EngineConfig
+from .engine.engine import Engine
+from .engine.params import SamplingParams
+from .engine.sequence import SpecConfig
+from .engine.stats import SpecStats
+from .engine.tuner import KTuner
 from .prompts import load_prompts
-from .sampling import SamplingParams
-from .sequence import SpecConfig
-from .stats import SpecStats
-from .tuner import KTuner
 
 
 @dataclass
@@ -51,24 +54,22 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run(engines: dict, configs: list[BenchConfig], prompts: dict[str, list[str]], params: SamplingParams,
-        repeats: int = 1, progress: bool = True) -> dict:
-    """engines: {"plain": engine without MTP, "mtp": engine with MTP}; "none" runs on the plain one, so
-    the baseline pays for nothing MTP needs (no MTP weights, single-row BLAS layout)."""
+def run(engines: dict[str, Engine], configs: list[BenchConfig], prompts: dict[str, list[str]],
+        params: SamplingParams, repeats: int = 1, progress: bool = True) -> dict:
+    """engines: one per configuration, each with its own tuner. "none" runs on an engine loaded without
+    MTP, so the baseline pays for nothing MTP needs; the MTP configurations share one loaded model."""
     total = len(configs) * sum(len(v) for v in prompts.values()) * repeats
     bar = tqdm(total=total, desc="bench", disable=not progress, file=sys.stderr)
     for engine in engines.values():
         engine.generate(next(iter(prompts.values()))[0], SamplingParams(max_tokens=8))   # warm-up
     # interleave configurations prompt by prompt, so that drift in machine speed hits all of them alike
-    tuners = {c.name: KTuner(c.spec.draft_max, c.spec.draft_min) for c in configs}
     stats = {c.name: {t: SpecStats() for t in prompts} for c in configs}
     peak_cuda = {c.name: 0.0 for c in configs}
     for _ in range(repeats):
         for ptype, plist in prompts.items():
             for prompt in plist:
                 for cfg in configs:
-                    engine = engines["plain" if cfg.spec.draft_max == 0 else "mtp"]
-                    engine.tuner = tuners[cfg.name]
+                    engine = engines[cfg.name]
                     if engine.device_is_cuda:
                         torch.cuda.reset_peak_memory_stats()
                     bar.set_postfix_str(f"{cfg.name} {ptype}")
@@ -78,8 +79,8 @@ def run(engines: dict, configs: list[BenchConfig], prompts: dict[str, list[str]]
                     bar.update()
     results = {}
     for cfg in configs:
-        engine = engines["plain" if cfg.spec.draft_max == 0 else "mtp"]
-        costs = tuners[cfg.name].costs
+        engine = engines[cfg.name]
+        costs = engine.tuner.costs
         verify = costs.trunk[(1, cfg.spec.draft_max + 1)].value if (1, cfg.spec.draft_max + 1) in costs.trunk else None
         results[cfg.name] = {"stats": stats[cfg.name], "draft_seconds": costs.draft_cost(1), "verify_seconds": verify,
                              "peak_rss_mb": peak_rss_mb(), "engine_mb": engine.memory_bytes() / 2**20,
@@ -178,24 +179,32 @@ def add_args(p) -> None:
     p.add_argument("-q", "--quiet", action="store_true")
 
 
-def main(args) -> int:
-    from .cli import engine_config
-    from .engine import Engine
+def make_engines(args, configs: list[BenchConfig]) -> dict[str, Engine]:
+    """One engine per configuration with its own tuner; the MTP ones share one loaded model."""
+    base = dict(progress=not args.quiet)
+    plain = EngineConfig.from_args(args, spec="none", **base)
+    engines = {"none": Engine(plain, tuner=KTuner(0))}
+    spec = [c for c in configs if c.spec.draft_max > 0]
+    if spec:
+        mtp = EngineConfig.from_args(args, spec="mtp", draft_max=max(c.spec.draft_max for c in spec), **base)
+        loaded = Engine.load(mtp)
+        for c in spec:
+            engines[c.name] = Engine(mtp, tuner=KTuner(c.spec.draft_max, c.spec.draft_min), loaded=loaded)
+    return engines
 
+
+def main(args) -> int:
     configs = parse_configs(args.configs, args.draft_max)
     prompts = load_prompts(args.prompts)
-    engines = {"plain": Engine(engine_config(args, progress=not args.quiet, spec="none"))}
-    if any(c.spec.draft_max > 0 for c in configs):
-        engines["mtp"] = Engine(engine_config(args, progress=not args.quiet, spec="mtp",
-                                              draft_max=max(c.spec.draft_max for c in configs)))
-    engine = engines.get("mtp", engines["plain"])
+    engines = make_engines(args, configs)
+    engine = engines[configs[-1].name]
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temp, seed=args.seed, ignore_eos=True)
     t0 = time.time()
     summary = run(engines, configs, prompts, params, args.repeats, progress=not args.quiet)
     summary["setup"] = {
         "model": str(engine.file.path), "device": str(engine.model.device), "dtype": str(engine.model.dtype),
         "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
-        "cpu_count": __import__("os").cpu_count(), "torch": torch.__version__, "max_tokens": args.max_tokens,
+        "cpu_count": os.cpu_count(), "torch": torch.__version__, "max_tokens": args.max_tokens,
         "temperature": args.temp, "repeats": args.repeats, "seconds": round(time.time() - t0, 1),
         "command": " ".join(sys.argv),
     }

@@ -2,22 +2,20 @@
 CUDA float32 logits match the CPU's and greedy MTP output equals plain greedy; then the demo model's
 plain vs MTP speed in float32 and bfloat16.   python scripts/cuda_check.py [--bench]"""
 
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nextn.config import ModelConfig  # noqa: E402
-from nextn.engine import Engine  # noqa: E402
-from nextn.ggufio import open_gguf  # noqa: E402
-from nextn.model import Model  # noqa: E402
-from nextn.sampling import SamplingParams  # noqa: E402
-from nextn.sequence import SpecConfig  # noqa: E402
-from nextn.tiny import ARCHS, make_gguf  # noqa: E402
+from nextn.models.config import ModelConfig
+from nextn.engine.engine import Engine
+from nextn.gguf.reader import open_gguf
+from nextn.models.model import Model
+from nextn.engine.params import SamplingParams
+from nextn.engine.sequence import SpecConfig
+from nextn.tiny import ARCHS, make_gguf
 
 PROMPT = "import os\nimport sys\n\n\ndef main(argv):\n    \"\"\"Parse the command line.\"\"\"\n"
 

@@ -6,17 +6,13 @@ MTP greedy acceptance per draft position with k = 3, and a sample of what it wri
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from nextn.engine import Engine  # noqa: E402
-from nextn.sampling import SamplingParams  # noqa: E402
-from nextn.sequence import SpecConfig  # noqa: E402
-from nextn.stats import SpecStats  # noqa: E402
-from train_demo import corpus_files, corpus_root  # noqa: E402
+from nextn.engine.engine import Engine
+from nextn.engine.params import SamplingParams
+from nextn.engine.sequence import SpecConfig
+from nextn.engine.stats import SpecStats
+from train_demo import corpus_files, corpus_root
 
 
 def main():

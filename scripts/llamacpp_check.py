@@ -29,14 +29,13 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nextn.engine import Engine  # noqa: E402
-from nextn.gguf_tools import extract_mtp, strip_mtp  # noqa: E402
-from nextn.loader import DEMO_MODEL  # noqa: E402
-from nextn.sampling import SamplingParams  # noqa: E402
-from nextn.sequence import SpecConfig  # noqa: E402
-from nextn.tiny import make_gguf  # noqa: E402
+from nextn.engine.engine import Engine
+from nextn.gguf.tools import extract_mtp, strip_mtp
+from nextn.models.loader import DEMO_MODEL
+from nextn.engine.params import SamplingParams
+from nextn.engine.sequence import SpecConfig
+from nextn_dev.tiny import make_gguf
 
 PROMPT = "import os\nimport sys\n\n\ndef main(argv):\n    \"\"\"Parse the command line and run.\"\"\"\n"
 

@@ -18,12 +18,10 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from nextn.prompts import PROMPTS  # noqa: E402
+from nextn.prompts import PROMPTS
 
 
 def free_port() -> int:

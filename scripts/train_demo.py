@@ -24,7 +24,6 @@ import hashlib
 import importlib
 import json
 import math
-import sys
 import sysconfig
 import time
 from pathlib import Path
@@ -33,10 +32,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nextn.convert import convert  # noqa: E402
-from nextn.tiny import make_tokenizer, mtp_head  # noqa: E402
+from nextn.gguf.convert import convert
+from nextn_dev.reference import mtp_head
+from nextn_dev.tiny import make_tokenizer
 
 MTP_DEPTH_WEIGHTS = (0.5, 0.3, 0.2)
 

@@ -17,7 +17,7 @@ def models_dir(tmp_path_factory):
 
 
 def _build(models_dir, arch: str, mode: str = "bundled", **kw):
-    from nextn.tiny import make_gguf
+    from nextn_dev.tiny import make_gguf
 
     name = f"{arch}-{mode}" + "".join(f"-{k}{v}" for k, v in sorted(kw.items()))
     out = models_dir / f"{name}.gguf"
@@ -41,7 +41,7 @@ def tiny(models_dir):
 
 @pytest.fixture(scope="session")
 def demo_model():
-    from nextn.loader import DEMO_MODEL
+    from nextn.models.loader import DEMO_MODEL
 
     if not DEMO_MODEL.exists():
         pytest.fail(f"bundled demo model missing: {DEMO_MODEL}")

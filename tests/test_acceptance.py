@@ -3,7 +3,7 @@
 import torch
 from scipy import stats
 
-from nextn.acceptance import accept
+from nextn.engine.acceptance import accept
 
 
 def test_greedy_keeps_matching_prefix_then_emits_target_token():

@@ -1,10 +1,10 @@
 """Pure-Python bookkeeping: the adaptive draft-length tuner, the scheduler, statistics."""
 
-from nextn.sampling import SamplingParams
-from nextn.scheduler import Scheduler
-from nextn.sequence import Sequence, SpecConfig, Status
-from nextn.stats import SpecStats
-from nextn.tuner import Acceptance, KTuner
+from nextn.engine.params import SamplingParams
+from nextn.engine.scheduler import Scheduler
+from nextn.engine.sequence import Sequence, SpecConfig, Status
+from nextn.engine.stats import SpecStats
+from nextn.engine.tuner import Acceptance, KTuner
 
 
 def _tuner(trunk: dict, draft: float, k_max=3, explore_every=10**9) -> KTuner:

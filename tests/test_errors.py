@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from gguf import GGUFWriter
 
-from nextn.engine import Engine
-from nextn.errors import ModelFileError, MTPUnavailableError
-from nextn.gguf_tools import extract_mtp, strip_mtp
-from nextn.ggufio import open_gguf
+from nextn.engine.engine import Engine
+from nextn.errors import ModelFileError, MTPUnavailableError, NextnError
+from nextn.gguf.tools import extract_mtp, strip_mtp
+from nextn.gguf.reader import open_gguf
 
 
 def test_not_a_gguf_file(tmp_path):
@@ -49,11 +49,12 @@ def test_unsupported_architecture(tmp_path):
 
 
 def test_missing_tensor(tiny, tmp_path):
-    from nextn.gguf_tools import _copy_metadata, _write
+    from nextn.gguf.tools import _copy_metadata, _copy_tensors
+    from nextn.gguf.writer import write_gguf
 
     gf = open_gguf(tiny("qwen35"))
     keep = [t for t in gf.tensors.values() if t.name != "blk.1.attn_q.weight"]
-    out = _write(tmp_path / "holey.gguf", gf.arch, lambda w: _copy_metadata(w, gf, {}, set()), keep)
+    out = write_gguf(tmp_path / "holey.gguf", gf.arch, lambda w: _copy_metadata(w, gf, {}, set()), _copy_tensors(keep))
     with pytest.raises(ModelFileError, match=r"holey\.gguf: tensor 'blk\.1\.attn_q\.weight' is missing"):
         Engine(model=str(out), spec="none", progress=False)
 
@@ -71,11 +72,11 @@ def test_mtp_requested_of_a_model_without_mtp(tiny, tmp_path):
     with pytest.raises(MTPUnavailableError, match=r"trunk\.gguf has no MTP layers \(nextn_predict_layers missing\); "
                                                   r"use a GGUF converted with MTP or pass --mtp-model"):
         Engine(model=str(trunk), spec="mtp", progress=False)
-    assert not Engine(model=str(trunk), spec="none", progress=False).mtp_enabled
+    assert not Engine(model=str(trunk), spec="none", progress=False).use_mtp
 
 
 def test_mismatched_head_is_refused(tiny, models_dir, tmp_path):
-    from nextn.tiny import make_gguf
+    from nextn_dev.tiny import make_gguf
 
     other = make_gguf(tmp_path / "other.gguf", "qwen35", workdir=tmp_path / "other.hf", n_layer=2)
     head = extract_mtp(other, tmp_path / "mtp-other.gguf")
@@ -98,5 +99,5 @@ def test_cli_prints_one_line_not_a_traceback(tmp_path):
 
 def test_prompt_longer_than_context_is_refused(tiny):
     engine = Engine(model=str(tiny("qwen35")), spec="none", ctx_size=64, progress=False)
-    with pytest.raises(Exception, match="context holds 64"):
+    with pytest.raises(NextnError, match="context holds 64"):
         engine.add_request(list(range(5, 100)))

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
 
-from nextn.convert import convert
-from nextn.engine import Engine
+from nextn.gguf.convert import convert
+from nextn.engine.engine import Engine
 from nextn.errors import NextnError
-from nextn.gguf_tools import describe, extract_mtp, graft_mtp, inspect_text, quantize_file, strip_mtp
-from nextn.ggufio import BUNDLED, HEAD_ONLY, TRUNK_ONLY, open_gguf
-from nextn.sampling import SamplingParams
-from nextn.sequence import SpecConfig
+from nextn.gguf.tools import describe, extract_mtp, graft_mtp, inspect_text, quantize_file, strip_mtp
+from nextn.gguf.forms import BUNDLED, HEAD_ONLY, TRUNK_ONLY, form_of
+from nextn.gguf.reader import open_gguf
+from nextn.engine.params import SamplingParams
+from nextn.engine.sequence import SpecConfig
 
 GREEDY = SamplingParams(max_tokens=40, ignore_eos=True)
 PROMPT = "import os\nimport sys\n\n\ndef main(argv):\n"
@@ -65,7 +66,7 @@ def test_head_file_is_found_beside_the_trunk(forms, tmp_path, capsys):
     shutil.copy(forms["trunk"], trunk)
     shutil.copy(forms["head"], tmp_path / "mtp-m.gguf")
     engine = Engine(model=str(trunk), spec="mtp", progress=False)
-    assert engine.mtp_enabled and "mtp-m.gguf" in capsys.readouterr().err
+    assert engine.use_mtp and "mtp-m.gguf" in capsys.readouterr().err
 
 
 def test_extract_strip_graft_round_trip_on_the_demo_model(demo_model, tmp_path):
@@ -142,16 +143,16 @@ def test_keep_mtp_precision(forms, tmp_path):
 def test_converted_types_load_and_stay_close(forms, tmp_path, outtype):
     import torch
 
-    from nextn.cache import Cache
-    from nextn.config import ModelConfig
-    from nextn.model import Model
-    from nextn.step import Step
+    from nextn.models.cache import Cache
+    from nextn.models.config import ModelConfig
+    from nextn.models.model import Model
+    from nextn.models.step import Step
 
     def logits(path):
         gf = open_gguf(path)
         cfg = ModelConfig.from_gguf(gf)
         model = Model.load(gf, cfg, progress=False)
-        cache = Cache.allocate(cfg, 1, 64, torch.float32, "cpu", with_mtp=False)
+        cache = Cache.allocate(cfg, 1, 64, torch.float32, "cpu", use_mtp=False)
         ids = torch.arange(3, 43)[None]
         with torch.inference_mode():
             return model.logits(model.forward(ids, Step.build([0], [0], [40], "cpu", 64), cache))
@@ -167,7 +168,7 @@ def test_every_family_converts_to_all_forms_that_agree(tiny, tmp_path, arch):
     bundled = convert(hf, tmp_path / "b.gguf", outtype="f32", progress=False)
     trunk = convert(hf, tmp_path / "t.gguf", outtype="f32", mode="no-mtp", progress=False)
     head = convert(hf, tmp_path / "t.gguf", outtype="f32", mode="mtp", progress=False)
-    assert [open_gguf(p).form for p in (bundled, trunk, head)] == [BUNDLED, TRUNK_ONLY, HEAD_ONLY]
+    assert [form_of(open_gguf(p)) for p in (bundled, trunk, head)] == [BUNDLED, TRUNK_ONLY, HEAD_ONLY]
     prompt = list(range(5, 90))
     spec = SpecConfig(3, adaptive=False)
     a = Engine(model=str(bundled), progress=False).generate(prompt, GREEDY, spec=spec)
@@ -183,7 +184,7 @@ def test_quantized_tensors_dequantize_to_their_logical_shape(tmp_path, qtype):
     import torch
     from gguf import GGML_QUANT_SIZES, GGUFWriter
 
-    from nextn.ggufio import tensor_to_torch
+    from nextn.kernels.dequant import tensor_to_torch
     from gguf.quants import dequantize
 
     rows, cols = 3, 512

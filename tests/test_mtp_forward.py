@@ -5,10 +5,11 @@ filled for every prompt position, across prefill chunks."""
 import pytest
 import torch
 
-from nextn.cache import Cache
-from nextn.engine import Engine
-from nextn.step import Step
-from nextn.tiny import make_gguf, mtp_reference
+from nextn.models.cache import Cache
+from nextn.engine.engine import Engine
+from nextn.models.step import Step
+from nextn_dev.reference import mtp_reference
+from nextn_dev.tiny import make_gguf
 
 ARCHS = ["qwen35", "qwen35moe", "qwen3next", "glm4moe"]
 
@@ -50,16 +51,19 @@ def test_mtp_forward_matches_reference_after_chunked_prefill(tiny, glm_own_head,
     ids, g_ref, logits_ref = _reference(path, hf_dir, kind, n=100, seed=0)
     engine = Engine(model=str(path), spec="mtp", prefill_chunk=32, progress=False)
     seq = engine.add_request(ids[0].tolist())
-    runner = engine.runner
+    runner, drafter = engine.runner, engine.drafter
     engine.scheduler.schedule()
     runner.start(seq)
+    drafter.start(seq)
     for s in range(0, ids.shape[1], 32):
-        runner.prefill([seq], [min(32, ids.shape[1] - s)])
+        n = min(32, ids.shape[1] - s)
+        runner.prefill([seq], [n], {})
+        drafter.on_prefill([seq], [n])
     n = ids.shape[1]
-    assert runner.queued(seq.slot) == n - 1            # pairs (x_{p+1}, h_p) for positions 1..n-1
-    runner.flush([seq], want_logits=False)
-    assert runner.mtp_len[seq.slot] == n - 1
-    g_last = runner.last_g[seq.slot]
+    assert drafter.queued(seq.slot) == n - 1           # pairs (x_{p+1}, h_p) for positions 1..n-1
+    drafter._flush([seq])
+    assert drafter.positions[seq.slot] == n - 1
+    g_last = drafter.last_mtp_hidden[seq.slot]
     assert (g_last - g_ref[-1]).abs().max().item() <= 1e-4
     logits = engine.model.mtp_logits(g_last[None])[0]
     assert (logits - logits_ref[-1]).abs().max().item() <= 1e-4
@@ -70,8 +74,8 @@ def test_mtp_forward_whole_sequence_matches_reference(tiny, glm_own_head, arch):
     path, hf_dir, kind = _case(tiny, glm_own_head, arch)
     ids, g_ref, logits_ref = _reference(path, hf_dir, kind, n=60, seed=1)
     engine = Engine(model=str(path), spec="mtp", progress=False)
-    model, cfg = engine.model, engine.cfg
-    cache = Cache.allocate(cfg, 1, 128, torch.float32, "cpu", with_mtp=True)
+    model, cfg = engine.model, engine.model_config
+    cache = Cache.allocate(cfg, 1, 128, torch.float32, "cpu", use_mtp=True)
     n = ids.shape[1]
     with torch.inference_mode():
         h = model.forward(ids, Step.build([0], [0], [n], "cpu", 128), cache)

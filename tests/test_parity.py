@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from nextn.cache import Cache
-from nextn.config import ModelConfig
-from nextn.ggufio import open_gguf
-from nextn.model import Model
-from nextn.step import Step
+from nextn.models.cache import Cache
+from nextn.models.config import ModelConfig
+from nextn.gguf.reader import open_gguf
+from nextn.models.model import Model
+from nextn.models.step import Step
 
 ARCHS = ["qwen35", "qwen35moe", "qwen3next", "glm4moe"]
 
@@ -47,7 +47,7 @@ def test_decode_one_token_at_a_time_matches_transformers(tiny, arch):
     cfg, model = _ours(path)
     ids = torch.randint(0, cfg.n_vocab, (1, 40), generator=torch.Generator().manual_seed(1))
     ref = _hf(path)(ids).logits
-    cache = Cache.allocate(cfg, 1, 64, torch.float32, "cpu", with_mtp=False)
+    cache = Cache.allocate(cfg, 1, 64, torch.float32, "cpu", use_mtp=False)
     out = []
     for p in range(ids.shape[1]):
         step = Step.build([0], [p], [1], "cpu", 64)
@@ -58,8 +58,8 @@ def test_decode_one_token_at_a_time_matches_transformers(tiny, arch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_greedy_generation_matches_transformers(tiny, arch):
-    from nextn.engine import Engine
-    from nextn.sampling import SamplingParams
+    from nextn.engine.engine import Engine
+    from nextn.engine.params import SamplingParams
 
     path = tiny(arch)
     prompt = torch.randint(3, 300, (1, 80), generator=torch.Generator().manual_seed(2))
@@ -86,7 +86,7 @@ def test_chunked_and_one_shot_prefill_give_identical_logits(tiny):
 @pytest.mark.parametrize("layout", ["onednn", "dual"])
 @torch.inference_mode()
 def test_cpu_weight_layouts_compute_the_same_logits(tiny, layout):
-    from nextn.fuse import onednn_available
+    from nextn.kernels.layout import onednn_available
 
     if not onednn_available():
         pytest.skip("this PyTorch build has no oneDNN linear kernels")
@@ -95,7 +95,7 @@ def test_cpu_weight_layouts_compute_the_same_logits(tiny, layout):
     ref, other = Model.load(gf, cfg, progress=False), Model.load(gf, cfg, progress=False, layout=layout)
     ids = torch.randint(0, cfg.n_vocab, (1, 40), generator=torch.Generator().manual_seed(4))
     for model in (ref, other):
-        cache = Cache.allocate(cfg, 1, 64, torch.float32, "cpu", with_mtp=False)
+        cache = Cache.allocate(cfg, 1, 64, torch.float32, "cpu", use_mtp=False)
         model.out = [model.logits(model.forward(ids[:, :36], Step.build([0], [0], [36], "cpu", 64), cache))]
         model.out.append(model.logits(model.forward(ids[:, 36:37], Step.build([0], [36], [1], "cpu", 64), cache)))
         cache.commit([1])

@@ -10,9 +10,9 @@ import openai
 import pytest
 import uvicorn
 
-from nextn.engine import Engine
-from nextn.sampling import SamplingParams
-from nextn.server import create_app
+from nextn.engine.engine import Engine
+from nextn.engine.params import SamplingParams
+from nextn.server.app import create_app
 
 KEY = "test-key"
 PROMPTS = [f"def function_{i}(x):\n    return" for i in range(10)]

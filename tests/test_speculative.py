@@ -5,10 +5,11 @@ import pytest
 import torch
 from scipy import stats as sstats
 
-import nextn.speculative as speculative
-from nextn.engine import Engine
-from nextn.sampling import SamplingParams
-from nextn.sequence import SpecConfig
+import nextn.engine.speculative as speculative
+from nextn.drafters.mtp import Proposal
+from nextn.engine.engine import Engine
+from nextn.engine.params import SamplingParams
+from nextn.engine.sequence import SpecConfig
 
 GREEDY = SamplingParams(max_tokens=48, ignore_eos=True)
 SPECS = [SpecConfig(draft_max=1, adaptive=False), SpecConfig(draft_max=2, adaptive=False),
@@ -52,7 +53,7 @@ def test_every_acceptance_length_keeps_output_identical(engines, arch, monkeypat
     lengths = []
     real_accept = speculative.accept
 
-    def oracle(runner, seqs, ks, gens):
+    def oracle(seqs, ks, gens):
         drafts = []
         for seq, k in zip(seqs, ks):
             d = plain[seq.n_generated:seq.n_generated + k]
@@ -60,14 +61,14 @@ def test_every_acceptance_length_keeps_output_identical(engines, arch, monkeypat
             if bad < len(d):
                 d = d[:bad] + [(d[bad] + 1) % 300] + d[bad + 1:]
             drafts.append(d)
-        return drafts, [[None] * len(d) for d in drafts], 1
+        return Proposal(drafts, [None] * len(drafts), 1)
 
     def accept(drafts, target, q=None, g=None):
         n, tok = real_accept(drafts, target, q, g)
         lengths.append((len(drafts), n))
         return n, tok
 
-    monkeypatch.setattr(speculative, "draft", oracle)
+    monkeypatch.setattr(engines(arch).drafter, "propose", oracle)
     monkeypatch.setattr(speculative, "accept", accept)
     result = engines(arch).generate(prompt, SamplingParams(max_tokens=60, ignore_eos=True),
                                     spec=SpecConfig(draft_max=3, adaptive=False))
@@ -78,18 +79,18 @@ def test_every_acceptance_length_keeps_output_identical(engines, arch, monkeypat
 @pytest.mark.parametrize("arch", ["qwen35", "qwen35moe", "qwen3next"])
 @torch.inference_mode()
 def test_rollback_restores_the_recurrent_state_of_each_acceptance_length(engines, arch):
-    from nextn.cache import Cache
-    from nextn.step import Step
+    from nextn.models.cache import Cache
+    from nextn.models.step import Step
 
     engine = engines(arch)
-    model, cfg = engine.model, engine.cfg
+    model, cfg = engine.model, engine.model_config
     prompt = torch.tensor([_prompt(40, seed=2)])
     extra = torch.tensor([[11, 22, 33, 44]])
     rec = cfg.recurrent_layers
     assert rec, "hybrid model must have recurrent layers"
 
     def fresh():
-        cache = Cache.allocate(cfg, 1, 64, torch.float32, "cpu", with_mtp=False)
+        cache = Cache.allocate(cfg, 1, 64, torch.float32, "cpu", use_mtp=False)
         model.forward(prompt, Step.build([0], [0], [40], "cpu", 64, chunked=True), cache)
         return cache
 
@@ -116,15 +117,14 @@ def test_rollback_restores_the_recurrent_state_of_each_acceptance_length(engines
 
 def _exact_second_token_distribution(engine, prompt, params):
     """p(x2) = sum_x1 p(x1 | prompt) p(x2 | prompt, x1), computed with plain forwards."""
-    from nextn.cache import Cache
-    from nextn.sampling import probabilities
-    from nextn.step import Step
+    from nextn.models.cache import Cache
+    from nextn.engine.sampling import probabilities
+    from nextn.models.step import Step
 
-    model, cfg = engine.model, engine.cfg
-    n = len(prompt)
+    model, cfg = engine.model, engine.model_config
 
     def next_probs(ids):
-        cache = Cache.allocate(cfg, 1, 128, torch.float32, "cpu", with_mtp=False)
+        cache = Cache.allocate(cfg, 1, 128, torch.float32, "cpu", use_mtp=False)
         h = model.forward(torch.tensor([ids]), Step.build([0], [0], [len(ids)], "cpu", 128, chunked=True), cache)
         return probabilities(model.logits(h[:, -1]), params)[0]
 
@@ -133,7 +133,7 @@ def _exact_second_token_distribution(engine, prompt, params):
         total = torch.zeros_like(p1)
         for t in p1.nonzero().flatten().tolist():
             total += p1[t] * next_probs(prompt + [t])
-    assert abs(float(total.sum()) - 1) < 1e-4 and n
+    assert abs(float(total.sum()) - 1) < 1e-4
     return total
 
 
@@ -181,14 +181,14 @@ def test_trained_demo_model_accepts_drafts_and_stats_add_up(demo_model):
 
 def test_mtp_off_reads_no_mtp_tensors(tiny, monkeypatch):
     """With --spec none the MTP block is neither read from the file nor allocated."""
-    from nextn.ggufio import GGUFFile
+    from nextn.gguf.reader import GGUFFile
 
     read = []
-    real = GGUFFile.load
-    monkeypatch.setattr(GGUFFile, "load", lambda self, name, dtype=torch.float32: read.append(name) or real(self, name, dtype))
+    real = GGUFFile.tensor
+    monkeypatch.setattr(GGUFFile, "tensor", lambda self, name: read.append(name) or real(self, name))
     off = Engine(model=str(tiny("qwen35")), spec="none", progress=False)
     assert read and not any(n.startswith("blk.4.") for n in read)
-    assert len(off.model.layers) == off.cfg.n_layer and not off.mtp_enabled
+    assert len(off.model.layers) == off.model_config.n_layer and not off.use_mtp
     read.clear()
     on = Engine(model=str(tiny("qwen35")), spec="mtp", cpu_matmul="blas", progress=False)
     assert any(n.startswith("blk.4.nextn") for n in read)
@@ -206,22 +206,22 @@ def test_penalties_and_stop_strings_behave_the_same_with_mtp(engines, arch, monk
     assert real.tokens == plain.tokens                  # the MTP's own (penalised, p-min gated) drafts
     rng = torch.Generator().manual_seed(1)
 
-    def oracle(runner, seqs, ks, gens):   # drafts that are often right, so penalised rows get verified
+    def oracle(seqs, ks, gens):   # drafts that are often right, so penalised rows get verified
         out = []
         for seq, k in zip(seqs, ks):
             d = plain.tokens[seq.n_generated:seq.n_generated + k]
             if d and torch.rand((), generator=rng) < 0.3:
                 d = d[:-1] + [(d[-1] + 7) % 300]
             out.append(d)
-        return out, [[None] * len(d) for d in out], 1
+        return Proposal(out, [None] * len(out), 1)
 
-    monkeypatch.setattr(speculative, "draft", oracle)
+    monkeypatch.setattr(engines(arch).drafter, "propose", oracle)
     got = engines(arch).generate(prompt, params, spec=SpecConfig(draft_max=3, adaptive=False))
     assert got.tokens == plain.tokens and got.stats.n_accepted > 0
     text = plain.text
-    stop = text[len(text) // 2:len(text) // 2 + 3]
-    if stop.strip():
-        cut = engines(arch).generate(prompt, SamplingParams(max_tokens=40, ignore_eos=True, repetition_penalty=1.3,
-                                                            presence_penalty=0.5, frequency_penalty=0.2, stop=[stop]),
-                                     spec=SpecConfig(draft_max=3, adaptive=False))
-        assert cut.finish_reason == "stop" and cut.text == text[:text.find(stop)]
+    middle = next(i for i in range(len(text) // 2, len(text) - 3) if text[i:i + 3].strip())
+    stop = text[middle:middle + 3]                      # a non-blank piece from the second half
+    cut = engines(arch).generate(prompt, SamplingParams(max_tokens=40, ignore_eos=True, repetition_penalty=1.3,
+                                                        presence_penalty=0.5, frequency_penalty=0.2, stop=[stop]),
+                                 spec=SpecConfig(draft_max=3, adaptive=False))
+    assert cut.finish_reason == "stop" and cut.text == text[:text.find(stop)]

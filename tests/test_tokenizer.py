@@ -3,9 +3,9 @@
 import pytest
 from tokenizers import Tokenizer as HFTokenizer
 
-from nextn.chat import render_chat
-from nextn.ggufio import open_gguf
-from nextn.tokenizer import StreamDecoder, Tokenizer
+from nextn.text.chat import render_chat
+from nextn.gguf.reader import open_gguf
+from nextn.text.tokenizer import StreamDecoder, Tokenizer
 
 TEXTS = [
     "def f(x):\n    return x ** 2  # square\n",

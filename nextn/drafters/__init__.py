@@ -1,0 +1,1 @@
+"""Drafters: what proposes the tokens the trunk verifies. Today the model's own MTP head."""

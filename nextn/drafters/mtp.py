@@ -1,0 +1,158 @@
+"""The MTP drafter: the model's own multi-token-prediction head proposes the next k tokens.
+
+The MTP block sees pair (x_{p+1}, h_p) at position p + 1 for every trunk position p. Pairs are
+queued as soon as both halves are known (prompt rows after each prefill chunk, the first token with
+the last prompt row, kept tokens after each verification) and flushed through the block when the
+sequence drafts (or when the queue grows long), so its KV cache covers every position the trunk
+processed. The first draft comes from the flush; later ones feed the previous draft token and the
+head's own normed hidden state back in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..engine.runner import ModelRunner
+from ..engine.sampling import draw, penalised, target
+from ..engine.sequence import Sequence
+from ..models.step import Step
+
+FLUSH_EVERY = 256   # queued pairs that force a flush even when not drafting (bounds memory; pairs of a
+                    # sequence that never drafts again are never computed)
+
+
+@dataclass
+class Proposal:
+    drafts: list[list[int]]             # per sequence, the proposed tokens
+    q: list[torch.Tensor | None]        # per sequence, [k, V] draft distributions, None for one-hot drafts
+    n_steps: int                        # draft forwards run (for the cost model)
+
+
+class MTPDrafter:
+    def __init__(self, runner: ModelRunner):
+        self.runner, self.model = runner, runner.model
+        n_slots, d = runner.last_hidden.shape
+        self.queue_tokens: dict[int, list[int]] = {}
+        self.queue_hidden: dict[int, list[torch.Tensor]] = {}
+        self.positions: dict[int, int] = {}          # MTP cache holds positions 1..positions[slot]
+        self.last_mtp_hidden = torch.zeros(n_slots, d, dtype=self.model.dtype, device=self.model.device)
+
+    # ---- keeping the head's cache in step with the trunk ------------------------------------------
+    def start(self, seq: Sequence) -> None:
+        self.queue_tokens[seq.slot], self.queue_hidden[seq.slot], self.positions[seq.slot] = [], [], 0
+
+    def queued(self, slot: int) -> int:
+        return len(self.queue_tokens.get(slot, ()))
+
+    def on_prefill(self, seqs: list[Sequence], ns: list[int]) -> None:
+        """Queue (x_{p+1}, h_p) for the prompt rows just prefilled whose successor is known."""
+        for b, (seq, n) in enumerate(zip(seqs, ns)):
+            if self._tracks(seq):
+                s = seq.num_cached - n
+                successors = seq.tokens[s + 1:s + n + 1]
+                self._enqueue(seq.slot, successors, self.runner.hidden[b, :len(successors)])
+
+    def on_first_token(self, seq: Sequence, token: int) -> None:
+        if self._tracks(seq):
+            self._enqueue(seq.slot, [token], self.runner.last_hidden[seq.slot][None])
+
+    def on_commit(self, seqs: list[Sequence], new_tokens: list[list[int]], keep: list[int]) -> None:
+        for b, (seq, n) in enumerate(zip(seqs, keep)):
+            if self._tracks(seq):
+                self._enqueue(seq.slot, new_tokens[b][:n], self.runner.hidden[b, :n])
+        long = [s for s in seqs if self.queued(s.slot) >= FLUSH_EVERY]
+        if long:
+            self._flush(long)
+
+    def _tracks(self, seq: Sequence) -> bool:
+        return seq.spec.draft_max > 0
+
+    def _enqueue(self, slot: int, tokens: list[int], hidden: torch.Tensor) -> None:
+        if tokens:
+            self.queue_tokens[slot].extend(tokens)
+            self.queue_hidden[slot].append(hidden[:len(tokens)])
+
+    @torch.inference_mode()
+    def _flush(self, seqs: list[Sequence], chunk: int = 256) -> None:
+        """Run every queued pair of these slots through the MTP block."""
+        while todo := [s for s in seqs if self.queued(s.slot)]:
+            n = [min(self.queued(s.slot), chunk) for s in todo]
+            tokens, hidden = [], []
+            for s, k in zip(todo, n):
+                toks, hid = self.queue_tokens[s.slot], torch.cat(self.queue_hidden[s.slot])
+                tokens.append(toks[:k])
+                hidden.append(hid[:k])
+                self.queue_tokens[s.slot] = toks[k:]
+                self.queue_hidden[s.slot] = [hid[k:]] if len(toks) > k else []
+            out = self._forward(todo, [self.positions[s.slot] + 1 for s in todo], tokens, hidden)
+            for i, (s, k) in enumerate(zip(todo, n)):
+                self.positions[s.slot] += k
+                if not self.queued(s.slot):
+                    self.last_mtp_hidden[s.slot] = out[i, k - 1]
+
+    def _forward(self, seqs, starts, tokens, hidden) -> torch.Tensor:
+        T = max(len(t) for t in tokens)
+        tok = torch.tensor([t + [0] * (T - len(t)) for t in tokens], device=self.model.device)
+        hid = torch.stack([torch.nn.functional.pad(h, (0, 0, 0, T - h.shape[0])) for h in hidden])
+        step = Step.build([s.slot for s in seqs], starts, [len(t) for t in tokens], self.model.device,
+                          self.runner.rows, chunked=False, shift=1)
+        return self.model.mtp_forward(tok, hid, step, self.runner.cache)
+
+    # ---- drafting ----------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def propose(self, seqs: list[Sequence], ks: list[int], generators: dict) -> Proposal:
+        """Up to ks[b] draft tokens per sequence, with the distributions they were drawn from."""
+        drafts: list[list[int]] = [[] for _ in seqs]
+        qs: list[list[torch.Tensor]] = [[] for _ in seqs]
+        active = [i for i, k in enumerate(ks) if k > 0]
+        if not active:
+            return Proposal(drafts, [None] * len(seqs), 0)
+        self._flush([seqs[i] for i in active])
+        hidden = self.last_mtp_hidden[[seqs[i].slot for i in active]]
+        logits = self.model.mtp_logits(hidden)
+        steps = 1
+        while True:
+            still, rows = [], []
+            picks = self._picks(logits, [seqs[i] for i in active], [drafts[i] for i in active], generators)
+            for r, (i, (tok, q, confidence)) in enumerate(zip(active, picks)):
+                seq = seqs[i]
+                if confidence < seq.spec.p_min:
+                    continue
+                drafts[i].append(tok)
+                qs[i].append(q)
+                if len(drafts[i]) < ks[i]:
+                    still.append(i)
+                    rows.append(r)
+            if not still:
+                break
+            sub = [seqs[i] for i in still]
+            positions = [self.positions[s.slot] + len(drafts[i]) for s, i in zip(sub, still)]
+            hidden = self._forward(sub, positions, [[drafts[i][-1]] for i in still], [h[None] for h in hidden[rows]])[:, 0]
+            logits = self.model.mtp_logits(hidden)
+            active = still
+            steps += 1
+        for i, seq in enumerate(seqs):
+            if 0 < len(drafts[i]) < seq.spec.draft_min:
+                drafts[i], qs[i] = [], []
+        q = [torch.stack(x) if x and x[0] is not None else None for x in qs]
+        return Proposal(drafts, q, steps)
+
+    @staticmethod
+    def _picks(logits: torch.Tensor, seqs: list[Sequence], so_far: list[list[int]], generators: dict):
+        """Per row: (token, its draft distribution or None if one-hot, confidence for --draft-p-min)."""
+        if all(s.params.greedy and not s.params.has_penalties and s.spec.p_min == 0 for s in seqs):
+            return [(t, None, 1.0) for t in logits.argmax(-1).tolist()]     # one sync for the batch
+        out = []
+        for r, (seq, drafted) in enumerate(zip(seqs, so_far)):
+            history = seq.tokens + drafted
+            t = target(logits[r:r + 1], seq.params, history)[0]
+            tok = draw(t, generators.get(seq.id))
+            if t.dim():
+                out.append((tok, t, float(t[tok])))
+            else:
+                p_min = seq.spec.p_min
+                row = penalised(logits[r:r + 1], seq.params, history)
+                out.append((tok, None, float(row.float().softmax(-1)[0, tok]) if p_min > 0 else 1.0))
+        return out

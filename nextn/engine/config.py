@@ -1,0 +1,65 @@
+"""EngineConfig: how an engine is set up, and the command-line flags that set it (shared by every command)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, fields
+
+from ..errors import NextnError
+
+
+@dataclass
+class EngineConfig:
+    model: str | None = None          # None: the bundled demo model
+    mtp_model: str | None = None
+    spec: str = "mtp"                 # "mtp" or "none"
+    draft_max: int = 3
+    draft_min: int = 0
+    draft_p_min: float = 0.0
+    adaptive: bool = True             # False: always draft draft_max tokens
+    n_parallel: int = 1
+    ctx_size: int = 4096
+    prefill_chunk: int = 512
+    device: str | None = None
+    dtype: str | None = None
+    cpu_matmul: str | None = None     # CPU weight layout "dual" | "onednn" | "blas"; default by MTP use
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.spec not in ("mtp", "none"):
+            raise NextnError(f"--spec must be 'mtp' or 'none', not {self.spec!r}")
+        if self.n_parallel < 1 or self.ctx_size < 8 or self.prefill_chunk < 1:
+            raise NextnError("--parallel, --ctx-size and --prefill-chunk must be positive")
+        if not 0 <= self.draft_min <= max(self.draft_max, 0) or not 0 <= self.draft_max <= 16:
+            raise NextnError(f"--draft-max must be in [0, 16] and --draft-min in [0, --draft-max] "
+                             f"(got {self.draft_max} and {self.draft_min})")
+        if not 0 <= self.draft_p_min < 1:
+            raise NextnError(f"--draft-p-min must be in [0, 1) (got {self.draft_p_min})")
+
+    @property
+    def use_mtp(self) -> bool:
+        return self.spec == "mtp" and self.draft_max > 0
+
+    @staticmethod
+    def add_args(p: argparse.ArgumentParser, spec_flag: bool = True) -> None:
+        p.add_argument("-m", "--model", default=None, help="GGUF model (default: the bundled demo model)")
+        p.add_argument("--mtp-model", default=None, help="separate MTP head GGUF (head-only, like mmproj)")
+        if spec_flag:
+            p.add_argument("--spec", default="mtp", choices=["mtp", "none"], help="speculative decoding (default: mtp)")
+        p.add_argument("--draft-max", type=int, default=3, help="most draft tokens per step (default 3)")
+        p.add_argument("--draft-min", type=int, default=0, help="verify drafts only when at least this many")
+        p.add_argument("--draft-p-min", type=float, default=0.0, help="stop drafting below this draft probability")
+        p.add_argument("--no-adaptive", action="store_true", help="always draft --draft-max tokens")
+        p.add_argument("-c", "--ctx-size", type=int, default=4096)
+        p.add_argument("--prefill-chunk", type=int, default=512)
+        p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+        p.add_argument("--dtype", default=None, choices=["f32", "f16", "bf16"])
+        p.add_argument("--cpu-matmul", default=None, choices=["dual", "onednn", "blas"],
+                       help="CPU weight layout: dual (BLAS + oneDNN, default with MTP), onednn or blas (half the memory)")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, **override) -> "EngineConfig":
+        values = dict(adaptive=not args.no_adaptive)
+        values.update({f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
+        values.update(override)
+        return cls(**values)

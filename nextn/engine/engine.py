@@ -1,0 +1,240 @@
+"""The engine: admits requests, runs prefill and decode steps over the slots, applies stop rules,
+and keeps statistics. `Engine.generate` is the Python API; the CLI and the server drive `step`.
+No tensors here: the runner and the drafter hold them."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from dataclasses import dataclass
+
+from ..drafters.mtp import MTPDrafter
+from ..errors import NextnError
+from ..models import loader
+from ..text.chat import render_chat
+from ..text.tokenizer import StreamDecoder
+from .config import EngineConfig
+from .params import SamplingParams
+from .runner import ModelRunner
+from .sampling import new_generator
+from .scheduler import Scheduler
+from .sequence import Sequence, SpecConfig, Status
+from .speculative import decode_step
+from .stats import SpecStats
+from .tuner import KTuner
+
+
+@dataclass
+class Output:
+    seq: Sequence
+    tokens: list[int]
+    text: str
+    finished: bool
+
+
+@dataclass
+class Completion:
+    text: str
+    tokens: list[int]
+    prompt_tokens: int
+    finish_reason: str
+    stats: SpecStats
+
+    @property
+    def timings(self) -> dict:
+        return self.stats.to_dict()
+
+
+@dataclass
+class _TextStream:
+    """A request's text so far: the streaming decoder, and how much of the text was handed out."""
+    decoder: StreamDecoder
+    text: str = ""
+    sent: int = 0
+
+
+class Engine:
+    def __init__(self, config: EngineConfig | None = None, *, tuner: KTuner | None = None, loaded=None, **kwargs):
+        """`loaded`: what `Engine.load(config)` returned, to share one loaded model between engines."""
+        self.config = config = config or EngineConfig(**kwargs)
+        self.model_config, self.model, self.tokenizer, self.file = loaded or self.load(config)
+        self.model_name = self.file.path.stem
+        self.runner = ModelRunner(self.model, config.n_parallel, config.ctx_size, use_mtp=config.use_mtp)
+        self.drafter = MTPDrafter(self.runner) if self.use_mtp else None
+        self.scheduler = Scheduler(config.n_parallel, config.prefill_chunk)
+        self.tuner = tuner or KTuner(config.draft_max if self.use_mtp else 0, config.draft_min)
+        self.stats = SpecStats()      # cumulative over all requests, updated every step
+        self.streams: dict[int, _TextStream] = {}
+        self.generators: dict[int, object] = {}
+
+    @staticmethod
+    def load(config: EngineConfig):
+        """(model config, model, tokenizer, trunk file) for this configuration."""
+        return loader.load(config.model, mtp_path=config.mtp_model, use_mtp=config.use_mtp, device=config.device,
+                           dtype=config.dtype, progress=config.progress, matmul=config.cpu_matmul)
+
+    @property
+    def use_mtp(self) -> bool:
+        return self.runner.use_mtp
+
+    def memory_bytes(self) -> int:
+        """Weights (in their in-memory layout) plus the preallocated caches."""
+        return self.model.nbytes() + self.runner.cache.nbytes()
+
+    @property
+    def device_is_cuda(self) -> bool:
+        return self.model.device.type == "cuda"
+
+    # ---- requests ------------------------------------------------------------------------------
+    def default_spec(self) -> SpecConfig:
+        c = self.config
+        return SpecConfig(draft_max=c.draft_max if self.use_mtp else 0, draft_min=c.draft_min,
+                          p_min=c.draft_p_min, adaptive=c.adaptive)
+
+    def encode_prompt(self, prompt: str | list[int] | None = None, messages: list[dict] | None = None) -> list[int]:
+        if messages is not None:
+            tk = self.tokenizer
+            text = render_chat(tk.chat_template, messages,
+                               bos_token=tk.token_text(tk.bos_id) if tk.bos_id is not None else "",
+                               eos_token=tk.token_text(tk.eos_id) if tk.eos_id is not None else "")
+            return tk.encode(text)
+        return list(prompt) if isinstance(prompt, list) else self.tokenizer.encode(prompt or "")
+
+    def add_request(self, prompt_ids: list[int], params: SamplingParams | None = None,
+                    spec: SpecConfig | None = None) -> Sequence:
+        params = params or SamplingParams()
+        if not prompt_ids:
+            raise NextnError("the prompt is empty")
+        if len(prompt_ids) >= self.config.ctx_size:
+            raise NextnError(f"prompt has {len(prompt_ids)} tokens; the context holds {self.config.ctx_size} "
+                             f"(raise --ctx-size)")
+        if any(not 0 <= t < self.model_config.n_vocab for t in prompt_ids):
+            raise NextnError(f"prompt token ids must be in [0, {self.model_config.n_vocab})")
+        spec = spec or self.default_spec()
+        if not self.use_mtp:
+            spec = SpecConfig(draft_max=0)
+        elif params.seed is not None and not params.greedy and spec.adaptive:
+            # adaptive k depends on timing; a fixed k keeps a seeded sampling request reproducible
+            spec = dataclasses.replace(spec, adaptive=False)
+        seq = Sequence(prompt_ids, params, spec, acceptance=self.tuner.new_acceptance(spec.draft_max))
+        if not params.greedy:
+            self.generators[seq.id] = new_generator(params.seed if params.seed is not None else random.getrandbits(63))
+        self.streams[seq.id] = _TextStream(StreamDecoder(self.tokenizer))
+        self.scheduler.add(seq)
+        return seq
+
+    @property
+    def has_work(self) -> bool:
+        return self.scheduler.has_work
+
+    # ---- stepping ------------------------------------------------------------------------------
+    def step(self) -> list[Output]:
+        plan = self.scheduler.schedule()
+        outputs: list[Output] = []
+        if plan.prefill:
+            outputs += self._prefill(plan.prefill, plan.prefill_tokens)
+        if plan.decode:
+            outputs += self._decode(plan.decode)
+        for seq in self.scheduler.release_finished():
+            if not any(o.seq is seq for o in outputs):
+                outputs.append(Output(seq, [], "", True))
+            self.streams.pop(seq.id, None)
+            self.generators.pop(seq.id, None)
+        return outputs
+
+    def _prefill(self, seqs: list[Sequence], ns: list[int]) -> list[Output]:
+        for seq in seqs:
+            if seq.num_cached == 0:
+                self.runner.start(seq)
+                if self.drafter is not None:
+                    self.drafter.start(seq)
+        t0 = time.perf_counter()
+        firsts = self.runner.prefill(seqs, ns, self.generators)
+        if self.drafter is not None:
+            self.drafter.on_prefill(seqs, ns)
+        outputs = []
+        for seq, token in zip(seqs, firsts):
+            if token is None:
+                continue
+            if self.drafter is not None:
+                self.drafter.on_first_token(seq, token)
+            seq.status = Status.DECODE
+            self.stats.prompt_tokens += seq.n_prompt
+            outputs.append(self._emit(seq, [token]))
+        dt = time.perf_counter() - t0
+        for seq, n in zip(seqs, ns):
+            seq.stats.prefill_seconds += dt * n / sum(ns)
+        self.stats.prefill_seconds += dt
+        return outputs
+
+    def _choose_ks(self, seqs: list[Sequence]) -> list[int]:
+        spec_seqs = [s for s in seqs if s.spec.draft_max > 0]
+        k_auto = self.tuner.choose([s.acceptance for s in spec_seqs]) if spec_seqs else 0
+        ks = []
+        for s in seqs:
+            k = min(k_auto, s.spec.draft_max) if s.spec.adaptive else s.spec.draft_max
+            room = min(s.remaining - 1, self.config.ctx_size - s.num_cached - 1)
+            ks.append(max(0, min(k, room)))
+        return ks
+
+    def _decode(self, seqs: list[Sequence]) -> list[Output]:
+        ks = self._choose_ks(seqs)
+        res = decode_step(self.runner, self.drafter, seqs, ks, self.generators)
+        self.tuner.costs.observe_trunk(len(seqs), max(ks) + 1 if any(res.n_drafted) else 1, res.verify_seconds)
+        self.tuner.costs.observe_draft(len(seqs), res.draft_steps, res.draft_seconds)
+        outputs = []
+        self.stats.decode_seconds += res.draft_seconds + res.verify_seconds
+        for b, seq in enumerate(seqs):
+            seq.stats.record(res.n_drafted[b], res.n_accepted[b])
+            self.stats.record(res.n_drafted[b], res.n_accepted[b])
+            seq.stats.decode_seconds += res.draft_seconds + res.verify_seconds
+            if res.n_drafted[b]:
+                seq.acceptance.update(res.n_drafted[b], res.n_accepted[b])
+                self.tuner.observe(res.n_drafted[b], res.n_accepted[b])
+            outputs.append(self._emit(seq, res.new_tokens[b]))
+        return outputs
+
+    def _emit(self, seq: Sequence, tokens: list[int]) -> Output:
+        """Append tokens, apply EOS / length / stop-string rules, and produce the text delta."""
+        stream = self.streams[seq.id]
+        kept = []
+        for tok in tokens:
+            seq.tokens.append(tok)
+            kept.append(tok)
+            if tok in self.tokenizer.eog_ids and not seq.params.ignore_eos:
+                seq.finish("stop")
+                break
+            if seq.remaining <= 0 or len(seq.tokens) >= self.config.ctx_size:
+                seq.finish("length")
+                break
+        seq.stats.n_generated = seq.n_generated
+        self.stats.n_generated += len(kept)
+        stream.text += stream.decoder.push([t for t in kept if t not in self.tokenizer.eog_ids])
+        if seq.is_finished:
+            stream.text += stream.decoder.flush()
+        for stop in seq.params.stop:
+            at = stream.text.find(stop, max(0, stream.sent - len(stop)))
+            if at >= 0:
+                stream.text = stream.text[:at]
+                seq.finish("stop")
+        # hold back a tail that could still become a stop string
+        hold = 0 if seq.is_finished else max((len(s) - 1 for s in seq.params.stop), default=0)
+        upto = max(stream.sent, len(stream.text) - hold)
+        delta, stream.sent = stream.text[stream.sent:upto], upto
+        return Output(seq, kept, delta, seq.is_finished)
+
+    # ---- convenience API ------------------------------------------------------------------------
+    def generate(self, prompt: str | list[int] | None = None, params: SamplingParams | None = None, *,
+                 messages: list[dict] | None = None, spec: SpecConfig | None = None, on_text=None) -> Completion:
+        seq = self.add_request(self.encode_prompt(prompt, messages), params, spec)
+        text = []
+        while not seq.is_finished:
+            for out in self.step():
+                if out.seq is seq and out.text:
+                    text.append(out.text)
+                    if on_text:
+                        on_text(out.text)
+        while self.has_work and seq in self.scheduler.active:
+            self.step()
+        return Completion("".join(text), seq.generated, seq.n_prompt, seq.finish_reason, seq.stats)

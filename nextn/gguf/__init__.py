@@ -1,0 +1,1 @@
+"""GGUF files: reading, publishing forms, writing, Hugging Face conversion, and the `nextn gguf` tools."""

@@ -1,0 +1,92 @@
+"""Model hyperparameters -> GGUF keys, the ones llama.cpp's `convert_hf_to_gguf.py` writes for each family
+(checked against a recorded run of it: tests/data/llamacpp_keys.json)."""
+
+from __future__ import annotations
+
+from gguf import ExpertGatingFuncType, GGUFWriter
+
+HYBRID = ("qwen35", "qwen35moe", "qwen3next")   # Gated DeltaNet + gated attention, zero-centred norms
+QWEN35_MROPE_SECTIONS = [11, 11, 10, 0]         # llama.cpp's default when a checkpoint omits mrope_section
+
+
+def write(w: GGUFWriter, arch: str, hp: dict, n_trunk: int, n_mtp: int) -> None:
+    """Every architecture key; block_count counts the MTP blocks written (n_mtp may be 0)."""
+    n_embd, n_head = hp["hidden_size"], hp["num_attention_heads"]
+    head_dim = hp.get("head_dim") or n_embd // n_head
+    rope = hp.get("rope_parameters") or {}
+    w.add_block_count(n_trunk + n_mtp)
+    w.add_context_length(int(hp.get("max_position_embeddings", 4096)))
+    w.add_embedding_length(n_embd)
+    if hp.get("intermediate_size"):
+        w.add_feed_forward_length(int(hp["intermediate_size"]))
+    w.add_head_count(n_head)
+    w.add_head_count_kv(hp.get("num_key_value_heads", n_head))
+    w.add_rope_freq_base(float(rope.get("rope_theta", hp.get("rope_theta", 10000.0))))
+    w.add_layer_norm_rms_eps(float(hp.get("rms_norm_eps", 1e-6)))
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    if arch == "glm4moe":
+        _write_glm4moe(w, hp, head_dim, rope, n_mtp)
+    else:
+        _write_qwen_moe(w, hp)
+        _write_hybrid(w, hp, arch, head_dim, rope, n_trunk, n_mtp)
+
+
+def _write_qwen_moe(w: GGUFWriter, hp: dict) -> None:
+    n_exp = int(hp.get("num_experts", 0) or 0)
+    if n_exp:
+        w.add_expert_count(n_exp)
+        w.add_expert_used_count(int(hp["num_experts_per_tok"]))
+        w.add_expert_feed_forward_length(int(hp["moe_intermediate_size"]))
+    if hp.get("shared_expert_intermediate_size"):
+        w.add_expert_shared_feed_forward_length(int(hp["shared_expert_intermediate_size"]))
+
+
+def _write_hybrid(w: GGUFWriter, hp: dict, arch: str, head_dim: int, rope: dict, n_trunk: int, n_mtp: int) -> None:
+    if n_mtp:
+        w.add_nextn_predict_layers(n_mtp)
+    w.add_ssm_conv_kernel(int(hp["linear_conv_kernel_dim"]))
+    w.add_ssm_state_size(int(hp["linear_key_head_dim"]))
+    w.add_ssm_group_count(int(hp["linear_num_key_heads"]))
+    w.add_ssm_time_step_rank(int(hp["linear_num_value_heads"]))
+    w.add_ssm_inner_size(int(hp["linear_value_head_dim"] * hp["linear_num_value_heads"]))
+    w.add_array(f"{arch}.attention.recurrent_layers", recurrent_layers(hp, n_trunk) + [False] * n_mtp)
+    w.add_full_attention_interval(int(hp.get("full_attention_interval", 4)))
+    partial = rope.get("partial_rotary_factor", hp.get("partial_rotary_factor", 0.25))
+    w.add_rope_dimension_count(int(head_dim * partial))
+    if arch != "qwen3next":
+        sections = rope.get("mrope_section")
+        w.add_rope_dimension_sections((list(sections) + [0, 0, 0, 0])[:4] if sections else QWEN35_MROPE_SECTIONS)
+
+
+def recurrent_layers(hp: dict, n_trunk: int) -> list[bool]:
+    """Which trunk layers are Gated DeltaNet: from `layer_types`, or as transformers derives them from
+    `full_attention_interval` (Qwen3-Next's config gives only the interval)."""
+    types = hp.get("layer_types")
+    if types:
+        return [t == "linear_attention" for t in types[:n_trunk]]
+    interval = int(hp.get("full_attention_interval", 4))
+    return [(i + 1) % interval != 0 for i in range(n_trunk)]
+
+
+def _write_glm4moe(w: GGUFWriter, hp: dict, head_dim: int, rope: dict, n_mtp: int) -> None:
+    partial = rope.get("partial_rotary_factor", hp.get("partial_rotary_factor", 0.5))
+    w.add_rope_dimension_count(int(head_dim * partial))
+    for key, add in (("n_routed_experts", w.add_expert_count), ("moe_intermediate_size", w.add_expert_feed_forward_length),
+                     ("n_shared_experts", w.add_expert_shared_count),
+                     ("first_k_dense_replace", w.add_leading_dense_block_count)):
+        if hp.get(key) is not None:
+            add(int(hp[key]))
+    w.add_expert_gating_func(ExpertGatingFuncType.SIGMOID)
+    if hp.get("routed_scaling_factor") is not None:
+        w.add_expert_weights_scale(float(hp["routed_scaling_factor"]))
+    if hp.get("norm_topk_prob") is not None:
+        w.add_expert_weights_norm(bool(hp["norm_topk_prob"]))
+    if hp.get("n_group") is not None:
+        w.add_expert_group_count(int(hp["n_group"]))
+    if hp.get("topk_group") is not None:
+        w.add_expert_group_used_count(int(hp["topk_group"]))
+    if n_mtp:
+        w.add_nextn_predict_layers(n_mtp)
+    if hp.get("num_experts_per_tok") is not None:
+        w.add_expert_used_count(int(hp["num_experts_per_tok"]))

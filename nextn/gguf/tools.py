@@ -1,0 +1,212 @@
+"""`nextn gguf ...`: inspect a file's publishing form, and move MTP heads between files without
+reconverting (extract, strip, graft), byte for byte; `quantize` re-encodes on request.
+
+Every command writes through a temporary file, so a refused or failed run leaves no output behind.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from gguf import GGMLQuantizationType as Q, GGUFValueType, GGUFWriter
+from gguf.quants import dequantize
+from tqdm import tqdm
+
+from ..errors import NextnError
+from .forms import BUNDLED, HEAD_GLOBALS, HEAD_ONLY, TRUNK_ONLY, form_of, head_mismatch, is_mtp_tensor
+from .reader import GGUFFile, block_index, open_gguf
+from .writer import OUTTYPES, choose_type, encode_tensor, parameter_label, tensor_order, write_gguf
+
+_INTERNAL = ("GGUF.",)
+
+
+def describe(gf: GGUFFile) -> dict:
+    trunk_bytes = mtp_bytes = other_bytes = 0
+    types = Counter()
+    for t in gf.tensors.values():
+        types[t.tensor_type.name] += 1
+        if block_index(t.name) is None:
+            other_bytes += t.n_bytes
+        elif is_mtp_tensor(gf, t.name):
+            mtp_bytes += t.n_bytes
+        else:
+            trunk_bytes += t.n_bytes
+    return {
+        "file": str(gf.path), "size_bytes": gf.path.stat().st_size, "architecture": gf.arch, "form": form_of(gf),
+        "block_count": gf.n_layer_all, "trunk_layers": gf.n_trunk, "mtp_layers": gf.n_mtp,
+        "mtp_blocks": list(range(gf.n_trunk, gf.n_layer_all)) if gf.n_mtp else [],
+        "embedding_length": gf.arch_meta("embedding_length"), "context_length": gf.arch_meta("context_length"),
+        "vocab_size": gf.n_vocab if "tokenizer.ggml.tokens" in gf.fields else None,
+        "tensor_count": len(gf.tensors), "tensor_types": dict(types),
+        "bytes": {"trunk": trunk_bytes, "mtp": mtp_bytes, "shared": other_bytes},
+        "chat_template": gf.meta("tokenizer.chat_template") is not None,
+    }
+
+
+def inspect_text(info: dict) -> str:
+    mb = lambda b: f"{b / 1e6:.1f} MB"  # noqa: E731
+    hint = {BUNDLED: "trunk and MTP head in one file",
+            TRUNK_ONLY: "no MTP head: pair with an mtp-*.gguf head file or use --spec none",
+            HEAD_ONLY: "MTP head only: pass with --mtp-model next to the trunk file"}[info["form"]]
+    lines = [
+        f"file:          {info['file']} ({mb(info['size_bytes'])})",
+        f"architecture:  {info['architecture']}",
+        f"form:          {info['form']} ({hint})",
+        f"layers:        {info['trunk_layers']} trunk + {info['mtp_layers']} MTP (block_count {info['block_count']})"
+        + (f", MTP blocks {info['mtp_blocks']}" if info["mtp_blocks"] else ""),
+        f"embedding:     {info['embedding_length']}, context {info['context_length']}, vocab {info['vocab_size']}",
+        f"tensors:       {info['tensor_count']} ({', '.join(f'{k} x{v}' for k, v in sorted(info['tensor_types'].items()))})",
+        f"bytes:         trunk {mb(info['bytes']['trunk'])}, MTP {mb(info['bytes']['mtp'])}, "
+        f"shared (embeddings, head, norm) {mb(info['bytes']['shared'])}",
+        f"chat template: {'yes' if info['chat_template'] else 'no'}",
+    ]
+    return "\n".join(lines)
+
+
+def _copy_metadata(w: GGUFWriter, gf: GGUFFile, overrides: dict, drop: set[str]) -> None:
+    """Copy every key with its own type and in its own place; overrides {key: (value, type, subtype)}
+    replace keys in place, and new ones follow `{arch}.block_count` (where nextn's converter puts them).
+    general.size_label is recounted from the tensors this file holds."""
+    pending = dict(overrides)
+    if "general.size_label" in gf.fields:
+        pending["general.size_label"] = (parameter_label(w), GGUFValueType.STRING, None)
+
+    def put(key, value, vtype, sub):
+        w.add_key_value(key, value, vtype, sub_type=sub)
+
+    for key, field in gf.fields.items():
+        if key.startswith(_INTERNAL) or key in drop or key == "general.architecture":
+            continue
+        if key in pending:
+            put(key, *pending.pop(key))
+        else:
+            vtype = field.types[0]
+            put(key, field.contents(), vtype, field.types[-1] if vtype == GGUFValueType.ARRAY else None)
+        if key == f"{gf.arch}.block_count":
+            for new in [k for k in pending if k not in gf.fields]:
+                put(new, *pending.pop(new))
+    for key, args in pending.items():
+        put(key, *args)
+
+
+def _copy_tensors(tensors: list):
+    def add(w: GGUFWriter) -> None:
+        for t in tensors:
+            w.add_tensor(t.name, t.data, raw_dtype=Q(t.tensor_type))
+    return add
+
+
+def _recurrent_override(gf: GGUFFile, n_blocks: int) -> dict:
+    key = f"{gf.arch}.attention.recurrent_layers"
+    flags = gf.meta(key)
+    if flags is None:
+        return {}
+    flags = [bool(x) for x in flags][:gf.n_trunk] + [False] * (n_blocks - gf.n_trunk)
+    return {key: (flags, GGUFValueType.ARRAY, GGUFValueType.BOOL)}
+
+
+def _need_bundled(gf: GGUFFile, command: str) -> None:
+    if form_of(gf) != BUNDLED:
+        raise NextnError(f"{gf.path} is {form_of(gf)}; {command} needs a bundled file (trunk + MTP head)")
+
+
+def extract_mtp(src: str | Path, out: str | Path | None = None) -> Path:
+    gf = open_gguf(src)
+    _need_bundled(gf, "extract-mtp")
+    out = Path(out) if out else gf.path.with_name("mtp-" + gf.path.name)
+    if not out.name.startswith("mtp-"):
+        out = out.with_name("mtp-" + out.name)
+    keep = [t for t in gf.tensors.values() if is_mtp_tensor(gf, t.name) or t.name in HEAD_GLOBALS]
+    return write_gguf(out, gf.arch, lambda w: _copy_metadata(w, gf, {}, set()), _copy_tensors(keep))
+
+
+def strip_mtp(src: str | Path, out: str | Path) -> Path:
+    gf = open_gguf(src)
+    _need_bundled(gf, "strip-mtp")
+    keep = [t for t in gf.tensors.values() if not is_mtp_tensor(gf, t.name)]
+    overrides = {f"{gf.arch}.block_count": (gf.n_trunk, GGUFValueType.UINT32, None),
+                 **_recurrent_override(gf, gf.n_trunk)}
+    drop = {f"{gf.arch}.nextn_predict_layers"}
+    return write_gguf(Path(out), gf.arch, lambda w: _copy_metadata(w, gf, overrides, drop), _copy_tensors(keep))
+
+
+def graft_mtp(trunk_path: str | Path, donor_path: str | Path, out: str | Path) -> Path:
+    trunk, donor = open_gguf(trunk_path), open_gguf(donor_path)
+    if form_of(trunk) == HEAD_ONLY:
+        raise NextnError(f"{trunk.path} is a head-only file; graft-mtp needs a trunk (trunk-only or bundled) to graft onto")
+    if form_of(donor) == TRUNK_ONLY:
+        raise NextnError(f"{donor.path} has no MTP layers to take (nextn_predict_layers missing)")
+    if (why := head_mismatch(trunk, donor)) is not None:
+        raise NextnError(f"cannot graft the MTP head of {donor.path} onto {trunk.path}: {why}")
+    body = [t for t in trunk.tensors.values() if not is_mtp_tensor(trunk, t.name)]
+    head = [t for t in donor.tensors.values() if is_mtp_tensor(donor, t.name)]
+    n_all = trunk.n_trunk + donor.n_mtp
+    overrides = {f"{trunk.arch}.block_count": (n_all, GGUFValueType.UINT32, None),
+                 f"{trunk.arch}.nextn_predict_layers": (donor.n_mtp, GGUFValueType.UINT32, None),
+                 **_recurrent_override(trunk, n_all)}
+    tensors = sorted(body + head, key=lambda t: tensor_order(t.name))
+    return write_gguf(Path(out), trunk.arch, lambda w: _copy_metadata(w, trunk, overrides, set()), _copy_tensors(tensors))
+
+
+def quantize_file(src: str | Path, out: str | Path, qtype: str, keep_mtp_precision: bool = False) -> Path:
+    gf = open_gguf(src)
+    if qtype not in OUTTYPES:
+        raise NextnError(f"unknown type {qtype!r} (choose from {', '.join(OUTTYPES)})")
+    target = OUTTYPES[qtype]
+
+    def add_tensors(w: GGUFWriter) -> None:
+        for t in tqdm(list(gf.tensors.values()), desc=f"quantizing to {qtype}", leave=False):
+            shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+            kind = choose_type(t.name, shape, target, is_mtp=is_mtp_tensor(gf, t.name),
+                               keep_mtp_precision=keep_mtp_precision)
+            if kind == Q(t.tensor_type):
+                w.add_tensor(t.name, t.data, raw_dtype=kind)
+                continue
+            values = dequantize(t.data, Q(t.tensor_type)).reshape(shape).astype(np.float32)
+            arr, raw = encode_tensor(values, kind)
+            w.add_tensor(t.name, arr, raw_dtype=raw)
+
+    return write_gguf(Path(out), gf.arch, lambda w: _copy_metadata(w, gf, {}, {"general.file_type"}), add_tensors)
+
+
+# ---- command line ---------------------------------------------------------------------------------
+def add_parser(sub) -> None:
+    g = sub.add_parser("gguf", help="inspect GGUF files and move MTP heads between them")
+    gs = g.add_subparsers(dest="gguf_cmd", required=True)
+    p = gs.add_parser("inspect", help="architecture, layers, publishing form, tensor types and sizes")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_inspect)
+    p = gs.add_parser("extract-mtp", help="bundled -> head-only mtp-*.gguf (like mmproj)")
+    p.add_argument("file")
+    p.add_argument("-o", "--out", default=None)
+    p.set_defaults(func=lambda a: _done(extract_mtp(a.file, a.out)))
+    p = gs.add_parser("strip-mtp", help="bundled -> trunk-only (saves memory and disk)")
+    p.add_argument("file")
+    p.add_argument("-o", "--out", required=True)
+    p.set_defaults(func=lambda a: _done(strip_mtp(a.file, a.out)))
+    p = gs.add_parser("graft-mtp", help="take the MTP head of another file of the same model")
+    p.add_argument("file", help="trunk-only (or bundled) file to graft onto")
+    p.add_argument("--from", dest="donor", required=True, help="bundled or head-only file with the MTP head")
+    p.add_argument("-o", "--out", required=True)
+    p.set_defaults(func=lambda a: _done(graft_mtp(a.file, a.donor, a.out)))
+    p = gs.add_parser("quantize", help="re-encode tensors (f16, bf16, q8_0, q5_0, q4_0)")
+    p.add_argument("file")
+    p.add_argument("-o", "--out", required=True)
+    p.add_argument("--type", required=True, choices=list(OUTTYPES))
+    p.add_argument("--keep-mtp-precision", action="store_true", help="keep MTP tensors at q8_0 or better")
+    p.set_defaults(func=lambda a: _done(quantize_file(a.file, a.out, a.type, a.keep_mtp_precision)))
+
+
+def _cmd_inspect(args) -> int:
+    info = describe(open_gguf(args.file))
+    print(json.dumps(info, indent=1) if args.json else inspect_text(info))
+    return 0
+
+
+def _done(path: Path) -> int:
+    print(inspect_text(describe(open_gguf(path))))
+    return 0

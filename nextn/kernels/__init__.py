@@ -1,0 +1,1 @@
+"""Weight formats and the matmul kernels that use them."""

@@ -1,0 +1,1 @@
+"""The networks: model config from GGUF metadata, weights, the trunk and MTP forwards, caches."""

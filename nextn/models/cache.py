@@ -1,0 +1,74 @@
+"""Per-slot state allocated once: a position-indexed KV cache for attention blocks (the MTP block's
+included) and conv + recurrent state for Gated DeltaNet blocks, with per-token snapshots for rollback.
+
+Rolling back attention is free (the caller just keeps a shorter length). Recurrent state cannot be
+truncated, so a short forward keeps the state after every one of its tokens and `commit` installs
+the one for the number of tokens actually kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .config import ModelConfig
+
+
+@dataclass
+class PendingState:
+    slot_index: torch.Tensor | slice   # the slots (a slice when contiguous)
+    conv_buf: torch.Tensor       # [B, C, K-1+T]: old conv window followed by this step's inputs
+    states: torch.Tensor         # [B, H, T, dk, dv]: recurrent state after each token
+
+
+@dataclass
+class Cache:
+    cfg: ModelConfig
+    n_slots: int
+    max_len: int
+    k: dict[int, torch.Tensor] = field(default_factory=dict)
+    v: dict[int, torch.Tensor] = field(default_factory=dict)
+    conv: dict[int, torch.Tensor] = field(default_factory=dict)
+    ssm: dict[int, torch.Tensor] = field(default_factory=dict)
+    pending: dict[int, PendingState] = field(default_factory=dict)
+
+    @classmethod
+    def allocate(cls, cfg: ModelConfig, n_slots: int, max_len: int, dtype, device, use_mtp: bool) -> "Cache":
+        cache = cls(cfg, n_slots, max_len)
+        n_blocks = cfg.n_layer + (cfg.n_mtp if use_mtp else 0)
+        for il in range(n_blocks):
+            if cfg.recurrent[il]:
+                conv_dim = 2 * cfg.ssm_n_k_heads * cfg.ssm_head_k_dim + cfg.ssm_inner
+                cache.conv[il] = torch.zeros(n_slots, conv_dim, cfg.ssm_conv_kernel - 1, dtype=dtype, device=device)
+                cache.ssm[il] = torch.zeros(n_slots, cfg.ssm_n_v_heads, cfg.ssm_head_k_dim, cfg.ssm_head_v_dim,
+                                            dtype=torch.float32, device=device)
+            else:
+                shape = (n_slots, max_len, cfg.n_head_kv, cfg.head_dim)
+                cache.k[il] = torch.zeros(shape, dtype=dtype, device=device)
+                cache.v[il] = torch.zeros(shape, dtype=dtype, device=device)
+        return cache
+
+    def nbytes(self) -> int:
+        tensors = [*self.k.values(), *self.v.values(), *self.conv.values(), *self.ssm.values()]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def reset_slot(self, slot: int) -> None:
+        """Clear recurrent state for a slot that starts a new sequence (KV needs no clearing)."""
+        for t in (*self.conv.values(), *self.ssm.values()):
+            t[slot].zero_()
+
+    def commit(self, keep: list[int]) -> None:
+        """Install, per sequence of the last short forward, the recurrent state after keep[b] tokens."""
+        if not self.pending:
+            return
+        first = next(iter(self.pending.values()))
+        b_idx = torch.arange(len(keep), device=first.states.device)
+        keep_t = torch.tensor(keep, device=first.states.device)
+        for il, p in self.pending.items():
+            width = self.conv[il].shape[-1]
+            window = keep_t[:, None] + torch.arange(width, device=keep_t.device)[None, :]
+            conv = p.conv_buf.gather(2, window[:, None, :].expand(-1, p.conv_buf.shape[1], -1))
+            self.conv[il][p.slot_index] = conv.to(self.conv[il].dtype)
+            self.ssm[il][p.slot_index] = p.states[b_idx, :, keep_t - 1]
+        self.pending.clear()

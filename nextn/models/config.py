@@ -1,0 +1,154 @@
+"""Model hyperparameters, read from GGUF metadata only (nothing about a model's shape is hard-coded).
+
+Where a key is absent, the value is the one llama.cpp's runtime assumes for that architecture, so a
+file written by llama.cpp's converter (which leaves out keys its runtime does not read) means the
+same here as there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ModelFileError
+from ..gguf.reader import GGUFFile
+
+SUPPORTED_ARCHS = ("qwen35", "qwen35moe", "qwen3next", "glm4moe")
+HYBRID_ARCHS = ("qwen35", "qwen35moe", "qwen3next")
+# llama.cpp's qwen3next / qwen35moe graphs always renormalise the top-k expert weights (no key is read)
+ALWAYS_NORM_TOPK = ("qwen35moe", "qwen3next")
+
+
+@dataclass(slots=True)
+class ModelConfig:
+    arch: str
+    n_vocab: int
+    n_embd: int
+    n_layer: int                      # trunk layers (MTP blocks excluded)
+    n_mtp: int                        # nextn_predict_layers
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    n_rot: int
+    rope_theta: float
+    rms_eps: float
+    recurrent: tuple[bool, ...]       # one flag per block, MTP blocks included
+    # gated delta net
+    ssm_conv_kernel: int = 0
+    ssm_head_k_dim: int = 0
+    ssm_n_k_heads: int = 0
+    ssm_n_v_heads: int = 0
+    ssm_inner: int = 0
+    # mixture of experts
+    n_expert: int = 0
+    n_expert_used: int = 0
+    n_leading_dense: int = 0
+    expert_weights_norm: bool = False
+    expert_weights_scale: float = 1.0
+    expert_gating: str = "softmax"    # or "sigmoid"
+    n_expert_groups: int = 1
+    n_group_used: int = 1
+    attn_output_gate: bool = False    # Qwen3.5/Qwen3-Next: q_proj also yields a sigmoid gate
+
+    def __post_init__(self):
+        if self.arch not in SUPPORTED_ARCHS:
+            raise ValueError(f"unsupported architecture {self.arch!r}")
+        if len(self.recurrent) != self.n_layer + self.n_mtp:
+            raise ValueError("recurrent flags must cover trunk and MTP blocks")
+        if self.n_rot > self.head_dim or self.n_rot % 2:
+            raise ValueError(f"rope dimension {self.n_rot} does not fit head_dim {self.head_dim}")
+
+    @property
+    def ssm_v_tiled(self) -> bool:
+        """Qwen3.5 files store V heads tiled over K heads; Qwen3-Next keeps them grouped."""
+        return self.arch in ("qwen35", "qwen35moe")
+
+    @property
+    def ssm_head_v_dim(self) -> int:
+        return self.ssm_inner // self.ssm_n_v_heads if self.ssm_n_v_heads else 0
+
+    def is_moe_layer(self, il: int) -> bool:
+        return self.n_expert > 0 and il >= self.n_leading_dense
+
+    @property
+    def recurrent_layers(self) -> list[int]:
+        return [i for i, r in enumerate(self.recurrent) if r]
+
+    def with_mtp_blocks(self, n_mtp: int) -> "ModelConfig":
+        """This trunk with n_mtp MTP blocks after it (MTP blocks are attention blocks)."""
+        from dataclasses import replace
+
+        return replace(self, n_mtp=n_mtp, recurrent=self.recurrent[:self.n_layer] + (False,) * n_mtp)
+
+    @classmethod
+    def from_gguf(cls, gf: GGUFFile) -> "ModelConfig":
+        arch = gf.arch
+        if arch not in SUPPORTED_ARCHS:
+            raise ModelFileError(f"{gf.path}: architecture '{arch}' is not supported by nextn "
+                                 f"(supported: {', '.join(SUPPORTED_ARCHS)})")
+        n_all = gf.n_layer_all
+        n_mtp = gf.n_mtp
+        if not 0 <= n_mtp < n_all:
+            raise ModelFileError(f"{gf.path}: {arch}.nextn_predict_layers={n_mtp} must be smaller than block_count={n_all}")
+        n_layer = n_all - n_mtp
+        n_embd = int(gf.require("embedding_length"))
+        n_head = _scalar(gf, "attention.head_count")
+        head_dim = int(gf.arch_meta("attention.key_length", n_embd // max(n_head, 1)))
+        cfg = dict(
+            arch=arch, n_vocab=gf.n_vocab, n_embd=n_embd, n_layer=n_layer, n_mtp=n_mtp,
+            n_head=n_head, n_head_kv=_scalar(gf, "attention.head_count_kv", n_head), head_dim=head_dim,
+            n_rot=int(gf.arch_meta("rope.dimension_count", head_dim)),
+            rope_theta=float(gf.arch_meta("rope.freq_base", 10000.0)),
+            rms_eps=float(gf.require("attention.layer_norm_rms_epsilon")),
+            recurrent=_recurrent_flags(gf, arch, n_layer, n_all),
+            n_expert=int(gf.arch_meta("expert_count", 0) or 0),
+            n_expert_used=int(gf.arch_meta("expert_used_count", 0) or 0),
+            n_leading_dense=int(gf.arch_meta("leading_dense_block_count", 0) or 0),
+            expert_weights_scale=float(gf.arch_meta("expert_weights_scale", 0.0) or 1.0),   # llama.cpp: 0 = none
+            n_expert_groups=int(gf.arch_meta("expert_group_count", 0) or 1),
+            n_group_used=int(gf.arch_meta("expert_group_used_count", 0) or 1),
+            attn_output_gate=arch in HYBRID_ARCHS,
+        )
+        gating = int(gf.arch_meta("expert_gating_func", 0) or 0)
+        if arch == "glm4moe":   # llama.cpp: GLM-4.5 gates with a sigmoid unless the file says otherwise
+            cfg["expert_gating"] = "softmax" if gating == 1 else "sigmoid"
+        else:
+            cfg["expert_gating"] = "softmax"
+        if arch in ALWAYS_NORM_TOPK:
+            cfg["expert_weights_norm"] = True
+        else:
+            cfg["expert_weights_norm"] = bool(gf.arch_meta("expert_weights_norm", False))
+        if arch in HYBRID_ARCHS:
+            cfg.update(
+                ssm_conv_kernel=int(gf.require("ssm.conv_kernel")),
+                ssm_head_k_dim=int(gf.require("ssm.state_size")),
+                ssm_n_k_heads=int(gf.require("ssm.group_count")),
+                ssm_n_v_heads=int(gf.require("ssm.time_step_rank")),
+                ssm_inner=int(gf.require("ssm.inner_size")),
+            )
+        try:
+            return cls(**cfg)
+        except ValueError as e:
+            raise ModelFileError(f"{gf.path}: inconsistent metadata: {e}") from None
+
+
+def _scalar(gf: GGUFFile, suffix: str, default=None) -> int:
+    value = gf.arch_meta(suffix, default)
+    if value is None:
+        raise ModelFileError(f"{gf.path}: required metadata key '{gf.arch}.{suffix}' is missing")
+    if isinstance(value, list):  # per-layer arrays: nextn uses the first (uniform) value
+        value = value[0]
+    return int(value)
+
+
+def _recurrent_flags(gf: GGUFFile, arch: str, n_layer: int, n_all: int) -> tuple[bool, ...]:
+    if arch not in HYBRID_ARCHS:
+        return (False,) * n_all
+    flags = gf.arch_meta("attention.recurrent_layers")
+    if flags is not None:
+        flags = [bool(x) for x in flags]
+        if len(flags) < n_layer:
+            raise ModelFileError(f"{gf.path}: {arch}.attention.recurrent_layers has {len(flags)} entries, "
+                                 f"expected {n_all}")
+        return tuple(flags[:n_layer]) + (False,) * (n_all - n_layer)
+    interval = int(gf.arch_meta("full_attention_interval", 4))
+    return tuple(i < n_layer and (i + 1) % interval != 0 for i in range(n_all))

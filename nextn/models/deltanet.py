@@ -1,0 +1,147 @@
+"""Gated DeltaNet (Qwen3.5 / Qwen3-Next linear-attention blocks): causal conv1d + gated delta rule.
+
+One closed-form routine handles a chunk of up to `CHUNK` tokens. Short forwards (decode, draft
+verification) use it once and keep the recurrent state after every token, so a partially accepted
+draft is rolled back by picking a snapshot; prefill walks the prompt chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .cache import Cache, PendingState
+from .config import ModelConfig
+from ..kernels.layout import has, project_split
+from .layers import l2_norm, linear, rms_norm
+from .step import Step
+
+CHUNK = 64
+_LOWER: dict = {}
+
+
+def _lower(T: int, device) -> torch.Tensor:
+    key = (T, str(device))
+    if key not in _LOWER:
+        _LOWER[key] = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+    return _LOWER[key]
+
+
+def delta_rule_chunk(q, k, v, g, beta, s0, all_states: bool):
+    """Gated delta rule over one chunk, in closed form (WY/UT representation).
+
+    q, k: [..., T, dk] (q already scaled), v: [..., T, dv], g (log decay), beta: [..., T],
+    s0: [..., dk, dv]; leading dims broadcast, so K heads shared by several V heads are never copied.
+    Returns (outputs [..., T, dv], states [..., T, dk, dv] after every token, or the final [..., dk, dv]).
+    """
+    T = q.shape[-2]
+    c = g.cumsum(-1)
+    lower = _lower(T, q.device)
+    decay = (c[..., :, None] - c[..., None, :]).masked_fill(~lower, float("-inf")).exp()   # [.., t, i]
+    a = (beta[..., :, None] * decay * (k @ k.transpose(-1, -2))).tril(-1)
+    ec = c.exp()[..., None]
+    rhs = beta[..., None] * (v - ec * (k @ s0))
+    u = torch.linalg.solve_triangular(a, rhs, upper=False, unitriangular=True)
+    out = ec * (q @ s0) + ((q @ k.transpose(-1, -2)) * decay) @ u
+    if all_states:
+        inc = (decay[..., :, :, None] * k.unsqueeze(-3)).transpose(-1, -2) @ u.unsqueeze(-3)
+        return out, ec[..., None] * s0.unsqueeze(-3) + inc
+    last = decay[..., -1, :, None]
+    return out, c[..., -1].exp()[..., None, None] * s0 + (k * last).transpose(-1, -2) @ u
+
+
+def gated_deltanet(x: torch.Tensor, w: dict, cfg: ModelConfig, step: Step, cache: Cache, il: int) -> torch.Tensor:
+    B, T, _ = x.shape
+    hk, hv, dk, dv = cfg.ssm_n_k_heads, cfg.ssm_n_v_heads, cfg.ssm_head_k_dim, cfg.ssm_head_v_dim
+    qkv, z, b, a = _projections(x, w, cfg)
+
+    # causal depthwise conv over [old window | new inputs]
+    conv_state = cache.conv[il][step.sel]
+    buf = torch.cat((conv_state, qkv.transpose(1, 2).to(conv_state.dtype)), dim=2)
+    mixed = F.silu(causal_conv(buf, w["ssm_conv1d.weight"], T)).transpose(1, 2).float()   # [B, T, C]
+    q, k, v = mixed.split((hk * dk, hk * dk, hv * dv), dim=-1)
+    heads = _Heads(cfg, B, T)
+    q = heads.keys(l2_norm(q.reshape(B, T, hk, dk)) * dk ** -0.5)
+    k = heads.keys(l2_norm(k.reshape(B, T, hk, dk)))
+    v = heads.values(v)
+    beta = heads.scalars(torch.sigmoid(b.float()) * step.valid_f[..., None])               # padding: no write
+    g = heads.scalars(w["ssm_a"].float() * F.softplus(a.float() + w["ssm_dt.bias"].float())
+                      * step.valid_f[..., None])                                            # padding: no decay
+    s0 = heads.state(cache.ssm[il][step.sel])
+    if step.chunked:
+        outs = []
+        for s in range(0, T, CHUNK):
+            e = s + CHUNK
+            o, s0 = delta_rule_chunk(q[..., s:e, :], k[..., s:e, :], v[..., s:e, :], g[..., s:e], beta[..., s:e],
+                                     s0, False)
+            outs.append(o)
+        out = torch.cat(outs, dim=-2)
+        n = torch.tensor(step.n_tokens, device=x.device)
+        window = n[:, None] + torch.arange(buf.shape[2] - T, device=x.device)[None, :]
+        cache.conv[il][step.sel] = buf.gather(2, window[:, None, :].expand(-1, buf.shape[1], -1))
+        cache.ssm[il][step.sel] = s0.reshape(B, hv, dk, dv)
+    else:
+        out, states = delta_rule_chunk(q, k, v, g, beta, s0, True)
+        cache.pending[il] = PendingState(step.sel, buf, heads.flat_states(states))
+
+    out = heads.merge(out)                                                         # [B, T, hv, dv]
+    out = rms_norm(out, w["ssm_norm.weight"], cfg.rms_eps) * F.silu(z.float().view(B, T, hv, dv))
+    return linear(out.reshape(B, T, hv * dv).to(x.dtype), w, "ssm_out")
+
+
+class _Heads:
+    """V heads share K heads in groups of r. Qwen3.5 GGUFs store V heads tiled over K heads (head j
+    reads K head j % hk, llama.cpp's order); Qwen3-Next keeps them grouped (head j reads j // r).
+    Values are viewed as [B, a, b, T, ...] with K heads broadcast along the r axis, never copied."""
+
+    def __init__(self, cfg: ModelConfig, B: int, T: int):
+        self.B, self.T, self.hk, self.hv = B, T, cfg.ssm_n_k_heads, cfg.ssm_n_v_heads
+        self.r = self.hv // self.hk
+        self.tiled = cfg.ssm_v_tiled
+        self.shape = (self.r, self.hk) if self.tiled else (self.hk, self.r)
+
+    def keys(self, t: torch.Tensor) -> torch.Tensor:          # [B, T, hk, d] -> [B, 1|hk, hk|1, T, d]
+        t = t.permute(0, 2, 1, 3)
+        return t[:, None] if self.tiled else t[:, :, None]
+
+    def values(self, t: torch.Tensor) -> torch.Tensor:        # [B, T, hv*d] -> [B, a, b, T, d]
+        return t.reshape(self.B, self.T, *self.shape, -1).permute(0, 2, 3, 1, 4)
+
+    def scalars(self, t: torch.Tensor) -> torch.Tensor:       # [B, T, hv] -> [B, a, b, T]
+        return t.reshape(self.B, self.T, *self.shape).permute(0, 2, 3, 1)
+
+    def state(self, s: torch.Tensor) -> torch.Tensor:         # [B, hv, dk, dv] -> [B, a, b, dk, dv]
+        return s.reshape(self.B, *self.shape, *s.shape[-2:])
+
+    def merge(self, out: torch.Tensor) -> torch.Tensor:       # [B, a, b, T, dv] -> [B, T, hv, dv]
+        return out.permute(0, 3, 1, 2, 4).reshape(self.B, self.T, self.hv, -1)
+
+    def flat_states(self, states: torch.Tensor) -> torch.Tensor:   # [B, a, b, T, dk, dv] -> [B, hv, T, dk, dv]
+        return states.reshape(self.B, self.hv, *states.shape[-3:])
+
+
+def causal_conv(buf: torch.Tensor, weight: torch.Tensor, T: int) -> torch.Tensor:
+    """Depthwise conv of kernel K over buf [B, C, K-1+T] -> [B, C, T], as K shifted multiply-adds
+    (a few small ops instead of a grouped conv1d call, which dominates at decode sizes)."""
+    K = weight.shape[1]
+    w = weight.to(buf.dtype)
+    out = buf[:, :, 0:T] * w[:, 0, None]
+    for j in range(1, K):
+        out = out + buf[:, :, j:j + T] * w[:, j, None]
+    return out
+
+
+def _projections(x: torch.Tensor, w: dict, cfg: ModelConfig):
+    """(qkv [B,T,C], z [B,T,hv*dv], beta-logits [B,T,hv], alpha [B,T,hv]) for either weight layout."""
+    if has(w, "ssm_in"):
+        return project_split(x, w, "ssm_in")
+    if has(w, "ssm_in_ba"):
+        qkv, z, ba = project_split(x, w, "ssm_in_ba")
+    elif "ssm_ba.weight" in w:
+        qkv, z, ba = linear(x, w, "attn_qkv"), linear(x, w, "attn_gate"), linear(x, w, "ssm_ba")
+    else:
+        return linear(x, w, "attn_qkv"), linear(x, w, "attn_gate"), linear(x, w, "ssm_beta"), linear(x, w, "ssm_alpha")
+    B, T, _ = x.shape   # Qwen3-Next: beta and alpha interleaved per K-head group [b (r) | a (r)]
+    r = cfg.ssm_n_v_heads // cfg.ssm_n_k_heads
+    ba = ba.reshape(B, T, cfg.ssm_n_k_heads, 2 * r)
+    return qkv, z, ba[..., :r].reshape(B, T, -1), ba[..., r:].reshape(B, T, -1)

@@ -1,0 +1,1 @@
+"""`nextn serve`: the OpenAI-compatible HTTP server over the continuous-batching engine."""

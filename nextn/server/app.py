@@ -1,0 +1,193 @@
+"""`nextn serve`: an OpenAI-compatible HTTP server (FastAPI + uvicorn) over the continuous-batching engine.
+
+/v1/completions and /v1/chat/completions (streaming over SSE or not), /v1/models, /health, /metrics.
+Each response carries `usage` and `timings` (tokens/s, draft and accepted counts); a request may opt
+out of speculation (`"speculative": false`) or set its own `draft_max`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import time
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from ..engine.config import EngineConfig
+from ..engine.engine import Engine
+from ..errors import NextnError
+from . import protocol
+from .loop import EngineLoop
+from .metrics import Metrics
+from .protocol import ApiError
+
+
+def create_app(engine: Engine, api_key: str | None = None, model_name: str | None = None) -> FastAPI:
+    loop = EngineLoop(engine)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_):
+        yield
+        loop.stop()
+
+    app = FastAPI(title="nextn", docs_url=None, redoc_url=None, lifespan=lifespan)
+    metrics = Metrics(engine)
+    model_id = model_name or engine.model_name
+    aliases = {model_id, engine.file.path.name, engine.file.path.stem}
+    app.state.loop, app.state.metrics = loop, metrics
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_, exc: ApiError):
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_, exc):
+        return JSONResponse(ApiError(400, str(exc)).body(), status_code=400)
+
+    @app.middleware("http")
+    async def _auth(request: Request, call_next):
+        if api_key and request.url.path.startswith("/v1/"):
+            got = request.headers.get("authorization", "")
+            if not hmac.compare_digest(got.encode(), f"Bearer {api_key}".encode()):
+                err = ApiError(401, "invalid API key", code="invalid_api_key", kind="authentication_error")
+                return JSONResponse(err.body(), status_code=401)
+        return await call_next(request)
+
+    @app.get("/health")
+    def health():
+        if loop.error:
+            return JSONResponse({"status": "error", "error": loop.error.splitlines()[-1]}, status_code=500)
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    def prometheus():
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    def models():
+        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": int(time.time()),
+                                            "owned_by": "nextn"}]}
+
+    async def _body(request: Request):
+        try:
+            return json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ApiError(400, f"invalid JSON body: {e}") from None
+
+    async def handle(request: Request, chat: bool):
+        endpoint = "chat" if chat else "completions"
+        body = await _body(request)
+        if isinstance(body, dict) and body.get("model") not in (None, "", *aliases):
+            raise ApiError(404, f"model '{body['model']}' does not exist (this server serves '{model_id}')",
+                           "model", "model_not_found")
+        req = protocol.parse(body, chat, engine.default_spec())
+        try:
+            ids = engine.encode_prompt(req.prompt, req.messages)
+            if any(not 0 <= t < engine.model_config.n_vocab for t in ids):
+                raise ApiError(400, f"token ids must be in [0, {engine.model_config.n_vocab})", "prompt")
+            if len(ids) >= engine.config.ctx_size:
+                raise ApiError(400, f"the prompt has {len(ids)} tokens; this server's context holds "
+                                    f"{engine.config.ctx_size}", "prompt", "context_length_exceeded")
+            seq, queue = loop.submit(ids, req.params, req.spec)
+        except NextnError as e:
+            raise ApiError(400, str(e)) from None
+        rid = protocol.new_id("chatcmpl" if chat else "cmpl")
+        t0 = time.perf_counter()
+        if req.stream:
+            return StreamingResponse(_stream(request, seq, queue, rid, chat, req.include_usage, t0, endpoint),
+                                     media_type="text/event-stream")
+        return await _collect(request, seq, queue, rid, chat, t0, endpoint)
+
+    async def _next(request: Request, seq, queue: asyncio.Queue):
+        while True:
+            try:
+                return await asyncio.wait_for(queue.get(), timeout=0.25)
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():
+                    loop.cancel(seq)
+                    return None
+
+    async def _collect(request, seq, queue, rid, chat, t0, endpoint):
+        parts, first = [], None
+        while True:
+            out = await _next(request, seq, queue)
+            if out is None:
+                metrics.requests.labels(endpoint, "cancelled").inc()
+                return Response(status_code=499)
+            first = first or time.perf_counter()
+            parts.append(out.text)
+            if out.finished:
+                break
+        metrics.ttft.observe(first - t0)
+        metrics.latency.observe(time.perf_counter() - t0)
+        metrics.requests.labels(endpoint, seq.finish_reason or "stop").inc()
+        body = protocol.completion_body(rid, model_id, chat, "".join(parts), _reason(seq),
+                                        protocol.usage(seq.n_prompt, seq.n_generated), seq.stats.to_dict())
+        return JSONResponse(body)
+
+    async def _stream(request, seq, queue, rid, chat, include_usage, t0, endpoint):
+        first, finished = True, False
+        try:
+            while not finished:
+                out = await _next(request, seq, queue)
+                if out is None:
+                    return
+                if first:
+                    metrics.ttft.observe(time.perf_counter() - t0)
+                finished = out.finished
+                if out.text or first or finished:
+                    chunk = protocol.completion_body(rid, model_id, chat, out.text, _reason(seq) if finished else None,
+                                                     None, seq.stats.to_dict() if finished else None,
+                                                     delta=True, first=first)
+                    yield f"data: {json.dumps(chunk)}\n\n"
+                    first = False
+            if include_usage:
+                chunk = protocol.completion_body(rid, model_id, chat, "", None,
+                                                 protocol.usage(seq.n_prompt, seq.n_generated), None, delta=True)
+                chunk["choices"] = []
+                yield f"data: {json.dumps(chunk)}\n\n"
+            yield "data: [DONE]\n\n"
+            metrics.latency.observe(time.perf_counter() - t0)
+            metrics.requests.labels(endpoint, seq.finish_reason or "stop").inc()
+        finally:
+            if not finished:   # client went away mid-stream: free the slot now
+                loop.cancel(seq)
+                metrics.requests.labels(endpoint, "cancelled").inc()
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await handle(request, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await handle(request, chat=True)
+
+    return app
+
+
+def _reason(seq) -> str:
+    return {"stop": "stop", "length": "length"}.get(seq.finish_reason, seq.finish_reason or "stop")
+
+
+def add_args(p) -> None:
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("-np", "--parallel", type=int, default=4, help="concurrent sequences (slots)")
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--alias", default=None, help="model name served by /v1/models")
+    p.add_argument("--log-level", default="info")
+
+
+def main(args) -> int:
+    import uvicorn
+
+    engine = Engine(EngineConfig.from_args(args, n_parallel=args.parallel))
+    app = create_app(engine, api_key=args.api_key, model_name=args.alias)
+    print(f"nextn: serving {engine.model_name} on http://{args.host}:{args.port} "
+          f"({args.parallel} slots, MTP {'on' if engine.use_mtp else 'off'})", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0

@@ -1,0 +1,78 @@
+"""Runs the engine in one background thread; HTTP handlers submit requests and read outputs from
+asyncio queues. One lock guards the engine; a cancelled request frees its slot at the next step."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import traceback
+
+from ..engine.engine import Engine, Output
+from ..engine.params import SamplingParams
+from ..engine.sequence import Sequence, SpecConfig
+
+
+class EngineLoop:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.queues: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self.running = True
+        self.error: str | None = None
+        self.thread = threading.Thread(target=self._run, name="nextn-engine", daemon=True)
+        self.thread.start()
+
+    def submit(self, prompt_ids: list[int], params: SamplingParams, spec: SpecConfig | None) -> tuple[Sequence, asyncio.Queue]:
+        queue: asyncio.Queue = asyncio.Queue()
+        with self.lock:
+            seq = self.engine.add_request(prompt_ids, params, spec)
+            self.queues[seq.id] = (asyncio.get_running_loop(), queue)
+        self.wake.set()
+        return seq, queue
+
+    def cancel(self, seq: Sequence) -> None:
+        if not seq.is_finished:
+            seq.cancelled = True
+            self.wake.set()
+
+    def stop(self) -> None:
+        self.running = False
+        self.wake.set()
+        self.thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while self.running:
+            if not self.engine.has_work:
+                self.wake.wait(timeout=0.5)
+                self.wake.clear()
+                continue
+            try:
+                with self.lock:
+                    outputs = self.engine.step()
+            except Exception:  # keep serving: fail the affected requests, report the error
+                self.error = traceback.format_exc()
+                self._fail_all()
+                continue
+            for out in outputs:
+                self._deliver(out)
+
+    def _deliver(self, out: Output) -> None:
+        target = self.queues.get(out.seq.id)
+        if target is None:
+            return
+        loop, queue = target
+        if out.finished:
+            self.queues.pop(out.seq.id, None)
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, out)
+        except RuntimeError:   # the client's event loop is gone
+            pass
+
+    def _fail_all(self) -> None:
+        with self.lock:
+            for seq in list(self.engine.scheduler.active) + list(self.engine.scheduler.waiting):
+                seq.finish("error")
+                self._deliver(Output(seq, [], "", True))
+            self.engine.scheduler.release_finished()
+            self.engine.scheduler.waiting.clear()

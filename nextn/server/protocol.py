@@ -1,0 +1,139 @@
+"""OpenAI request parsing and response shapes (no HTTP, no engine): bad input raises ApiError."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from ..engine.params import SamplingParams
+from ..engine.sequence import SpecConfig
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+@dataclass
+class Request:
+    stream: bool
+    params: SamplingParams
+    spec: SpecConfig | None
+    include_usage: bool
+    prompt: str | list[int] | None = None
+    messages: list[dict] | None = None
+
+
+def _get(body: dict, key: str, types, default=None, check=None, why: str = ""):
+    value = body.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise ApiError(400, f"'{key}' must be {why or types}", key)
+    if not isinstance(value, types) or (check is not None and not check(value)):
+        raise ApiError(400, f"'{key}' must be {why or types}", key)
+    return value
+
+
+def parse(body, chat: bool, default_spec: SpecConfig) -> Request:
+    if not isinstance(body, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    num = (int, float)
+    for key, ok in (("n", lambda v: v == 1), ("best_of", lambda v: v == 1)):
+        _get(body, key, int, 1, ok, "1 (only one choice per request is supported)")
+    if body.get("logprobs") not in (None, False, 0) or body.get("echo"):
+        raise ApiError(400, "logprobs and echo are not supported", "logprobs")
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    if stop is not None and (not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop) or len(stop) > 4):
+        raise ApiError(400, "'stop' must be a string or a list of up to 4 non-empty strings", "stop")
+    max_key = "max_completion_tokens" if chat and "max_completion_tokens" in body else "max_tokens"
+    try:
+        params = SamplingParams(
+            temperature=float(_get(body, "temperature", num, 1.0, lambda v: 0 <= v <= 2, "a number in [0, 2]")),
+            top_p=float(_get(body, "top_p", num, 1.0, lambda v: 0 < v <= 1, "a number in (0, 1]")),
+            top_k=_get(body, "top_k", int, 0, lambda v: v >= 0, "an integer >= 0"),
+            min_p=float(_get(body, "min_p", num, 0.0)),
+            repetition_penalty=float(_get(body, "repetition_penalty", num, 1.0)),
+            presence_penalty=float(_get(body, "presence_penalty", num, 0.0)),
+            frequency_penalty=float(_get(body, "frequency_penalty", num, 0.0)),
+            seed=_get(body, "seed", int, None),
+            max_tokens=_get(body, max_key, int, 16 if not chat else 4096, lambda v: v >= 1, "a positive integer"),
+            stop=stop or [],
+            ignore_eos=bool(_get(body, "ignore_eos", bool, False)),
+        )
+    except ValueError as e:
+        raise ApiError(400, str(e)) from None
+    spec = None
+    if "draft_max" in body or "speculative" in body:
+        k = _get(body, "draft_max", int, default_spec.draft_max, lambda v: 0 <= v <= 16, "an integer in [0, 16]")
+        if _get(body, "speculative", bool, True) is False:
+            k = 0
+        spec = SpecConfig(draft_max=k, draft_min=min(default_spec.draft_min, k), p_min=default_spec.p_min,
+                          adaptive=default_spec.adaptive)
+    options = _get(body, "stream_options", dict, {}) or {}
+    req = Request(stream=bool(_get(body, "stream", bool, False)), params=params, spec=spec,
+                  include_usage=bool(options.get("include_usage", False)))
+    if chat:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
+            raise ApiError(400, "'messages' must be a non-empty list of {role, content} objects", "messages")
+        req.messages = [{**m, "content": _content(m.get("content"))} for m in messages]
+    else:
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+            prompt = prompt[0]
+        if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and all(
+                isinstance(t, int) and not isinstance(t, bool) for t in prompt)):
+            req.prompt = prompt
+        else:
+            raise ApiError(400, "'prompt' must be a string or a list of token ids (one prompt per request)", "prompt")
+    return req
+
+
+def _content(content) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list):   # [{"type": "text", "text": ...}]
+        parts = [c.get("text", "") for c in content if isinstance(c, dict) and c.get("type") == "text"]
+        if len(parts) == len(content):
+            return "".join(parts)
+    raise ApiError(400, "message content must be a string or a list of text parts", "messages")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def completion_body(rid: str, model: str, chat: bool, text: str, finish: str | None, usage_: dict | None,
+                    timings: dict | None, delta: bool = False, first: bool = False) -> dict:
+    if chat:
+        if delta:
+            choice = {"index": 0, "delta": ({"role": "assistant", "content": text} if first else {"content": text}),
+                      "finish_reason": finish, "logprobs": None}
+        else:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
+                      "logprobs": None}
+        obj = "chat.completion.chunk" if delta else "chat.completion"
+    else:
+        choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+        obj = "text_completion"
+    body = {"id": rid, "object": obj, "created": int(time.time()), "model": model, "choices": [choice]}
+    if usage_ is not None:
+        body["usage"] = usage_
+    if timings is not None:
+        body["timings"] = timings
+    return body

@@ -1,0 +1,1 @@
+"""Text in and out: the byte-level BPE tokenizer and chat template rebuilt from GGUF metadata."""

@@ -1,0 +1,112 @@
+"""Byte-level BPE tokenizer rebuilt from GGUF metadata (vocab, merges, token types, pre-tokenizer name)."""
+
+from __future__ import annotations
+
+import warnings
+
+from gguf import TokenType
+from tokenizers import AddedToken, Regex, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
+
+from ..errors import ModelFileError
+from ..gguf.reader import GGUFFile
+
+_QWEN2 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+          r"|\s+(?!\S)|\s+")
+_QWEN35 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*"
+           r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+_LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+           r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+_GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+
+PRE_TOKENIZER_REGEX = {
+    "qwen2": _QWEN2, "qwen35": _QWEN35, "llama3": _LLAMA3, "llama-bpe": _LLAMA3, "glm4": _LLAMA3,
+    "chatglm-bpe": _LLAMA3, "gpt2": _GPT2, "default": _GPT2,
+}
+EOG_TEXTS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<|user|>", "<|observation|>",
+             "<|end|>", "<|return|>")
+
+
+class Tokenizer:
+    def __init__(self, tokens: list[str], merges: list[str], token_types: list[int], pre: str,
+                 bos_id: int | None, eos_id: int | None, eot_id: int | None, add_bos: bool,
+                 chat_template: str | None):
+        regex = PRE_TOKENIZER_REGEX.get(pre)
+        if regex is None:
+            warnings.warn(f"unknown pre-tokenizer '{pre}', using the GPT-2 pattern")
+            regex = _GPT2
+        vocab = {t: i for i, t in enumerate(tokens)}
+        pairs = [tuple(m.split(" ", 1)) for m in merges]
+        model = models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, byte_fallback=False)
+        tk = HFTokenizer(model)
+        tk.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(regex), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
+        tk.decoder = decoders.ByteLevel()
+        special = [i for i, t in enumerate(token_types) if t in (TokenType.CONTROL, TokenType.USER_DEFINED)]
+        tk.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False) for i in special])
+        self._tk = tk
+        self.tokens = tokens
+        self.special_ids = set(special)
+        self.bos_id, self.eos_id, self.add_bos = bos_id, eos_id, add_bos
+        self.chat_template = chat_template
+        eog = {i for i in (eos_id, eot_id) if i is not None}
+        eog |= {vocab[t] for t in EOG_TEXTS if t in vocab}
+        self.eog_ids = frozenset(eog)
+
+    @property
+    def n_vocab(self) -> int:
+        return len(self.tokens)
+
+    @classmethod
+    def from_gguf(cls, gf: GGUFFile) -> "Tokenizer":
+        model = gf.meta("tokenizer.ggml.model")
+        if model != "gpt2":
+            raise ModelFileError(f"{gf.path}: tokenizer model '{model}' is not supported "
+                                 f"(nextn reads byte-level BPE, tokenizer.ggml.model = 'gpt2')")
+        tokens = gf.meta("tokenizer.ggml.tokens")
+        merges = gf.meta("tokenizer.ggml.merges") or []
+        if not tokens:
+            raise ModelFileError(f"{gf.path}: metadata key 'tokenizer.ggml.tokens' is missing")
+        types = gf.meta("tokenizer.ggml.token_type") or [int(TokenType.NORMAL)] * len(tokens)
+        return cls(tokens, merges, types, gf.meta("tokenizer.ggml.pre", "default"),
+                   gf.meta("tokenizer.ggml.bos_token_id"), gf.meta("tokenizer.ggml.eos_token_id"),
+                   gf.meta("tokenizer.ggml.eot_token_id"), bool(gf.meta("tokenizer.ggml.add_bos_token", False)),
+                   gf.meta("tokenizer.chat_template"))
+
+    def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
+        ids = self._tk.encode(text, add_special_tokens=False).ids
+        if (self.add_bos if add_bos is None else add_bos) and self.bos_id is not None:
+            ids = [self.bos_id] + ids
+        return ids
+
+    def decode(self, ids: list[int], skip_special: bool = True) -> str:
+        return self._tk.decode(list(ids), skip_special_tokens=skip_special)
+
+    def token_text(self, token_id: int) -> str:
+        return self.tokens[token_id]
+
+
+class StreamDecoder:
+    """Turns a growing list of token ids into text deltas, holding back incomplete UTF-8 sequences."""
+
+    def __init__(self, tokenizer: Tokenizer, skip_special: bool = True):
+        self.tk, self.skip = tokenizer, skip_special
+        self.ids: list[int] = []
+        self.prefix = 0   # start of the window used as left context
+        self.read = 0     # tokens already turned into text
+
+    def push(self, new_ids: list[int]) -> str:
+        self.ids.extend(new_ids)
+        before = self.tk.decode(self.ids[self.prefix:self.read], self.skip)
+        after = self.tk.decode(self.ids[self.prefix:], self.skip)
+        if after.endswith("\ufffd") or len(after) <= len(before):
+            return ""
+        self.prefix, self.read = self.read, len(self.ids)
+        return after[len(before):]
+
+    def flush(self) -> str:
+        before = self.tk.decode(self.ids[self.prefix:self.read], self.skip)
+        after = self.tk.decode(self.ids[self.prefix:], self.skip)
+        self.prefix = self.read = len(self.ids)
+        return after[len(before):]

@@ -1,0 +1,82 @@
+"""The shape in which model authors publish checkpoints, as llama.cpp's and nextn's converters meet them.
+
+- Qwen3.5 / Qwen3.5-MoE: `Qwen3_5(Moe)ForConditionalGeneration` with a vision tower, the text model
+  under `model.language_model.*`, its hyperparameters under `text_config` (with `mtp_num_hidden_layers`),
+  the MTP block under `mtp.*`.
+- Qwen3-Next: `Qwen3NextForCausalLM` whose config says nothing about MTP (no `mtp_num_hidden_layers`)
+  and gives `full_attention_interval` rather than `layer_types`; the MTP block under `mtp.*`.
+- GLM-4.5: `Glm4MoeForCausalLM`, `num_nextn_predict_layers` = 1, the NextN layer as `model.layers.{n}.*`
+  with its own `embed_tokens` and `shared_head.head`.
+All of them: experts one by one (`mlp.experts.{e}.gate_proj` ...), weights in `model-0000i-of-0000n`
+safetensors shards listed by `model.safetensors.index.json`, the MTP block in the last shard.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+WRAPPED = {"qwen35": "Qwen3_5ForConditionalGeneration", "qwen35moe": "Qwen3_5MoeForConditionalGeneration"}
+TINY_VISION = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, num_position_embeddings=16,
+                   patch_size=4)
+
+
+def wrap(arch: str, model):
+    """Qwen3.5 text models go inside the multimodal class they are published as (same text weights)."""
+    if arch not in WRAPPED:
+        return model
+    import transformers
+
+    cls = getattr(transformers, WRAPPED[arch])
+    config_cls = getattr(transformers, WRAPPED[arch].replace("ForConditionalGeneration", "Config"))
+    text = model.config.to_dict()
+    config = config_cls(text_config=text, vision_config={**TINY_VISION, "out_hidden_size": text["hidden_size"]},
+                        tie_word_embeddings=text.get("tie_word_embeddings", False))
+    wrapped = cls(config)
+    wrapped.model.language_model.load_state_dict(model.model.state_dict())
+    wrapped.lm_head.load_state_dict(model.lm_head.state_dict())
+    return wrapped
+
+
+def ship_config(arch: str, raw: dict) -> None:
+    """Edit a saved config.json (in place) into the form the authors ship."""
+    if arch == "qwen3next":
+        raw.pop("mtp_num_hidden_layers", None)
+        types = raw.pop("layer_types", None)
+        if types:
+            raw["full_attention_interval"] = types.index("full_attention") + 1
+
+
+def unfuse_experts(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers keeps a live module's experts fused (`experts.gate_up_proj` [E, 2 ff, D], `experts.down_proj`
+    [E, D, ff]); checkpoints store them one by one, as save_pretrained writes the trunk's."""
+    out = {}
+    for name, t in state.items():
+        if name.endswith("mlp.experts.gate_up_proj"):
+            base = name[: -len("gate_up_proj")]
+            for e, (gate, up) in enumerate(zip(*t.chunk(2, dim=1))):
+                out[f"{base}{e}.gate_proj.weight"], out[f"{base}{e}.up_proj.weight"] = gate, up
+        elif name.endswith("mlp.experts.down_proj"):
+            base = name[: -len("down_proj")]
+            out.update({f"{base}{e}.down_proj.weight": w for e, w in enumerate(t)})
+        else:
+            out[name] = t
+    return out
+
+
+def shard(out_dir: Path, mtp: dict[str, torch.Tensor]) -> None:
+    """Rewrite model.safetensors as indexed shards: the model, then the MTP block (if any)."""
+    single = out_dir / "model.safetensors"
+    parts = [load_file(str(single))]
+    single.unlink()
+    if mtp:
+        parts.append({k: v.contiguous() for k, v in unfuse_experts(mtp).items()})
+    weight_map = {}
+    for i, part in enumerate(parts, 1):
+        name = f"model-{i:05d}-of-{len(parts):05d}.safetensors"
+        save_file(part, str(out_dir / name), metadata={"format": "pt"})
+        weight_map.update({k: name for k in part})
+    (out_dir / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=1))

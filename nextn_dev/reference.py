@@ -1,0 +1,82 @@
+"""An MTP reference built from transformers modules: transformers runs no MTP head, so nextn's MTP
+forward is checked against one assembled from the checkpoint's own decoder-layer and norm classes."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+def mtp_head(cfg, module):
+    """A fresh MTP head in Qwen3.5's checkpoint naming (fc, pre_fc_norm_embedding/hidden, layers.0,
+    norm), built from a transformers modeling module's own decoder layer and RMSNorm classes. Its
+    forward is ../shared/MTP.md's: concat(enorm(embedding), hnorm(hidden)) -> fc -> block -> norm."""
+    import copy
+
+    import torch.nn as nn
+
+    layer_cls = next(getattr(module, n) for n in dir(module) if n.endswith("DecoderLayer"))
+    norm_cls = next(getattr(module, n) for n in dir(module) if n.endswith("RMSNorm") and "Gated" not in n)
+    n_trunk = cfg.num_hidden_layers
+
+    class MTPHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            one = copy.deepcopy(cfg)
+            if hasattr(one, "layer_types"):
+                one.layer_types = ["full_attention"] * (n_trunk + 1)
+            d = cfg.hidden_size
+            self.fc = nn.Linear(2 * d, d, bias=False)
+            self.pre_fc_norm_embedding = norm_cls(d, eps=cfg.rms_norm_eps)
+            self.pre_fc_norm_hidden = norm_cls(d, eps=cfg.rms_norm_eps)
+            self.layers = nn.ModuleList([layer_cls(one, n_trunk)])
+            self.norm = norm_cls(d, eps=cfg.rms_norm_eps)
+
+        def forward(self, embeds, hidden, rope):
+            u = self.fc(torch.cat((self.pre_fc_norm_embedding(embeds), self.pre_fc_norm_hidden(hidden)), -1))
+            u = self.layers[0](u, position_embeddings=rope, attention_mask=None)
+            return self.norm(u)
+
+    return MTPHead()
+
+
+def _mtp_state(hf_dir: Path, n_trunk: int) -> dict[str, torch.Tensor]:
+    """The MTP block's tensors from every safetensors file of a checkpoint (either shape)."""
+    out = {}
+    for f in sorted(Path(hf_dir).glob("*.safetensors")):
+        with safe_open(f, "pt") as sf:
+            for k in sf.keys():
+                if k.startswith(("mtp.", "model.mtp.")) or k.startswith(f"model.layers.{n_trunk}."):
+                    out[k] = sf.get_tensor(k).float()
+    return out
+
+
+def mtp_reference(hf_dir: str | Path, hf_model, arch: str):
+    """The checkpoint's MTP head as `mtp_head` modules: an independent reference for nextn's MTP
+    forward (transformers does not run it). Returns (head, embedding, lm_head) modules."""
+    import torch.nn as nn
+
+    cfg = getattr(hf_model.config, "text_config", hf_model.config)
+    text_model = getattr(hf_model.model, "language_model", hf_model.model)
+    raw = _mtp_state(Path(hf_dir), cfg.num_hidden_layers)
+    if arch == "glm4moe":
+        names = {"eh_proj": "fc", "enorm": "pre_fc_norm_embedding", "hnorm": "pre_fc_norm_hidden",
+                 "shared_head.norm": "norm", "embed_tokens": "embed", "shared_head.head": "head"}
+        state = {}
+        for k, v in raw.items():
+            rest = k.split(".", 3)[3]
+            stem = rest.rsplit(".", 1)[0]
+            state[names[stem] + ".weight" if stem in names else "layers.0." + rest] = v
+    else:
+        state = {k.split("mtp.", 1)[1]: v for k, v in raw.items()}
+    head = mtp_head(cfg, importlib.import_module(type(hf_model).__module__))
+    if "embed.weight" in state:
+        head.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        head.head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+    head.load_state_dict(state)
+    head.eval()
+    embed = head.embed if "embed.weight" in state else text_model.embed_tokens
+    lm_head = head.head if "head.weight" in state else hf_model.lm_head
+    return head, embed, lm_head

@@ -1,0 +1,53 @@
+"""Run llama.cpp's own `convert_hf_to_gguf.py` on a checkpoint, as a user of llama.cpp would.
+
+    python scripts/llamacpp_convert.py --llama-dir path/to/llama.cpp HF_DIR --outfile OUT.gguf [--outtype f32] [--mtp|--no-mtp]
+
+llama.cpp's converter recognises a BPE pre-tokenizer by hashing how it splits a test text; the
+tiny tokenizers nextn trains for its test models are not in its list, so when the hash is unknown
+this wrapper answers with the name whose regex the tokenizer.json declares (the same answer nextn's
+converter gives). Nothing else in the converter is touched. It needs the converter's own gguf-py
+(taken from `LLAMA_DIR/gguf-py`), torch, numpy and transformers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import runpy
+import sys
+from pathlib import Path
+
+
+def known_pre_tokenizer(hf_dir: Path) -> str:
+    from nextn.gguf.convert import Checkpoint
+    from nextn.gguf.vocab import pre_tokenizer_name
+
+    tj = json.loads((hf_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    return pre_tokenizer_name(tj, Checkpoint(hf_dir).arch)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--llama-dir", required=True, help="llama.cpp source tree (has convert_hf_to_gguf.py)")
+    args, rest = ap.parse_known_args()
+    llama = Path(args.llama_dir).resolve()
+    hf_dir = Path(next(a for a in rest if not a.startswith("-") and Path(a).is_dir()))
+    sys.path[:0] = [str(llama / "gguf-py"), str(llama)]   # the converter's own gguf-py, before any other
+    pre = known_pre_tokenizer(hf_dir)
+    from conversion import base
+
+    original = base.TextModel.get_vocab_base_pre
+
+    def get_vocab_base_pre(self, tokenizer):
+        try:
+            return original(self, tokenizer)
+        except NotImplementedError:
+            return pre
+
+    base.TextModel.get_vocab_base_pre = get_vocab_base_pre
+    sys.argv = [str(llama / "convert_hf_to_gguf.py"), *rest]
+    runpy.run_path(str(llama / "convert_hf_to_gguf.py"), run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()
