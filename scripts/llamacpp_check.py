@@ -1,18 +1,21 @@
-"""Check the GGUF files nextn writes against llama.cpp itself (CI has no llama.cpp; run by hand):
+"""Check nextn against llama.cpp itself, both ways (CI has no llama.cpp; run by hand):
 
-    python scripts/llamacpp_check.py --server path/to/llama-server [--models demo,qwen35,...] [-n 32]
+    python scripts/llamacpp_check.py --server path/to/llama-server --llama-dir path/to/llama.cpp \
+        [--models demo,qwen35,qwen35moe,qwen3next,glm4moe] [-n 32]
 
-A llama-server without internet access: `pip download llama-cpp-python==0.3.36 --no-deps --no-binary
-:all:`, unpack, then in vendor/llama.cpp `cmake -B build -DLLAMA_CURL=OFF && cmake --build build -j
---target llama-server` (llama.cpp of 2026-10-01, which has qwen35/qwen35moe/qwen3next/glm4moe and MTP).
+A llama.cpp without internet access: `pip download llama-cpp-python==0.3.36 --no-deps --no-binary
+:all:`, unpack, then in vendor/llama.cpp `cmake -B build -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF &&
+cmake --build build -j2 --target llama-server llama-quantize`.
 
-For each model, llama-server must load the file; its tokenizer must agree with nextn's; greedy
-continuation of the same prompt tokens must agree token for token; and the top-5 log-probabilities
-at every generated position must agree with nextn's (teacher-forced on llama.cpp's tokens). Then
-llama-server's own MTP speculation (`--spec-type draft-mtp`) runs on the bundled file and on the
-trunk-only file with the head-only file as `-md`: it must give llama.cpp's plain greedy text, and its
-draft and acceptance counts are printed next to nextn's with a fixed k = 3 (equal counts mean equal
-drafts). "demo" is the bundled model; the other names are tiny random models built on the spot.
+For each family a tiny random checkpoint in the shape its authors publish (nextn_dev/published.py):
+- llama.cpp -> nextn: llama.cpp's own converter writes the GGUF (scripts/llamacpp_convert.py); nextn's
+  greedy tokens on it, plain and with MTP (k = 3), must equal transformers' on the checkpoint.
+- nextn -> llama.cpp: `nextn convert` writes the GGUF; llama-server must load it, tokenize alike, give
+  nextn's greedy continuation and top-5 log-probabilities, and run its own MTP speculation
+  (`--spec-type draft-mtp`) on the bundled file and on trunk-only + `-md mtp-*.gguf` with llama.cpp's
+  plain greedy output; its draft and acceptance counts are printed next to nextn's with k = 3 (equal
+  counts mean equal drafts).
+"demo" is the bundled demo model (nextn's file) through the second direction only.
 """
 
 from __future__ import annotations
@@ -31,11 +34,12 @@ import torch
 
 
 from nextn.engine.engine import Engine
-from nextn.gguf.tools import extract_mtp, strip_mtp
-from nextn.models.loader import DEMO_MODEL
 from nextn.engine.params import SamplingParams
 from nextn.engine.sequence import SpecConfig
-from nextn_dev.tiny import make_gguf
+from nextn.gguf.convert import convert
+from nextn.gguf.tools import extract_mtp, strip_mtp
+from nextn.models.loader import DEMO_MODEL
+from nextn_dev.tiny import load_reference, make_checkpoint
 
 PROMPT = "import os\nimport sys\n\n\ndef main(argv):\n    \"\"\"Parse the command line and run.\"\"\"\n"
 
@@ -125,12 +129,16 @@ def check_model(exe: str, path: Path, n: int, tmp: Path) -> bool:
             print(f"  greedy: {n}/{n} tokens identical to nextn")
         worst, i, n_cmp = 0.0, 0, 0
         for step in r["completion_probabilities"]:
-            # llama-server leaves out the entry of a token that ends inside a UTF-8 character: align by id
+            # llama-server leaves out the entry of a token that ends inside a UTF-8 character (align by id),
+            # and the entry that completes such a character carries the text of several tokens and
+            # probabilities from another step: compare only entries that stand for their own token
             while theirs[i] != step["id"]:
                 i += 1
-            for alt in step["top_logprobs"]:
-                worst = max(worst, abs(alt["logprob"] - float(lp[len(prompt_ids) - 1 + i, alt["id"]])))
-            i, n_cmp = i + 1, n_cmp + 1
+            if step["token"] == engine.tokenizer.decode([step["id"]], skip_special=False):
+                for alt in step["top_logprobs"]:
+                    worst = max(worst, abs(alt["logprob"] - float(lp[len(prompt_ids) - 1 + i, alt["id"]])))
+                n_cmp += 1
+            i += 1
         print(f"  top-5 log-probabilities: max |difference| {worst:.2e} over {n_cmp} positions "
               f"({'/'.join(wtypes)} weights, tolerance {tol:g})")
         ok &= worst < tol
@@ -162,9 +170,36 @@ def check_model(exe: str, path: Path, n: int, tmp: Path) -> bool:
     return ok
 
 
+def llamacpp_convert(llama_dir: str, hf: Path, out: Path) -> Path:
+    cmd = [sys.executable, str(Path(__file__).with_name("llamacpp_convert.py")), "--llama-dir", llama_dir,
+           str(hf), "--outfile", str(out), "--outtype", "f32"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"llama.cpp's converter failed:\n{proc.stderr[-2000:]}")
+    return out
+
+
+def check_llamacpp_file(llama_dir: str, hf: Path, n: int, tmp: Path) -> bool:
+    """llama.cpp -> nextn: llama.cpp's conversion decodes in nextn as transformers decodes the checkpoint."""
+    path = llamacpp_convert(llama_dir, hf, tmp / f"llamacpp-{hf.stem}.gguf")
+    engine = Engine(model=str(path), spec="mtp", progress=False, ctx_size=1024)
+    prompt_ids = engine.tokenizer.encode(PROMPT)
+    with torch.inference_mode():
+        ref = load_reference(hf).generate(torch.tensor([prompt_ids]), max_new_tokens=n, do_sample=False,
+                                          eos_token_id=None, pad_token_id=0)[0, len(prompt_ids):].tolist()
+    params = SamplingParams(max_tokens=n, ignore_eos=True)
+    plain = engine.generate(prompt_ids, params, spec=SpecConfig(draft_max=0))
+    mtp = engine.generate(prompt_ids, params, spec=SpecConfig(draft_max=3, adaptive=False))
+    same = [sum(a == b for a, b in zip(x.tokens, ref)) for x in (plain, mtp)]
+    print(f"  llama.cpp's conversion in nextn: greedy {same[0]}/{n} tokens equal transformers' plain, "
+          f"{same[1]}/{n} with MTP (drafted {mtp.stats.n_draft_tokens}, accepted {mtp.stats.n_accepted})")
+    return same == [n, n] and mtp.stats.n_draft_tokens > 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--server", required=True, help="path to llama.cpp's llama-server")
+    ap.add_argument("--llama-dir", required=True, help="llama.cpp source tree (for its converter)")
     ap.add_argument("--models", default="demo,qwen35,qwen35moe,qwen3next,glm4moe")
     ap.add_argument("-n", type=int, default=32)
     args = ap.parse_args()
@@ -172,10 +207,16 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         for name in args.models.split(","):
-            path = DEMO_MODEL if name == "demo" else make_gguf(tmp / f"tiny-{name}.gguf", name, workdir=tmp / f"{name}.hf")
-            print(f"{name}: {path.name}")
+            print(f"{name}:")
             try:
-                results[name] = check_model(args.server, path, args.n, tmp=tmp)
+                if name == "demo":
+                    results[name] = check_model(args.server, DEMO_MODEL, args.n, tmp=tmp)
+                    continue
+                hf = make_checkpoint(tmp / f"{name}.hf", name, published=True)
+                there = check_llamacpp_file(args.llama_dir, hf, args.n, tmp)
+                ours = convert(hf, tmp / f"nextn-{name}.gguf", outtype="f32", progress=False)
+                print("  nextn's conversion in llama.cpp:")
+                results[name] = there & check_model(args.server, ours, args.n, tmp=tmp)
             except Exception as e:
                 print(f"  FAILED: {e}")
                 results[name] = False
