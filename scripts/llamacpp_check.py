@@ -96,8 +96,7 @@ def nextn_logprobs(engine: Engine, ids: list[int]) -> torch.Tensor:
 
 def check_model(exe: str, path: Path, n: int, tmp: Path) -> bool:
     ok = True
-    engine = Engine(model=str(path), spec="mtp", progress=False, cpu_matmul="blas",
-                    ctx_size=1024)
+    engine = Engine(model=str(path), spec="mtp", progress=False, ctx_size=1024)
     prompt_ids = engine.tokenizer.encode(PROMPT)
     ours = engine.generate(prompt_ids, SamplingParams(max_tokens=n, ignore_eos=True))
     srv = LlamaServer(exe, path)

@@ -180,7 +180,8 @@ def test_trained_demo_model_accepts_drafts_and_stats_add_up(demo_model):
 
 
 def test_mtp_off_reads_no_mtp_tensors(tiny, monkeypatch):
-    """With --spec none the MTP block is neither read from the file nor allocated."""
+    """With --spec none the MTP block is neither read from the file nor allocated; with MTP on, the
+    weights in memory grow by exactly the head's bytes in the file (weights stay as stored)."""
     from nextn.gguf.reader import GGUFFile
 
     read = []
@@ -190,9 +191,11 @@ def test_mtp_off_reads_no_mtp_tensors(tiny, monkeypatch):
     assert read and not any(n.startswith("blk.4.") for n in read)
     assert len(off.model.layers) == off.model_config.n_layer and not off.use_mtp
     read.clear()
-    on = Engine(model=str(tiny("qwen35")), spec="mtp", cpu_matmul="blas", progress=False)
+    on = Engine(model=str(tiny("qwen35")), spec="mtp", progress=False)
     assert any(n.startswith("blk.4.nextn") for n in read)
-    assert on.model.nbytes() > off.model.nbytes() and on.runner.cache.nbytes() > off.runner.cache.nbytes()
+    head = sum(t.n_bytes for name, t in on.file.tensors.items() if name.startswith("blk.4."))
+    assert on.model.nbytes() - off.model.nbytes() == head            # MTP on adds the head, nothing else
+    assert on.runner.cache.nbytes() > off.runner.cache.nbytes()
 
 
 @pytest.mark.parametrize("arch", ["qwen35", "glm4moe"])
@@ -225,3 +228,60 @@ def test_penalties_and_stop_strings_behave_the_same_with_mtp(engines, arch, monk
                                                         presence_penalty=0.5, frequency_penalty=0.2, stop=[stop]),
                                  spec=SpecConfig(draft_max=3, adaptive=False))
     assert cut.finish_reason == "stop" and cut.text == text[:text.find(stop)]
+
+
+@pytest.mark.parametrize("arch", ["qwen35", "qwen35moe", "qwen3next"])
+@torch.inference_mode()
+def test_native_rollback_restores_the_exact_state_of_each_acceptance_length(tiny, arch):
+    """CPU path: verify 4 tokens in one forward, keep k of them; the conv and recurrent state must be the
+    very bits plain decoding of those k tokens leaves."""
+    from nextn.gguf.reader import open_gguf
+    from nextn.models.buffers import Buffers
+    from nextn.models.cache import Cache
+    from nextn.models.config import ModelConfig
+    from nextn.models.model import Model
+    from nextn.models.step import Step
+
+    gf = open_gguf(tiny(arch))
+    cfg = ModelConfig.from_gguf(gf)
+    model = Model.load(gf, cfg, progress=False)
+    prompt, extra = torch.tensor([_prompt(40, seed=2)]), [11, 22, 33, 44]
+    buf = Buffers(cfg, model.layers, cfg.n_vocab, max_rows=4, max_seqs=1)
+
+    def fresh():
+        cache = Cache.allocate(cfg, 1, 64, torch.float32, "cpu", use_mtp=False, rollback=True)
+        model.forward(prompt, Step.build([0], [0], [40], "cpu", 64, chunked=True), cache)
+        return cache
+
+    def decode(cache, start, tokens):
+        buf.rows.fill([0], [start], [len(tokens)])
+        buf.tokens[:len(tokens)] = torch.tensor(tokens, dtype=torch.int32)
+        model.emit_trunk(cache, buf)
+
+    plain, reference = fresh(), []
+    for j, tok in enumerate(extra):
+        decode(plain, 40 + j, [tok])
+        reference.append({il: (plain.conv[il].clone(), plain.ssm[il].clone()) for il in cfg.recurrent_layers})
+    for keep in range(1, 5):
+        cache = fresh()
+        decode(cache, 40, extra)
+        buf.rows.seq_keep[0] = keep
+        model.emit_commit(cache, buf)
+        for il in cfg.recurrent_layers:
+            assert torch.equal(cache.conv[il], reference[keep - 1][il][0]), (keep, il)
+            assert torch.equal(cache.ssm[il], reference[keep - 1][il][1]), (keep, il)
+        assert not torch.equal(cache.ssm[cfg.recurrent_layers[0]], reference[keep % 4][cfg.recurrent_layers[0]][1])
+
+
+@pytest.mark.parametrize("arch", ["qwen35", "glm4moe"])
+def test_eager_ops_and_replayed_plans_give_the_same_tokens(tiny, arch):
+    """--no-compile runs the decode step op by op; the default replays the recorded plan: same bits."""
+    prompt = _prompt(seed=6)
+    out = {}
+    for compile_ in (True, False):
+        for spec in ("none", "mtp"):
+            engine = Engine(model=str(tiny(arch)), spec=spec, compile=compile_, progress=False)
+            res = engine.generate(prompt, GREEDY, spec=SpecConfig(draft_max=3, adaptive=False) if spec == "mtp" else None)
+            out[(compile_, spec)] = res.tokens
+            assert engine.runner.trunk.plan is not None if compile_ else engine.runner.trunk.plan is None
+    assert len({tuple(v) for v in out.values()}) == 1

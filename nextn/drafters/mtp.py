@@ -5,7 +5,8 @@ queued as soon as both halves are known (prompt rows after each prefill chunk, t
 the last prompt row, kept tokens after each verification) and flushed through the block when the
 sequence drafts (or when the queue grows long), so its KV cache covers every position the trunk
 processed. The first draft comes from the flush; later ones feed the previous draft token and the
-head's own normed hidden state back in.
+head's own normed hidden state back in. On CPU the block and the output head run as native plans
+(the head only on the rows that need logits); long queues (a prompt) go through the torch forward.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from ..engine.runner import ModelRunner
 from ..engine.sampling import draw, penalised, target
 from ..engine.sequence import Sequence
+from ..kernels.native import Graph
 from ..models.step import Step
 
 FLUSH_EVERY = 256   # queued pairs that force a flush even when not drafting (bounds memory; pairs of a
@@ -31,13 +33,17 @@ class Proposal:
 
 
 class MTPDrafter:
-    def __init__(self, runner: ModelRunner):
+    def __init__(self, runner: ModelRunner, compile: bool = True):
         self.runner, self.model = runner, runner.model
         n_slots, d = runner.last_hidden.shape
         self.queue_tokens: dict[int, list[int]] = {}
         self.queue_hidden: dict[int, list[torch.Tensor]] = {}
         self.positions: dict[int, int] = {}          # MTP cache holds positions 1..positions[slot]
         self.last_mtp_hidden = torch.zeros(n_slots, d, dtype=self.model.dtype, device=self.model.device)
+        if runner.native:
+            buf, cache = runner.buf, runner.cache
+            self.block = Graph(lambda: self.model.emit_mtp_block(cache, buf), compile)
+            self.head = Graph(lambda: self.model.emit_mtp_head(buf), compile)
 
     # ---- keeping the head's cache in step with the trunk ------------------------------------------
     def start(self, seq: Sequence) -> None:
@@ -52,7 +58,7 @@ class MTPDrafter:
             if self._tracks(seq):
                 s = seq.num_cached - n
                 successors = seq.tokens[s + 1:s + n + 1]
-                self._enqueue(seq.slot, successors, self.runner.hidden[b, :len(successors)])
+                self._enqueue(seq.slot, successors, self.runner.hidden_rows(b, len(successors)))
 
     def on_first_token(self, seq: Sequence, token: int) -> None:
         if self._tracks(seq):
@@ -61,7 +67,7 @@ class MTPDrafter:
     def on_commit(self, seqs: list[Sequence], new_tokens: list[list[int]], keep: list[int]) -> None:
         for b, (seq, n) in enumerate(zip(seqs, keep)):
             if self._tracks(seq):
-                self._enqueue(seq.slot, new_tokens[b][:n], self.runner.hidden[b, :n])
+                self._enqueue(seq.slot, new_tokens[b][:n], self.runner.hidden_rows(b, n))
         long = [s for s in seqs if self.queued(s.slot) >= FLUSH_EVERY]
         if long:
             self._flush(long)
@@ -72,7 +78,7 @@ class MTPDrafter:
     def _enqueue(self, slot: int, tokens: list[int], hidden: torch.Tensor) -> None:
         if tokens:
             self.queue_tokens[slot].extend(tokens)
-            self.queue_hidden[slot].append(hidden[:len(tokens)])
+            self.queue_hidden[slot].append(hidden[:len(tokens)].clone())
 
     @torch.inference_mode()
     def _flush(self, seqs: list[Sequence], chunk: int = 256) -> None:
@@ -86,19 +92,39 @@ class MTPDrafter:
                 hidden.append(hid[:k])
                 self.queue_tokens[s.slot] = toks[k:]
                 self.queue_hidden[s.slot] = [hid[k:]] if len(toks) > k else []
-            out = self._forward(todo, [self.positions[s.slot] + 1 for s in todo], tokens, hidden)
+            last = self._forward(todo, [self.positions[s.slot] + 1 for s in todo], tokens, hidden)
             for i, (s, k) in enumerate(zip(todo, n)):
                 self.positions[s.slot] += k
                 if not self.queued(s.slot):
-                    self.last_mtp_hidden[s.slot] = out[i, k - 1]
+                    self.last_mtp_hidden[s.slot] = last[i]
 
     def _forward(self, seqs, starts, tokens, hidden) -> torch.Tensor:
-        T = max(len(t) for t in tokens)
+        """The MTP block on each sequence's pairs; returns the hidden state g of each one's last pair [B, D]."""
+        lens = [len(t) for t in tokens]
+        if self.runner.native and sum(lens) <= self.runner.buf.rows.max_rows:
+            buf = self.runner.buf
+            n = buf.rows.fill([s.slot for s in seqs], starts, lens)
+            buf.tokens[:n] = torch.tensor([t for ts in tokens for t in ts], dtype=torch.int32)
+            buf.mtp_in[:n] = torch.cat(hidden)
+            self.block.run()
+            ends = torch.tensor(lens).cumsum(0) - 1
+            return buf.hidden[ends].clone()
+        T = max(lens)
         tok = torch.tensor([t + [0] * (T - len(t)) for t in tokens], device=self.model.device)
         hid = torch.stack([torch.nn.functional.pad(h, (0, 0, 0, T - h.shape[0])) for h in hidden])
-        step = Step.build([s.slot for s in seqs], starts, [len(t) for t in tokens], self.model.device,
-                          self.runner.rows, chunked=False, shift=1)
-        return self.model.mtp_forward(tok, hid, step, self.runner.cache)
+        step = Step.build([s.slot for s in seqs], starts, lens, self.model.device, self.runner.rows, chunked=False, shift=1)
+        out = self.model.mtp_forward(tok, hid, step, self.runner.cache)
+        return out[torch.arange(len(seqs)), torch.tensor(lens) - 1]
+
+    def _logits(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Draft logits [B, V] (and their argmax, on CPU) for hidden states [B, D]."""
+        if not self.runner.native:
+            return self.model.mtp_logits(hidden), None
+        buf, B = self.runner.buf, hidden.shape[0]
+        buf.rows.t[0] = B
+        buf.hidden[:B] = hidden
+        self.head.run()
+        return buf.logits[:B], buf.ids[:B].clone()
 
     # ---- drafting ----------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -111,11 +137,11 @@ class MTPDrafter:
             return Proposal(drafts, [None] * len(seqs), 0)
         self._flush([seqs[i] for i in active])
         hidden = self.last_mtp_hidden[[seqs[i].slot for i in active]]
-        logits = self.model.mtp_logits(hidden)
+        logits, ids = self._logits(hidden)
         steps = 1
         while True:
             still, rows = [], []
-            picks = self._picks(logits, [seqs[i] for i in active], [drafts[i] for i in active], generators)
+            picks = self._picks(logits, ids, [seqs[i] for i in active], [drafts[i] for i in active], generators)
             for r, (i, (tok, q, confidence)) in enumerate(zip(active, picks)):
                 seq = seqs[i]
                 if confidence < seq.spec.p_min:
@@ -129,8 +155,8 @@ class MTPDrafter:
                 break
             sub = [seqs[i] for i in still]
             positions = [self.positions[s.slot] + len(drafts[i]) for s, i in zip(sub, still)]
-            hidden = self._forward(sub, positions, [[drafts[i][-1]] for i in still], [h[None] for h in hidden[rows]])[:, 0]
-            logits = self.model.mtp_logits(hidden)
+            hidden = self._forward(sub, positions, [[drafts[i][-1]] for i in still], [h[None] for h in hidden[rows]])
+            logits, ids = self._logits(hidden)
             active = still
             steps += 1
         for i, seq in enumerate(seqs):
@@ -140,10 +166,12 @@ class MTPDrafter:
         return Proposal(drafts, q, steps)
 
     @staticmethod
-    def _picks(logits: torch.Tensor, seqs: list[Sequence], so_far: list[list[int]], generators: dict):
+    def _picks(logits: torch.Tensor, ids: torch.Tensor | None, seqs: list[Sequence], so_far: list[list[int]],
+               generators: dict):
         """Per row: (token, its draft distribution or None if one-hot, confidence for --draft-p-min)."""
         if all(s.params.greedy and not s.params.has_penalties and s.spec.p_min == 0 for s in seqs):
-            return [(t, None, 1.0) for t in logits.argmax(-1).tolist()]     # one sync for the batch
+            best = ids if ids is not None else logits.argmax(-1)
+            return [(t, None, 1.0) for t in best.tolist()]     # one sync for the batch
         out = []
         for r, (seq, drafted) in enumerate(zip(seqs, so_far)):
             history = seq.tokens + drafted

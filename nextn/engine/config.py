@@ -22,7 +22,8 @@ class EngineConfig:
     prefill_chunk: int = 512
     device: str | None = None
     dtype: str | None = None
-    cpu_matmul: str | None = None     # CPU weight layout "dual" | "onednn" | "blas"; default by MTP use
+    threads: int | None = None        # CPU threads (kernels and torch); None: one per core
+    compile: bool = True              # False: run the native ops one by one instead of replaying a plan
     progress: bool = True
 
     def __post_init__(self):
@@ -35,6 +36,8 @@ class EngineConfig:
                              f"(got {self.draft_max} and {self.draft_min})")
         if not 0 <= self.draft_p_min < 1:
             raise NextnError(f"--draft-p-min must be in [0, 1) (got {self.draft_p_min})")
+        if self.threads is not None and not 1 <= self.threads <= 1024:
+            raise NextnError(f"--threads must be in [1, 1024] (got {self.threads})")
 
     @property
     def use_mtp(self) -> bool:
@@ -53,9 +56,10 @@ class EngineConfig:
         p.add_argument("-c", "--ctx-size", type=int, default=4096)
         p.add_argument("--prefill-chunk", type=int, default=512)
         p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-        p.add_argument("--dtype", default=None, choices=["f32", "f16", "bf16"])
-        p.add_argument("--cpu-matmul", default=None, choices=["dual", "onednn", "blas"],
-                       help="CPU weight layout: dual (BLAS + oneDNN, default with MTP), onednn or blas (half the memory)")
+        p.add_argument("--dtype", default=None, choices=["f32", "f16", "bf16"], help="CUDA compute type (default bf16)")
+        p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: one per core)")
+        p.add_argument("--no-compile", dest="compile", action="store_false",
+                       help="run the decode step op by op instead of replaying its recorded plan (same tokens)")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, **override) -> "EngineConfig":

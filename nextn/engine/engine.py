@@ -60,8 +60,10 @@ class Engine:
         self.config = config = config or EngineConfig(**kwargs)
         self.model_config, self.model, self.tokenizer, self.file = loaded or self.load(config)
         self.model_name = self.file.path.stem
-        self.runner = ModelRunner(self.model, config.n_parallel, config.ctx_size, use_mtp=config.use_mtp)
-        self.drafter = MTPDrafter(self.runner) if self.use_mtp else None
+        self.runner = ModelRunner(self.model, config.n_parallel, config.ctx_size, use_mtp=config.use_mtp,
+                                  max_draft=config.draft_max if config.use_mtp else 0, compile=config.compile,
+                                  threads=config.threads)
+        self.drafter = MTPDrafter(self.runner, compile=config.compile) if self.use_mtp else None
         self.scheduler = Scheduler(config.n_parallel, config.prefill_chunk)
         self.tuner = tuner or KTuner(config.draft_max if self.use_mtp else 0, config.draft_min)
         self.stats = SpecStats()      # cumulative over all requests, updated every step
@@ -72,15 +74,15 @@ class Engine:
     def load(config: EngineConfig):
         """(model config, model, tokenizer, trunk file) for this configuration."""
         return loader.load(config.model, mtp_path=config.mtp_model, use_mtp=config.use_mtp, device=config.device,
-                           dtype=config.dtype, progress=config.progress, matmul=config.cpu_matmul)
+                           dtype=config.dtype, progress=config.progress)
 
     @property
     def use_mtp(self) -> bool:
         return self.runner.use_mtp
 
     def memory_bytes(self) -> int:
-        """Weights (in their in-memory layout) plus the preallocated caches."""
-        return self.model.nbytes() + self.runner.cache.nbytes()
+        """Weights as held in memory plus the preallocated caches and decode buffers."""
+        return self.model.nbytes() + self.runner.state_nbytes()
 
     @property
     def device_is_cuda(self) -> bool:

@@ -1,14 +1,19 @@
 """ModelRunner: the only place in the engine that turns scheduled sequences into tensors and runs the trunk.
 
-It owns the cache and each slot's last trunk hidden state. Prefill runs prompt chunks; `verify`
-runs each sequence's last token plus its drafts in one forward and returns, per sequence, the
-decision each row asks for (sampling.target); `commit` keeps what the acceptance rule kept.
+It owns the cache and each slot's last trunk hidden state. Prefill runs prompt chunks through the
+torch forward; `verify` runs each sequence's last token plus its drafts in one forward and returns,
+per sequence, the decision each row asks for (sampling.target); `commit` keeps what the acceptance
+rule kept. On CPU, verify and commit run the native decode forward: its plan is recorded on first
+use and replayed in one call per step (`compile=False`: op by op, the same kernels).
 """
 
 from __future__ import annotations
 
 import torch
 
+from ..kernels import native
+from ..kernels.native import Graph
+from ..models.buffers import Buffers
 from ..models.cache import Cache
 from ..models.model import Model
 from ..models.step import Step
@@ -19,16 +24,33 @@ SLACK = 16          # cache rows past the context limit, for draft tokens that m
 
 
 class ModelRunner:
-    def __init__(self, model: Model, n_slots: int, max_len: int, use_mtp: bool):
+    def __init__(self, model: Model, n_slots: int, max_len: int, use_mtp: bool, max_draft: int = 0,
+                 compile: bool = True, threads: int | None = None):
         self.model, self.cfg, self.device = model, model.cfg, model.device
+        native.set_threads(threads or native.default_threads())
+        torch.set_num_threads(native.threads())
         self.use_mtp = use_mtp and model.use_mtp
+        self.native = self.device.type == "cpu"
         self.rows = max_len + SLACK
-        self.cache = Cache.allocate(model.cfg, n_slots, self.rows, model.dtype, model.device, self.use_mtp)
+        self.max_step_rows = n_slots * (max_draft + 1)
+        self.cache = Cache.allocate(model.cfg, n_slots, self.rows, model.dtype, model.device, self.use_mtp,
+                                    rollback=self.native and max_draft > 0)
         self.last_hidden = torch.zeros(n_slots, model.cfg.n_embd, dtype=model.dtype, device=model.device)
-        self.hidden: torch.Tensor | None = None      # [B, T, D] of the last prefill or verify forward
+        self.hidden: torch.Tensor | None = None      # torch path: [B, T, D] of the last forward
+        self.row0: list[int] = []                    # native path: each sequence's first row in buf
+        if self.native:
+            self.buf = Buffers(model.cfg, model.layers, model.cfg.n_vocab, max(self.max_step_rows, n_slots), n_slots)
+            self.trunk = Graph(lambda: model.emit_trunk(self.cache, self.buf), compile)
+            self.rollback = Graph(lambda: model.emit_commit(self.cache, self.buf), compile)
 
     def start(self, seq: Sequence) -> None:
         self.cache.reset_slot(seq.slot)
+
+    def hidden_rows(self, b: int, n: int) -> torch.Tensor:
+        """The trunk hidden states (post-norm) of the first n rows of sequence b in the last forward."""
+        if self.hidden is not None:
+            return self.hidden[b, :n]
+        return self.buf.hidden[self.row0[b]:self.row0[b] + n]
 
     @torch.inference_mode()
     def prefill(self, seqs: list[Sequence], ns: list[int], generators: dict) -> list[int | None]:
@@ -57,20 +79,56 @@ class ModelRunner:
         """One trunk forward of each sequence's last token + drafts, all in one batch. Returns per
         sequence the `target` of each of its rows; recurrent states wait for `commit`."""
         inputs = [[s.last_token] + d for s, d in zip(seqs, drafts)]
+        if self.native:
+            logits, ids = self._verify_native(seqs, inputs)
+        else:
+            logits = self._verify_torch(seqs, inputs)
+            ids = None
+        greedy = all(s.params.greedy and not s.params.has_penalties for s in seqs)
+        out, r = [], 0
+        for s, x, d in zip(seqs, inputs, drafts):
+            if greedy:
+                out.append(ids[r:r + len(x)] if ids is not None else logits[r:r + len(x)].argmax(-1).cpu())
+            else:
+                out.append(target(logits[r:r + len(x)], s.params, s.tokens, d))
+            r += len(x)
+        return out
+
+    def _verify_native(self, seqs, inputs):
+        lens = [len(x) for x in inputs]
+        n = self.buf.rows.fill([s.slot for s in seqs], [s.num_cached for s in seqs], lens)
+        self.buf.tokens[:n] = torch.tensor([t for x in inputs for t in x], dtype=torch.int32)
+        self.row0 = [sum(lens[:b]) for b in range(len(seqs))]
+        self.hidden = None
+        self.trunk.run()
+        return self.buf.logits[:n], self.buf.ids[:n].clone()
+
+    def _verify_torch(self, seqs, inputs):
         T = max(len(x) for x in inputs)
         tokens = torch.tensor([x + [0] * (T - len(x)) for x in inputs], device=self.device)
         step = Step.build([s.slot for s in seqs], [s.num_cached for s in seqs], [len(x) for x in inputs],
                           self.device, self.rows, chunked=False)
         self.hidden = self.model.forward(tokens, step, self.cache)
         logits = self.model.logits(self.hidden)
-        if all(s.params.greedy and not s.params.has_penalties for s in seqs):   # one argmax for the batch
-            ids = logits.argmax(-1).cpu()
-            return [ids[b, :len(x)] for b, x in enumerate(inputs)]
-        return [target(logits[b, :len(x)], s.params, s.tokens, d) for b, (s, x, d) in enumerate(zip(seqs, inputs, drafts))]
+        return torch.cat([logits[b, :len(x)] for b, x in enumerate(inputs)])
 
     def commit(self, seqs: list[Sequence], keep: list[int]) -> None:
         """Keep keep[b] of the verified inputs: roll recurrent state to that point, advance the KV length."""
-        self.cache.commit(keep)
+        if self.native:
+            rows = self.buf.rows
+            if any(k < n for k, n in zip(keep, rows.seq_len[:len(seqs)].tolist())) and self.cfg.recurrent_layers:
+                rows.seq_keep[:len(seqs)] = torch.tensor(keep, dtype=torch.int32)
+                self.rollback.run()
+        else:
+            self.cache.commit(keep)
         for b, (seq, n) in enumerate(zip(seqs, keep)):
             seq.num_cached += n
-            self.last_hidden[seq.slot] = self.hidden[b, n - 1]
+            self.last_hidden[seq.slot] = self.hidden_rows(b, n)[n - 1]
+
+    def state_nbytes(self) -> int:
+        """Caches plus the native decode buffers."""
+        return self.cache.nbytes() + (self.buf.nbytes() if self.native else 0)
+
+    @property
+    def capture_seconds(self) -> float:
+        return self.trunk.capture_seconds + self.rollback.capture_seconds if self.native else 0.0

@@ -1,9 +1,10 @@
 """Per-slot state allocated once: a position-indexed KV cache for attention blocks (the MTP block's
-included) and conv + recurrent state for Gated DeltaNet blocks, with per-token snapshots for rollback.
+included) and conv + recurrent state for Gated DeltaNet blocks.
 
 Rolling back attention is free (the caller just keeps a shorter length). Recurrent state cannot be
-truncated, so a short forward keeps the state after every one of its tokens and `commit` installs
-the one for the number of tokens actually kept.
+truncated: the torch path keeps the state after every token of a short forward and `commit`
+installs the one for the number of tokens kept; the native path saves the state before the step
+(`conv_backup`, `ssm_backup`, allocated when speculating) and replays the kept tokens.
 """
 
 from __future__ import annotations
@@ -32,17 +33,25 @@ class Cache:
     conv: dict[int, torch.Tensor] = field(default_factory=dict)
     ssm: dict[int, torch.Tensor] = field(default_factory=dict)
     pending: dict[int, PendingState] = field(default_factory=dict)
+    conv_backup: dict[int, torch.Tensor] = field(default_factory=dict)
+    ssm_backup: dict[int, torch.Tensor] = field(default_factory=dict)
 
     @classmethod
-    def allocate(cls, cfg: ModelConfig, n_slots: int, max_len: int, dtype, device, use_mtp: bool) -> "Cache":
+    def allocate(cls, cfg: ModelConfig, n_slots: int, max_len: int, dtype, device, use_mtp: bool,
+                 rollback: bool = False) -> "Cache":
+        """rollback: also the native path's saved states (only needed when speculating)."""
         cache = cls(cfg, n_slots, max_len)
         n_blocks = cfg.n_layer + (cfg.n_mtp if use_mtp else 0)
         for il in range(n_blocks):
             if cfg.recurrent[il]:
                 conv_dim = 2 * cfg.ssm_n_k_heads * cfg.ssm_head_k_dim + cfg.ssm_inner
-                cache.conv[il] = torch.zeros(n_slots, conv_dim, cfg.ssm_conv_kernel - 1, dtype=dtype, device=device)
-                cache.ssm[il] = torch.zeros(n_slots, cfg.ssm_n_v_heads, cfg.ssm_head_k_dim, cfg.ssm_head_v_dim,
-                                            dtype=torch.float32, device=device)
+                conv = (n_slots, conv_dim, cfg.ssm_conv_kernel - 1)
+                ssm = (n_slots, cfg.ssm_n_v_heads, cfg.ssm_head_k_dim, cfg.ssm_head_v_dim)
+                cache.conv[il] = torch.zeros(conv, dtype=dtype, device=device)
+                cache.ssm[il] = torch.zeros(ssm, dtype=torch.float32, device=device)
+                if rollback:
+                    cache.conv_backup[il] = torch.zeros(conv, dtype=dtype, device=device)
+                    cache.ssm_backup[il] = torch.zeros(ssm, dtype=torch.float32, device=device)
             else:
                 shape = (n_slots, max_len, cfg.n_head_kv, cfg.head_dim)
                 cache.k[il] = torch.zeros(shape, dtype=dtype, device=device)
@@ -50,7 +59,8 @@ class Cache:
         return cache
 
     def nbytes(self) -> int:
-        tensors = [*self.k.values(), *self.v.values(), *self.conv.values(), *self.ssm.values()]
+        tensors = [*self.k.values(), *self.v.values(), *self.conv.values(), *self.ssm.values(),
+                   *self.conv_backup.values(), *self.ssm_backup.values()]
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def reset_slot(self, slot: int) -> None:

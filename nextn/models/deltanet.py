@@ -1,8 +1,10 @@
 """Gated DeltaNet (Qwen3.5 / Qwen3-Next linear-attention blocks): causal conv1d + gated delta rule.
 
-One closed-form routine handles a chunk of up to `CHUNK` tokens. Short forwards (decode, draft
-verification) use it once and keep the recurrent state after every token, so a partially accepted
-draft is rolled back by picking a snapshot; prefill walks the prompt chunk by chunk.
+Torch form: one closed-form routine handles a chunk of up to `CHUNK` tokens; prefill walks the prompt
+chunk by chunk, and short forwards (CUDA decode, draft verification) keep the state after every token
+so a partially accepted draft is rolled back by picking a snapshot. Native form (CPU decode): the
+recurrence token by token in the kernel, which saves what rolling back needs and replays the kept
+tokens from the state before the step on `commit`.
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..kernels import ops
 from .cache import Cache, PendingState
 from .config import ModelConfig
-from ..kernels.layout import has, project_split
 from .layers import l2_norm, linear, rms_norm
 from .step import Step
 
@@ -86,7 +88,7 @@ def gated_deltanet(x: torch.Tensor, w: dict, cfg: ModelConfig, step: Step, cache
 
     out = heads.merge(out)                                                         # [B, T, hv, dv]
     out = rms_norm(out, w["ssm_norm.weight"], cfg.rms_eps) * F.silu(z.float().view(B, T, hv, dv))
-    return linear(out.reshape(B, T, hv * dv).to(x.dtype), w, "ssm_out")
+    return linear(out.reshape(B, T, hv * dv).to(x.dtype), w["ssm_out.weight"])
 
 
 class _Heads:
@@ -132,16 +134,38 @@ def causal_conv(buf: torch.Tensor, weight: torch.Tensor, T: int) -> torch.Tensor
 
 
 def _projections(x: torch.Tensor, w: dict, cfg: ModelConfig):
-    """(qkv [B,T,C], z [B,T,hv*dv], beta-logits [B,T,hv], alpha [B,T,hv]) for either weight layout."""
-    if has(w, "ssm_in"):
-        return project_split(x, w, "ssm_in")
-    if has(w, "ssm_in_ba"):
-        qkv, z, ba = project_split(x, w, "ssm_in_ba")
-    elif "ssm_ba.weight" in w:
-        qkv, z, ba = linear(x, w, "attn_qkv"), linear(x, w, "attn_gate"), linear(x, w, "ssm_ba")
-    else:
-        return linear(x, w, "attn_qkv"), linear(x, w, "attn_gate"), linear(x, w, "ssm_beta"), linear(x, w, "ssm_alpha")
+    """(qkv [B,T,C], z [B,T,hv*dv], beta-logits [B,T,hv], alpha [B,T,hv])."""
+    qkv, z = linear(x, w["attn_qkv.weight"]), linear(x, w["attn_gate.weight"])
+    if "ssm_ba.weight" not in w:
+        return qkv, z, linear(x, w["ssm_beta.weight"]), linear(x, w["ssm_alpha.weight"])
     B, T, _ = x.shape   # Qwen3-Next: beta and alpha interleaved per K-head group [b (r) | a (r)]
     r = cfg.ssm_n_v_heads // cfg.ssm_n_k_heads
-    ba = ba.reshape(B, T, cfg.ssm_n_k_heads, 2 * r)
+    ba = linear(x, w["ssm_ba.weight"]).reshape(B, T, cfg.ssm_n_k_heads, 2 * r)
     return qkv, z, ba[..., :r].reshape(B, T, -1), ba[..., r:].reshape(B, T, -1)
+
+
+def deltanet_native(w: dict, cfg: ModelConfig, cache: Cache, il: int, x: torch.Tensor, out: torch.Tensor, buf,
+                    rows, save: bool, commit: bool = False) -> None:
+    """The same on the decode buffers, a few tokens per sequence. With `save`, the state before the step
+    and each token's inputs are kept, and `commit=True` later keeps the state after rows.seq_keep tokens."""
+    hk, hv, dk, dv = cfg.ssm_n_k_heads, cfg.ssm_n_v_heads, cfg.ssm_head_k_dim, cfg.ssm_head_v_dim
+    conv_dim = 2 * hk * dk + hv * dv
+    qkv, z, dn = buf.qkv[:, :conv_dim], buf.z[:, :hv * dv], buf.dn[:, :hv * dv]
+    grouped = "ssm_ba.weight" in w
+    b = buf.ba[:, :2 * hv] if grouped else buf.ba[:, :hv]
+    alpha = None if grouped else buf.ba[:, hv:2 * hv]
+    if not commit:
+        ops.matmul(x, w["attn_qkv.weight"], qkv, rows)
+        ops.matmul(x, w["attn_gate.weight"], z, rows)
+        if grouped:
+            ops.matmul(x, w["ssm_ba.weight"], b, rows)
+        else:
+            ops.matmul(x, w["ssm_beta.weight"], b, rows)
+            ops.matmul(x, w["ssm_alpha.weight"], alpha, rows)
+    ops.deltanet(qkv=qkv, z=z, b=b, alpha=alpha, conv_state=cache.conv[il], conv_w=w["ssm_conv1d.weight"], ssm=cache.ssm[il],
+                 A=w["ssm_a"], dt_bias=w["ssm_dt.bias"], norm_w=w["ssm_norm.weight"], out=dn, hk=hk, hv=hv, dk=dk, dv=dv,
+                 kernel=cfg.ssm_conv_kernel, v_tiled=cfg.ssm_v_tiled, ba_grouped=grouped, save=save,
+                 conv_backup=cache.conv_backup.get(il), ssm_backup=cache.ssm_backup.get(il), rowbuf=buf.rowbuf[il],
+                 rows=rows, eps=cfg.rms_eps, commit=commit)
+    if not commit:
+        ops.matmul(dn, w["ssm_out.weight"], out, rows)

@@ -66,27 +66,19 @@ def pick_device(device: str | None) -> torch.device:
 
 
 def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    """CPU: float32 activations over the weights as they are in the file; CUDA: --dtype (bf16 default)."""
+    if device.type == "cpu":
+        if dtype not in (None, "f32"):
+            raise NextnError(f"--dtype {dtype}: on CPU nextn computes in float32 over the GGUF weights as stored "
+                             f"(--dtype chooses the CUDA compute type)")
+        return torch.float32
     if dtype:
         return {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[dtype]
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
-
-
-def pick_layout(matmul: str | None, device: torch.device, dtype: torch.dtype, use_mtp: bool) -> str:
-    """Weight layout (kernels/layout.py). Default on CPU float32: "dual" when speculating (BLAS for
-    one-row products, oneDNN for verification batches), plain "blas" otherwise."""
-    from ..kernels.layout import onednn_available
-
-    if device.type != "cpu" or dtype != torch.float32 or matmul == "blas":
-        return "blas"
-    if not onednn_available():
-        if matmul in ("onednn", "dual"):
-            raise NextnError(f"--cpu-matmul {matmul}: this PyTorch build has no oneDNN linear kernels")
-        return "blas"
-    return matmul or ("dual" if use_mtp else "blas")
+    return torch.bfloat16
 
 
 def load(model_path: str | Path | None = None, *, mtp_path: str | Path | None = None, use_mtp: bool = False,
-         device: str | None = None, dtype: str | None = None, progress: bool = True, matmul: str | None = None):
+         device: str | None = None, dtype: str | None = None, progress: bool = True):
     """Open, check and load a model. Returns (model config, model, tokenizer, trunk file)."""
     trunk = open_trunk(model_path or default_model())
     cfg = ModelConfig.from_gguf(trunk)
@@ -95,6 +87,5 @@ def load(model_path: str | Path | None = None, *, mtp_path: str | Path | None = 
         cfg = cfg.with_mtp_blocks((head or trunk).n_mtp)
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
-    model = Model.load(trunk, cfg, head=head, use_mtp=use_mtp, device=dev, dtype=dt, progress=progress,
-                       layout=pick_layout(matmul, dev, dt, use_mtp))
+    model = Model.load(trunk, cfg, head=head, use_mtp=use_mtp, device=dev, dtype=dt, progress=progress)
     return cfg, model, Tokenizer.from_gguf(trunk), trunk

@@ -1,7 +1,11 @@
 """The network: trunk forward (hybrid or attention-only decoder stack) and the MTP (NextN) head forward.
 
-Weights live in plain dicts keyed by their GGUF names, one dict per block, so the code reads
-like the file it was loaded from.
+Weights live in plain dicts keyed by their GGUF names, one dict per block, so the code reads like the
+file. On CPU every weight stays in its GGUF type, memory-mapped from the file (kernels.weights); on
+CUDA weights are dequantized at load. Two forms of the forward:
+- torch (`forward`, `mtp_forward`): prefill chunks, the MTP head's catch-up on long queues, and CUDA;
+- native (`emit_trunk`, `emit_commit`, `emit_mtp_block`, `emit_mtp_head`): a few tokens per sequence on
+  the CPU kernels, over static buffers, emitted as ops that a plan records once and replays every step.
 """
 
 from __future__ import annotations
@@ -12,13 +16,15 @@ from tqdm import tqdm
 
 from ..errors import ModelFileError
 from ..gguf.reader import GGUFFile, block_index
-from ..kernels.dequant import tensor_to_torch
-from ..kernels.layout import fuse_block, project
-from .attention import attention
+from ..kernels import ops
+from ..kernels.weights import QWeight, from_gguf
+from .attention import attention, attention_native
+from .buffers import Buffers
 from .cache import Cache
 from .config import ModelConfig
-from .deltanet import gated_deltanet
-from .layers import ffn, linear, rms_norm, rope_tables
+from .deltanet import deltanet_native, gated_deltanet
+from .layers import dense_ffn, linear, rms_norm, rope_tables, swiglu_native
+from .moe import moe_ffn, moe_native
 from .step import Step
 
 ATTN_REQUIRED = ("attn_norm.weight", "attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight",
@@ -26,34 +32,34 @@ ATTN_REQUIRED = ("attn_norm.weight", "attn_q.weight", "attn_k.weight", "attn_v.w
 RECURRENT_REQUIRED = ("attn_norm.weight", "attn_qkv.weight", "attn_gate.weight", "ssm_conv1d.weight", "ssm_dt.bias",
                       "ssm_a", "ssm_norm.weight", "ssm_out.weight", "post_attention_norm.weight")
 MTP_REQUIRED = ("nextn.eh_proj.weight", "nextn.enorm.weight", "nextn.hnorm.weight")
+DENSE = ("ssm_conv1d.weight",)       # read elementwise by the kernels, never multiplied: plain float tensors
 
 
 class Model:
-    def __init__(self, cfg: ModelConfig, globals_: dict, layers: list[dict], device, dtype, layout: str = "blas"):
+    def __init__(self, cfg: ModelConfig, globals_: dict, layers: list[dict], device, dtype):
         self.cfg, self.device, self.dtype = cfg, torch.device(device), dtype
         self.tok_embd = globals_["token_embd.weight"]
         self.output_norm = globals_["output_norm.weight"]
-        # an untied output head gets the fast layout of fuse.py; a tied head stays shared with the embedding
-        self.head = {"output.weight": globals_["output.weight"]} if "output.weight" in globals_ else {}
-        fuse_block(self.head, layout, transpose=("output",))
-        self.layers = [fuse_block(w, layout) for w in layers]
+        self.head = globals_.get("output.weight", self.tok_embd)     # tied: the head is the embedding
+        self.layers = layers
         self.use_mtp = len(layers) > cfg.n_layer
 
     # ---- loading -------------------------------------------------------------------------------
     @classmethod
     def load(cls, gf: GGUFFile, cfg: ModelConfig, *, head: GGUFFile | None = None, use_mtp: bool = False,
-             device="cpu", dtype=torch.float32, progress: bool = True, layout: str = "blas") -> "Model":
+             device="cpu", dtype=torch.float32, progress: bool = True) -> "Model":
         plan = [(gf, n) for n in ("token_embd.weight", "output_norm.weight", "output.weight") if n in gf.tensors]
         plan += [(gf, n) for n in gf.tensors if block_index(n) is not None and block_index(n) < cfg.n_layer]
         if use_mtp:
             src = head or gf
             plan += [(src, n) for n in src.tensors if block_index(n) is not None and block_index(n) >= cfg.n_layer]
-        total = sum(src.tensors[n].n_bytes for src, n in plan)
+        device = torch.device(device)
         globals_, blocks = {}, [dict() for _ in range(cfg.n_layer + (cfg.n_mtp if use_mtp else 0))]
+        total = sum(src.tensors[n].n_bytes for src, n in plan)
         with tqdm(total=total, unit="B", unit_scale=True, desc=f"loading {gf.path.name}", disable=not progress,
                   leave=False) as bar:
             for src, name in plan:
-                t = tensor_to_torch(src.tensor(name), dtype, src.path).to(device)
+                t = _place(from_gguf(src.tensor(name), src.path), name, device, dtype)
                 il = block_index(name)
                 if il is None:
                     globals_[name] = t
@@ -65,32 +71,48 @@ class Model:
                 raise ModelFileError(f"{gf.path}: tensor '{name}' is missing")
         for il, w in enumerate(blocks):
             _check_block(head if (head is not None and il >= cfg.n_layer) else gf, cfg, il, w)
-        return cls(cfg, globals_, blocks, device, dtype, layout)
+        return cls(cfg, globals_, blocks, device, dtype)
 
-    # ---- forward -------------------------------------------------------------------------------
+    def nbytes(self) -> int:
+        seen, total = set(), 0
+        for t in [self.tok_embd, self.output_norm, self.head, *(t for w in self.layers for t in w.values())]:
+            data = t.data if isinstance(t, QWeight) else t
+            if data.data_ptr() not in seen:
+                seen.add(data.data_ptr())
+                total += data.numel() * data.element_size()
+        return total
+
+    # ---- torch forward ---------------------------------------------------------------------------
     def block(self, il: int, x: torch.Tensor, step: Step, cache: Cache) -> torch.Tensor:
         w, cfg = self.layers[il], self.cfg
         h = rms_norm(x, w["attn_norm.weight"], cfg.rms_eps)
         mixer = gated_deltanet if cfg.recurrent[il] else attention
         x = x + mixer(h, w, cfg, step, cache, il)
-        return x + ffn(rms_norm(x, w["post_attention_norm.weight"], cfg.rms_eps), w, cfg)
+        h = rms_norm(x, w["post_attention_norm.weight"], cfg.rms_eps)
+        return x + (moe_ffn(h, w, cfg) if "ffn_gate_inp.weight" in w else dense_ffn(h, w))
 
     def _prepare(self, step: Step) -> None:
         if step.rope is None:
             step.rope = rope_tables(step.positions, self.cfg.n_rot, self.cfg.rope_theta, self.dtype)
 
+    def embed(self, tokens: torch.Tensor, table) -> torch.Tensor:
+        if isinstance(table, QWeight):
+            rows = tokens.flatten().to(torch.int32).contiguous()
+            out = torch.empty(rows.numel(), table.K, dtype=torch.float32)
+            ops.embed(rows, table, out, rows.numel())
+            return out.reshape(*tokens.shape, table.K)
+        return F.embedding(tokens, table)
+
     def forward(self, tokens: torch.Tensor, step: Step, cache: Cache) -> torch.Tensor:
         """Trunk forward of tokens [B, T]; returns hidden states AFTER the final norm, [B, T, D]."""
         self._prepare(step)
-        x = F.embedding(tokens, self.tok_embd)
+        x = self.embed(tokens, self.tok_embd)
         for il in range(self.cfg.n_layer):
             x = self.block(il, x, step, cache)
         return rms_norm(x, self.output_norm, self.cfg.rms_eps)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        if self.head:
-            return project(hidden, self.head, "output").float()
-        return F.linear(hidden, self.tok_embd).float()   # tied: the head is the embedding
+        return linear(hidden, self.head).float()
 
     def score(self, tokens: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
         """Trunk logits after every position of one sequence [1, T], prefilled in chunks into a cache of
@@ -108,27 +130,77 @@ class Model:
         il = self.cfg.n_layer + i
         w = self.layers[il]
         self._prepare(step)
-        e = F.embedding(tokens, w.get("nextn.embed_tokens.weight", self.tok_embd))
+        e = self.embed(tokens, w.get("nextn.embed_tokens.weight", self.tok_embd))
         eps = self.cfg.rms_eps
         u = linear(torch.cat((rms_norm(e, w["nextn.enorm.weight"], eps), rms_norm(hidden, w["nextn.hnorm.weight"], eps)), -1),
-                   w, "nextn.eh_proj")
+                   w["nextn.eh_proj.weight"])
         u = self.block(il, u, step, cache)
         return rms_norm(u, w.get("nextn.shared_head_norm.weight", self.output_norm), eps)
 
     def mtp_logits(self, g: torch.Tensor, i: int = 0) -> torch.Tensor:
         w = self.layers[self.cfg.n_layer + i]
-        if "nextn.shared_head_head.weight" in w:
-            return F.linear(g, w["nextn.shared_head_head.weight"]).float()
-        return self.logits(g)
+        return linear(g, w.get("nextn.shared_head_head.weight", self.head)).float()
 
-    def nbytes(self) -> int:
-        seen, total = set(), 0
-        tensors = [self.tok_embd, self.output_norm, *self.head.values(), *(t for w in self.layers for t in w.values())]
-        for t in tensors:
-            if isinstance(t, torch.Tensor) and id(t) not in seen:
-                seen.add(id(t))
-                total += t.numel() * 4 if t.is_mkldnn else t.numel() * t.element_size()
-        return total
+    # ---- native decode forward ------------------------------------------------------------------
+    def _block_native(self, il: int, cache: Cache, buf: Buffers, save: bool, shift: int = 0) -> None:
+        w, cfg, rows = self.layers[il], self.cfg, buf.rows
+        ops.rmsnorm(buf.x, w["attn_norm.weight"], buf.h, cfg.rms_eps, rows)
+        if cfg.recurrent[il]:
+            deltanet_native(w, cfg, cache, il, buf.h, buf.mix, buf, rows, save)
+        else:
+            attention_native(w, cfg, cache, il, buf.h, buf.mix, buf, rows, shift)
+        ops.add(buf.x, buf.mix, buf.x, rows)
+        ops.rmsnorm(buf.x, w["post_attention_norm.weight"], buf.h, cfg.rms_eps, rows)
+        if "ffn_gate_inp.weight" in w:
+            moe_native(w, cfg, buf.h, buf.mix, buf, rows)
+        else:
+            swiglu_native(w, "", buf.h, buf.mix, buf, rows)
+        ops.add(buf.x, buf.mix, buf.x, rows)
+
+    def emit_trunk(self, cache: Cache, buf: Buffers) -> None:
+        """buf.tokens at the rows of buf.rows -> buf.hidden (post-norm), buf.logits, buf.ids (argmax)."""
+        rows = buf.rows
+        ops.embed(buf.tokens, self.tok_embd, buf.x, rows)
+        for il in range(self.cfg.n_layer):
+            self._block_native(il, cache, buf, save=bool(cache.ssm_backup))
+        ops.rmsnorm(buf.x, self.output_norm, buf.hidden, self.cfg.rms_eps, rows)
+        ops.matmul(buf.hidden, self.head, buf.logits, rows)
+        ops.argmax(buf.logits, buf.ids, rows)
+
+    def emit_commit(self, cache: Cache, buf: Buffers) -> None:
+        """Recurrent state after buf.rows.seq_keep of each sequence's rows of the last emit_trunk."""
+        for il in self.cfg.recurrent_layers:
+            if il < self.cfg.n_layer:
+                deltanet_native(self.layers[il], self.cfg, cache, il, buf.h, buf.mix, buf, buf.rows, True, commit=True)
+
+    def emit_mtp_block(self, cache: Cache, buf: Buffers, i: int = 0) -> None:
+        """MTP block i on pairs (buf.tokens, buf.mtp_in) at the rows of buf.rows (KV row = position - 1)
+        -> buf.hidden: the normed MTP hidden state g of each row."""
+        il, cfg = self.cfg.n_layer + i, self.cfg
+        w, rows, D = self.layers[il], buf.rows, cfg.n_embd
+        ops.embed(buf.tokens, w.get("nextn.embed_tokens.weight", self.tok_embd), buf.x, rows)
+        ops.rmsnorm(buf.x, w["nextn.enorm.weight"], buf.cat[:, :D], cfg.rms_eps, rows)
+        ops.rmsnorm(buf.mtp_in, w["nextn.hnorm.weight"], buf.cat[:, D:], cfg.rms_eps, rows)
+        ops.matmul(buf.cat, w["nextn.eh_proj.weight"], buf.x, rows)
+        self._block_native(il, cache, buf, save=False, shift=1)
+        ops.rmsnorm(buf.x, w.get("nextn.shared_head_norm.weight", self.output_norm), buf.hidden, cfg.rms_eps, rows)
+
+    def emit_mtp_head(self, buf: Buffers, i: int = 0) -> None:
+        """buf.hidden rows -> buf.logits and buf.ids through MTP block i's output head."""
+        w = self.layers[self.cfg.n_layer + i]
+        ops.matmul(buf.hidden, w.get("nextn.shared_head_head.weight", self.head), buf.logits, buf.rows)
+        ops.argmax(buf.logits, buf.ids, buf.rows)
+
+
+def _place(t, name: str, device: torch.device, dtype: torch.dtype):
+    """A loaded tensor where it is used: on CPU as in the file (kernel-read tensors made plain floats);
+    on CUDA dequantized to `dtype`."""
+    dense = name.endswith(DENSE) or device.type != "cpu"
+    if isinstance(t, QWeight) and dense:
+        t = t.data.view(torch.float32).reshape(t.shape) if t.qtype == 0 else t.dequantize().reshape(t.shape)
+    if device.type == "cpu":
+        return t
+    return t.to(device=device, dtype=dtype if t.dim() > 1 else torch.float32)
 
 
 def _check_block(gf: GGUFFile, cfg: ModelConfig, il: int, w: dict) -> None:

@@ -1,0 +1,122 @@
+// Vec: 16 float lanes, the one vector type every kernel is written in.
+//
+// Three implementations of the same arithmetic: AVX-512 (one zmm), AVX2 (two ymm) and plain C++
+// (16 floats). Every kernel accumulates in 16 lanes and reduces them with the same fixed tree
+// (`hsum`), and the build forbids contracting a*b+c into FMA behind our back (-ffp-contract=off),
+// so all three give bit-identical results: the ISA a machine has never changes a token.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(NX_AVX512) || defined(NX_AVX2)
+#include <immintrin.h>
+#endif
+
+namespace NX_NS {
+
+#if defined(NX_AVX512)
+struct Vec {
+    __m512 v;
+    static Vec zero() { return {_mm512_setzero_ps()}; }
+    static Vec set1(float x) { return {_mm512_set1_ps(x)}; }
+    static Vec two(float lo, float hi) { return {_mm512_insertf32x8(_mm512_set1_ps(lo), _mm256_set1_ps(hi), 1)}; }
+    static Vec load(const float* p) { return {_mm512_loadu_ps(p)}; }
+    void store(float* p) const { _mm512_storeu_ps(p, v); }
+    // 16 signed / unsigned bytes (or 16-bit values) widened to floats
+    static Vec from_i8(const int8_t* p) { return {_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)))}; }
+    static Vec from_u8x16(__m128i b) { return {_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b))}; }
+    static Vec from_i8x16(__m128i b) { return {_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b))}; }
+    static Vec from_f16(const uint16_t* p) { return {_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p))}; }
+    static Vec from_bf16(const uint16_t* p) {
+        __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p));
+        return {_mm512_castsi512_ps(_mm512_slli_epi32(w, 16))};
+    }
+};
+inline Vec operator+(Vec a, Vec b) { return {_mm512_add_ps(a.v, b.v)}; }
+inline Vec operator-(Vec a, Vec b) { return {_mm512_sub_ps(a.v, b.v)}; }
+inline Vec operator*(Vec a, Vec b) { return {_mm512_mul_ps(a.v, b.v)}; }
+inline Vec fma(Vec a, Vec b, Vec c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
+inline Vec vmax(Vec a, Vec b) { return {_mm512_max_ps(a.v, b.v)}; }
+inline void halves(Vec a, float* lo8, float* hi8) {
+    _mm256_storeu_ps(lo8, _mm512_castps512_ps256(a.v));
+    _mm256_storeu_ps(hi8, _mm512_extractf32x8_ps(a.v, 1));
+}
+#define NX_HAVE_SSE 1
+
+#elif defined(NX_AVX2)
+struct Vec {
+    __m256 lo, hi;
+    static Vec zero() { return {_mm256_setzero_ps(), _mm256_setzero_ps()}; }
+    static Vec set1(float x) { return {_mm256_set1_ps(x), _mm256_set1_ps(x)}; }
+    static Vec two(float lo, float hi) { return {_mm256_set1_ps(lo), _mm256_set1_ps(hi)}; }
+    static Vec load(const float* p) { return {_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
+    void store(float* p) const { _mm256_storeu_ps(p, lo); _mm256_storeu_ps(p + 8, hi); }
+    static Vec from_i8x16(__m128i b) {
+        return {_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8)))};
+    }
+    static Vec from_u8x16(__m128i b) {
+        return {_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b)), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(b, 8)))};
+    }
+    static Vec from_i8(const int8_t* p) { return from_i8x16(_mm_loadu_si128((const __m128i*)p)); }
+    static Vec from_f16(const uint16_t* p) {
+        return {_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(p + 8)))};
+    }
+    static Vec from_bf16(const uint16_t* p) {
+        __m256i a = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p));
+        __m256i b = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)(p + 8)));
+        return {_mm256_castsi256_ps(_mm256_slli_epi32(a, 16)), _mm256_castsi256_ps(_mm256_slli_epi32(b, 16))};
+    }
+};
+inline Vec operator+(Vec a, Vec b) { return {_mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi)}; }
+inline Vec operator-(Vec a, Vec b) { return {_mm256_sub_ps(a.lo, b.lo), _mm256_sub_ps(a.hi, b.hi)}; }
+inline Vec operator*(Vec a, Vec b) { return {_mm256_mul_ps(a.lo, b.lo), _mm256_mul_ps(a.hi, b.hi)}; }
+inline Vec fma(Vec a, Vec b, Vec c) { return {_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)}; }
+inline Vec vmax(Vec a, Vec b) { return {_mm256_max_ps(a.lo, b.lo), _mm256_max_ps(a.hi, b.hi)}; }
+inline void halves(Vec a, float* lo8, float* hi8) { _mm256_storeu_ps(lo8, a.lo); _mm256_storeu_ps(hi8, a.hi); }
+#define NX_HAVE_SSE 1
+
+#else
+struct Vec {
+    float x[16];
+    static Vec zero() { Vec r; for (int i = 0; i < 16; i++) r.x[i] = 0.f; return r; }
+    static Vec set1(float v) { Vec r; for (int i = 0; i < 16; i++) r.x[i] = v; return r; }
+    static Vec two(float lo, float hi) { Vec r; for (int i = 0; i < 16; i++) r.x[i] = i < 8 ? lo : hi; return r; }
+    static Vec load(const float* p) { Vec r; std::memcpy(r.x, p, sizeof r.x); return r; }
+    void store(float* p) const { std::memcpy(p, x, sizeof x); }
+    static Vec from_i8(const int8_t* p) { Vec r; for (int i = 0; i < 16; i++) r.x[i] = (float)p[i]; return r; }
+    static Vec from_f16(const uint16_t* p);
+    static Vec from_bf16(const uint16_t* p) {
+        Vec r;
+        for (int i = 0; i < 16; i++) { uint32_t u = (uint32_t)p[i] << 16; std::memcpy(&r.x[i], &u, 4); }
+        return r;
+    }
+};
+inline Vec operator+(Vec a, Vec b) { for (int i = 0; i < 16; i++) a.x[i] = a.x[i] + b.x[i]; return a; }
+inline Vec operator-(Vec a, Vec b) { for (int i = 0; i < 16; i++) a.x[i] = a.x[i] - b.x[i]; return a; }
+inline Vec operator*(Vec a, Vec b) { for (int i = 0; i < 16; i++) a.x[i] = a.x[i] * b.x[i]; return a; }
+inline Vec fma(Vec a, Vec b, Vec c) { for (int i = 0; i < 16; i++) c.x[i] = std::fma(a.x[i], b.x[i], c.x[i]); return c; }
+inline Vec vmax(Vec a, Vec b) { for (int i = 0; i < 16; i++) a.x[i] = a.x[i] > b.x[i] ? a.x[i] : b.x[i]; return a; }
+inline void halves(Vec a, float* lo8, float* hi8) { std::memcpy(lo8, a.x, 32); std::memcpy(hi8, a.x + 8, 32); }
+#endif
+
+// The one reduction order of 16 lanes: halves (i + 8), then quarters (i + 4), pairs (i + 2), last pair.
+inline float hsum(Vec a) {
+    float lo[8], hi[8];
+    halves(a, lo, hi);
+    float s8[8], s4[4];
+    for (int i = 0; i < 8; i++) s8[i] = lo[i] + hi[i];
+    for (int i = 0; i < 4; i++) s4[i] = s8[i] + s8[i + 4];
+    float s0 = s4[0] + s4[2], s1 = s4[1] + s4[3];
+    return s0 + s1;
+}
+
+inline float hmax(Vec a) {
+    float lo[8], hi[8];
+    halves(a, lo, hi);
+    float m = lo[0];
+    for (int i = 0; i < 8; i++) { m = lo[i] > m ? lo[i] : m; m = hi[i] > m ? hi[i] : m; }
+    return m;
+}
+
+}  // namespace NX_NS

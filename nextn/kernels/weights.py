@@ -1,0 +1,104 @@
+"""A weight kept in its GGUF type: the file's bytes (memory-mapped, never copied) and what to do with them.
+
+Model code calls `linear` and never knows the format. On CPU a product of a few rows (decode, MTP
+drafts, verification) runs the native kernel straight from the quantized bytes; a product of many
+rows (prefill) dequantizes tiles of the weight and hands them to torch's GEMM. Dequantization is the
+native kernel's, equal bit for bit to gguf-py's reference.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q
+
+from ..errors import ModelFileError
+from . import native
+
+SUPPORTED = (Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K,
+             Q.IQ4_NL, Q.IQ4_XS)
+FEW_ROWS = 16          # products of up to this many rows use the native kernel, more use tiles + GEMM
+TILE_BYTES = 8 << 20   # float32 bytes of one dequantized tile
+
+
+@dataclass
+class QWeight:
+    """Rows of a GGUF matrix (or a stack of them, experts first): `data` is [..., N, row_bytes] uint8."""
+
+    data: torch.Tensor
+    qtype: Q
+    shape: tuple[int, ...]      # logical shape, row-major: (N, K) or (E, N, K)
+
+    @property
+    def K(self) -> int:
+        return self.shape[-1]
+
+    @property
+    def N(self) -> int:
+        return self.shape[-2]
+
+    @property
+    def row_bytes(self) -> int:
+        return self.data.shape[-1]
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.numel()
+
+    def expert(self, e: int) -> "QWeight":
+        return QWeight(self.data[e], self.qtype, self.shape[1:])
+
+    def dequantize(self, rows: slice | None = None) -> torch.Tensor:
+        """Float32 rows [n, K] (all of them by default), bit for bit gguf-py's dequantization."""
+        start, stop, _ = (rows or slice(None)).indices(self.N)
+        out = torch.empty(stop - start, self.K, dtype=torch.float32)
+        native.run("dequant", [native.p(self.data), int(self.qtype), self.row_bytes, self.K, start, stop, native.p(out)])
+        return out
+
+    def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """x [..., K] @ W^T (+ bias): the native kernel for few rows, dequantized tiles + GEMM for many."""
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.K).float().contiguous()
+        M = x2.shape[0]
+        if M <= FEW_ROWS:
+            y = torch.empty(M, self.N, dtype=torch.float32)
+            native.run("matmul", [native.p(x2), self.K, native.p(self.data), int(self.qtype), self.row_bytes, self.N,
+                                  self.K, native.p(y), self.N, native.p(bias), 0, M])
+            return y.reshape(*lead, self.N)
+        y = torch.empty(M, self.N, dtype=torch.float32)
+        tile = max(16, TILE_BYTES // (4 * self.K))
+        for n0 in range(0, self.N, tile):
+            n1 = min(self.N, n0 + tile)
+            torch.matmul(x2, self.dequantize(slice(n0, n1)).t(), out=y[:, n0:n1])
+        if bias is not None:
+            y += bias
+        return y.reshape(*lead, self.N)
+
+
+def from_gguf(t, path) -> QWeight | torch.Tensor:
+    """A GGUF tensor as it lies in the file (no copy): vectors as float tensors, matrices (and stacks of
+    them) as QWeight. Refuses types the kernels do not read, naming the tensor."""
+    qtype = Q(t.tensor_type)
+    if qtype not in SUPPORTED:
+        raise ModelFileError(f"{path}: tensor '{t.name}' has type {qtype.name}, which nextn cannot run "
+                             f"(supported: {', '.join(q.name for q in SUPPORTED)})")
+    shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+    with warnings.catch_warnings():   # a read-only memory map: nextn never writes weights
+        warnings.simplefilter("ignore", UserWarning)
+        raw = torch.from_numpy(np.asarray(t.data).view(np.uint8))
+    if len(shape) == 1:
+        return raw.view(torch.float32).reshape(shape) if qtype == Q.F32 else _to_float(raw, qtype, shape)
+    block, size = GGML_QUANT_SIZES[qtype]
+    if shape[-1] % block:
+        raise ModelFileError(f"{path}: tensor '{t.name}' has rows of {shape[-1]}, not a multiple of the "
+                             f"{qtype.name} block size {block}")
+    row_bytes = shape[-1] // block * size
+    return QWeight(raw.reshape(*shape[:-1], row_bytes), qtype, shape)
+
+
+def _to_float(raw: torch.Tensor, qtype: Q, shape) -> torch.Tensor:
+    w = QWeight(raw.reshape(1, -1), qtype, (1, int(np.prod(shape))))
+    return w.dequantize().reshape(shape)

@@ -1,0 +1,125 @@
+"""The native kernels: every GGUF type dequantizes bit for bit as gguf-py does, products are exact up to
+float rounding, and no result depends on how many rows share a product, on the thread count or on
+the instruction set."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGUFWriter, GGMLQuantizationType as Q
+from gguf.quants import dequantize
+
+from nextn.gguf.reader import open_gguf
+from nextn.kernels import native
+from nextn.kernels.weights import SUPPORTED, QWeight, from_gguf
+from nextn_dev.quant_blocks import random_rows
+
+TYPES = [q.name for q in SUPPORTED]
+
+
+def weight(qtype: Q, rows: int, cols: int, seed: int = 0) -> tuple[QWeight, np.ndarray]:
+    raw = random_rows(qtype, rows, cols, seed)
+    return QWeight(torch.from_numpy(raw.copy()), qtype, (rows, cols)), raw
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_dequantization_is_gguf_pys_bit_for_bit(tmp_path, name):
+    qtype = Q[name]
+    rows, cols = 7, 512
+    raw = random_rows(qtype, rows, cols, seed=3)
+    path = tmp_path / "t.gguf"
+    w = GGUFWriter(str(path), "qwen35")
+    w.add_tensor("blk.0.ffn_up.weight", raw, raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    loaded = from_gguf(open_gguf(path).tensor("blk.0.ffn_up.weight"), path)
+    assert isinstance(loaded, QWeight) and loaded.shape == (rows, cols)
+    ours = loaded.dequantize()
+    ref = torch.from_numpy(dequantize(raw, qtype).reshape(rows, cols).astype(np.float32))
+    assert torch.equal(ours.view(torch.int32), ref.view(torch.int32))          # the same bits, NaN-safe
+    assert torch.equal(loaded.dequantize(slice(2, 5)), ours[2:5])
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_products_are_exact_up_to_float_rounding(name):
+    w, raw = weight(Q[name], 45, 768, seed=5)
+    exact = torch.from_numpy(dequantize(raw, Q[name]).reshape(45, 768)).double()
+    for M in (1, 2, 3, 4, 5, 8, 9, 40):                  # 40 rows: dequantized tiles + torch GEMM
+        x = torch.randn(M, 768, generator=torch.Generator().manual_seed(M))
+        ref = x.double() @ exact.T
+        err = (w.linear(x).double() - ref).abs().max() / ref.abs().max()
+        assert err < 2e-6, (M, float(err))
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_a_rows_result_does_not_depend_on_its_batch(name):
+    w, _ = weight(Q[name], 33, 512, seed=9)
+    x = torch.randn(8, 512, generator=torch.Generator().manual_seed(1))
+    alone = torch.cat([w.linear(x[i:i + 1]) for i in range(8)])
+    for M in (2, 3, 4, 8):
+        assert torch.equal(torch.cat([w.linear(x[i:i + M]) for i in range(0, 8, M)]), alone)
+
+
+def test_thread_count_does_not_change_results():
+    w, _ = weight(Q.Q4_K, 300, 1024, seed=2)
+    x = torch.randn(4, 1024, generator=torch.Generator().manual_seed(2))
+    before = native.threads()
+    try:
+        native.set_threads(1)
+        one = w.linear(x)
+        native.set_threads(2)
+        two = w.linear(x)
+    finally:
+        native.set_threads(before)
+    assert torch.equal(one, two)
+
+
+PROBE = """
+import json, sys, torch
+from gguf import GGMLQuantizationType as Q
+from nextn.kernels import native
+from nextn.kernels.weights import SUPPORTED, QWeight
+from nextn_dev.quant_blocks import random_rows
+out = {"isa": native.isa()}
+for q in SUPPORTED:
+    w = QWeight(torch.from_numpy(random_rows(q, 19, 512, 11)), q, (19, 512))
+    x = torch.randn(5, 512, generator=torch.Generator().manual_seed(0))
+    out[q.name] = [w.linear(x).view(torch.int32).sum().item(), w.dequantize().view(torch.int32).sum().item()]
+print(json.dumps(out))
+"""
+
+
+def test_every_instruction_set_gives_the_same_bits():
+    results = {}
+    for isa in ("avx512", "avx2", "generic"):
+        proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
+                              env={**os.environ, "NEXTN_ISA": isa}, timeout=120)
+        if proc.returncode != 0:
+            assert "not supported by this CPU" in proc.stderr, proc.stderr
+            continue
+        results[isa] = json.loads(proc.stdout)
+    assert "generic" in results and len(results) >= 2
+    first = next(iter(results.values()))
+    for isa, res in results.items():
+        assert res["isa"] == isa
+        assert {k: v for k, v in res.items() if k != "isa"} == {k: v for k, v in first.items() if k != "isa"}, isa
+
+
+def test_unsupported_type_is_refused_by_name(tmp_path):
+    path = tmp_path / "t.gguf"
+    w = GGUFWriter(str(path), "qwen35")
+    w.add_tensor("blk.0.ffn_up.weight", np.zeros((4, 256 // 256 * 66), dtype=np.uint8), raw_dtype=Q.IQ2_XXS)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    from nextn.errors import ModelFileError
+
+    with pytest.raises(ModelFileError, match=r"tensor 'blk\.0\.ffn_up\.weight' has type IQ2_XXS, which nextn cannot run"):
+        from_gguf(open_gguf(path).tensor("blk.0.ffn_up.weight"), path)
