@@ -67,6 +67,10 @@ inline B16 lut(const int8_t* t, B16 idx) { for (int i = 0; i < 16; i++) idx.b[i]
 inline Vec u8f(B16 b) { Vec r; for (int i = 0; i < 16; i++) r.x[i] = (float)b.b[i]; return r; }
 inline Vec i8f(B16 b) { Vec r; for (int i = 0; i < 16; i++) r.x[i] = (float)(int8_t)b.b[i]; return r; }
 inline B16 bits16(uint32_t m) { B16 r; for (int i = 0; i < 16; i++) r.b[i] = (m >> i) & 1; return r; }
+inline IVec widen(B16 b) { IVec r; for (int i = 0; i < 16; i++) r.x[i] = b.b[i]; return r; }
+#endif
+#ifdef NX_HAVE_SSE
+inline IVec widen(B16 b) { return IVec::from_u8x16(b); }
 #endif
 
 inline B16 lo4(B16 b) { return band(b, set16(0x0F)); }
@@ -77,6 +81,8 @@ inline B16 b16_of(uint32_t a, uint32_t b, uint32_t c, uint32_t d) {
 inline B16 hi4(B16 b) { return shr(b, 4); }
 
 alignas(16) static const int8_t IQ4_VALUES[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+alignas(64) static const float IQ4_FLOATS[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+inline Vec iq4_values() { return Vec::load(IQ4_FLOATS); }
 
 // ---- the formats -------------------------------------------------------------------------------
 // QK: weights per block; BYTES: bytes per block; prep(block, P): what a block's 32-weight pieces share
@@ -127,11 +133,11 @@ struct Q4_0 {
     static constexpr bool FLOAT = false;
     using P = DM;
     static void prep(const uint8_t* p, P& s) { s.d = f16at(p); }
-    static void sub(const uint8_t* p, const P& s, int, Vec& a, Vec& b) {
-        Vec d = Vec::set1(s.d);
-        B16 q = ld16(p + 2);
-        a = d * i8f(bsub(lo4(q), set16(8)));
-        b = d * i8f(bsub(hi4(q), set16(8)));
+    static void sub(const uint8_t* p, const P& s, int, Vec& a, Vec& b) {   // table[q] = d * (q - 8)
+        Vec t = Vec::set1(s.d) * (iota16() - Vec::set1(8.f));
+        IVec q = widen(ld16(p + 2));
+        a = lut16(t, q);
+        b = lut16(t, q.shr4());
     }
 };
 
@@ -140,11 +146,11 @@ struct Q4_1 {
     static constexpr bool FLOAT = false;
     using P = DM;
     static void prep(const uint8_t* p, P& s) { s.d = f16at(p); s.m = f16at(p + 2); }
-    static void sub(const uint8_t* p, const P& s, int, Vec& a, Vec& b) {
-        Vec d = Vec::set1(s.d), m = Vec::set1(s.m);
-        B16 q = ld16(p + 4);
-        a = d * u8f(lo4(q)) + m;
-        b = d * u8f(hi4(q)) + m;
+    static void sub(const uint8_t* p, const P& s, int, Vec& a, Vec& b) {   // table[q] = d * q + m
+        Vec t = Vec::set1(s.d) * iota16() + Vec::set1(s.m);
+        IVec q = widen(ld16(p + 4));
+        a = lut16(t, q);
+        b = lut16(t, q.shr4());
     }
 };
 
@@ -184,11 +190,11 @@ struct IQ4_NL {
     static constexpr bool FLOAT = false;
     using P = DM;
     static void prep(const uint8_t* p, P& s) { s.d = f16at(p); }
-    static void sub(const uint8_t* p, const P& s, int, Vec& a, Vec& b) {
-        Vec d = Vec::set1(s.d);
-        B16 q = ld16(p + 2);
-        a = d * i8f(lut(IQ4_VALUES, lo4(q)));
-        b = d * i8f(lut(IQ4_VALUES, hi4(q)));
+    static void sub(const uint8_t* p, const P& s, int, Vec& a, Vec& b) {   // table[q] = d * value[q]
+        Vec t = Vec::set1(s.d) * iq4_values();
+        IVec q = widen(ld16(p + 2));
+        a = lut16(t, q);
+        b = lut16(t, q.shr4());
     }
 };
 
@@ -253,13 +259,13 @@ struct Q4_K {   // d dmin scales[12] qs[128]
     static constexpr bool FLOAT = false;
     using P = S8;
     static void prep(const uint8_t* p, P& s) { k_scales(p, s); }
-    static void sub(const uint8_t* p, const P& s, int j, Vec& a, Vec& b) {
+    static void sub(const uint8_t* p, const P& s, int j, Vec& a, Vec& b) {   // table[q] = (d sc) * q - dmin m
         const uint8_t* qs = p + 16 + 32 * (j / 2);
-        B16 q0 = ld16(qs), q1 = ld16(qs + 16);
-        if (j % 2) { q0 = hi4(q0); q1 = hi4(q1); } else { q0 = lo4(q0); q1 = lo4(q1); }
-        Vec dd = Vec::set1(s.dm[j]), dm = Vec::set1(s.dm[8 + j]);
-        a = dd * u8f(q0) - dm;
-        b = dd * u8f(q1) - dm;
+        Vec t = Vec::set1(s.dm[j]) * iota16() - Vec::set1(s.dm[8 + j]);
+        IVec q0 = widen(ld16(qs)), q1 = widen(ld16(qs + 16));
+        if (j % 2) { q0 = q0.shr4(); q1 = q1.shr4(); }
+        a = lut16(t, q0);
+        b = lut16(t, q1);
     }
 };
 
@@ -314,11 +320,11 @@ struct IQ4_XS {   // d scales_h(u16) scales_l[4] qs[128]
             s.d[j] = d * (float)((lo | (hi << 4)) - 32);
         }
     }
-    static void sub(const uint8_t* p, const P& s, int j, Vec& a, Vec& b) {
-        Vec dl = Vec::set1(s.d[j]);
-        B16 q = ld16(p + 8 + 16 * j);
-        a = dl * i8f(lut(IQ4_VALUES, lo4(q)));
-        b = dl * i8f(lut(IQ4_VALUES, hi4(q)));
+    static void sub(const uint8_t* p, const P& s, int j, Vec& a, Vec& b) {   // table[q] = dl * value[q]
+        Vec t = Vec::set1(s.d[j]) * iq4_values();
+        IVec q = widen(ld16(p + 8 + 16 * j));
+        a = lut16(t, q);
+        b = lut16(t, q.shr4());
     }
 };
 

@@ -38,10 +38,18 @@ inline Vec operator-(Vec a, Vec b) { return {_mm512_sub_ps(a.v, b.v)}; }
 inline Vec operator*(Vec a, Vec b) { return {_mm512_mul_ps(a.v, b.v)}; }
 inline Vec fma(Vec a, Vec b, Vec c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
 inline Vec vmax(Vec a, Vec b) { return {_mm512_max_ps(a.v, b.v)}; }
+inline Vec iota16() { return {_mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)}; }
 inline void halves(Vec a, float* lo8, float* hi8) {
     _mm256_storeu_ps(lo8, _mm512_castps512_ps256(a.v));
     _mm256_storeu_ps(hi8, _mm512_extractf32x8_ps(a.v, 1));
 }
+// 16 int32 lanes: small codes on their way to a table lookup
+struct IVec {
+    __m512i v;
+    static IVec from_u8x16(__m128i b) { return {_mm512_cvtepu8_epi32(b)}; }
+    IVec shr4() const { return {_mm512_srli_epi32(v, 4)}; }
+};
+inline Vec lut16(Vec table, IVec i) { return {_mm512_permutexvar_ps(i.v, table.v)}; }   // table[i & 15]
 #define NX_HAVE_SSE 1
 
 #elif defined(NX_AVX2)
@@ -73,7 +81,18 @@ inline Vec operator-(Vec a, Vec b) { return {_mm256_sub_ps(a.lo, b.lo), _mm256_s
 inline Vec operator*(Vec a, Vec b) { return {_mm256_mul_ps(a.lo, b.lo), _mm256_mul_ps(a.hi, b.hi)}; }
 inline Vec fma(Vec a, Vec b, Vec c) { return {_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)}; }
 inline Vec vmax(Vec a, Vec b) { return {_mm256_max_ps(a.lo, b.lo), _mm256_max_ps(a.hi, b.hi)}; }
+inline Vec iota16() { return {_mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7), _mm256_setr_ps(8, 9, 10, 11, 12, 13, 14, 15)}; }
 inline void halves(Vec a, float* lo8, float* hi8) { _mm256_storeu_ps(lo8, a.lo); _mm256_storeu_ps(hi8, a.hi); }
+struct IVec {
+    __m256i lo, hi;
+    static IVec from_u8x16(__m128i b) { return {_mm256_cvtepu8_epi32(b), _mm256_cvtepu8_epi32(_mm_srli_si128(b, 8))}; }
+    IVec shr4() const { return {_mm256_srli_epi32(lo, 4), _mm256_srli_epi32(hi, 4)}; }
+};
+inline __m256 lut8x2(Vec t, __m256i i) {   // table[i & 15]: bits 0-2 pick within a half, bit 3 the half
+    __m256 a = _mm256_permutevar8x32_ps(t.lo, i), b = _mm256_permutevar8x32_ps(t.hi, i);
+    return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32(i, 28)));
+}
+inline Vec lut16(Vec table, IVec i) { return {lut8x2(table, i.lo), lut8x2(table, i.hi)}; }
 #define NX_HAVE_SSE 1
 
 #else
@@ -97,7 +116,13 @@ inline Vec operator-(Vec a, Vec b) { for (int i = 0; i < 16; i++) a.x[i] = a.x[i
 inline Vec operator*(Vec a, Vec b) { for (int i = 0; i < 16; i++) a.x[i] = a.x[i] * b.x[i]; return a; }
 inline Vec fma(Vec a, Vec b, Vec c) { for (int i = 0; i < 16; i++) c.x[i] = std::fma(a.x[i], b.x[i], c.x[i]); return c; }
 inline Vec vmax(Vec a, Vec b) { for (int i = 0; i < 16; i++) a.x[i] = a.x[i] > b.x[i] ? a.x[i] : b.x[i]; return a; }
+inline Vec iota16() { Vec r; for (int i = 0; i < 16; i++) r.x[i] = (float)i; return r; }
 inline void halves(Vec a, float* lo8, float* hi8) { std::memcpy(lo8, a.x, 32); std::memcpy(hi8, a.x + 8, 32); }
+struct IVec {
+    int32_t x[16];
+    IVec shr4() const { IVec r; for (int i = 0; i < 16; i++) r.x[i] = x[i] >> 4; return r; }
+};
+inline Vec lut16(Vec table, IVec i) { Vec r; for (int k = 0; k < 16; k++) r.x[k] = table.x[i.x[k] & 15]; return r; }
 #endif
 
 // The one reduction order of 16 lanes: halves (i + 8), then quarters (i + 4), pairs (i + 2), last pair.
