@@ -20,6 +20,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -52,21 +53,15 @@ def run_nextn(path: Path, threads: int, n: int, spec: str) -> tuple[float, float
         cmd += ["--spec", "none"]
     elif spec != "mtp:auto":
         cmd += ["--draft-max", spec.split(":")[1], "--no-adaptive"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-    out, err = proc.communicate()
-    _, status, usage = os.wait4(proc.pid, 0) if proc.returncode is None else (0, 0, None)
-    if proc.returncode != 0:
-        raise RuntimeError(f"nextn failed: {err[-2000:]}")
-    timings = json.loads(out)["timings"]
-    rss = usage.ru_maxrss / 1024 if usage else peak_rss_of_last_child()
-    return timings["tokens_per_second"], rss, timings
-
-
-def peak_rss_of_last_child() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+        _, status, usage = os.wait4(proc.pid, 0)      # this child's own resource usage
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0), err.seek(0)
+        if proc.returncode != 0:
+            raise RuntimeError(f"nextn failed: {err.read().decode()[-2000:]}")
+        timings = json.loads(out.read())["timings"]
+    return timings["tokens_per_second"], usage.ru_maxrss / 1024, timings
 
 
 def vm_hwm(pid: int) -> float:

@@ -11,9 +11,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from .config import ModelConfig
+
+
+def _zeros(shape, dtype, device) -> torch.Tensor:
+    """Zeros that take memory only as they are written (on CPU, pages the OS zero-fills on first touch):
+    a KV cache costs what the context uses, not what it could hold."""
+    if torch.device(device).type == "cpu" and dtype == torch.float32:
+        return torch.from_numpy(np.zeros(shape, dtype=np.float32))
+    return torch.zeros(shape, dtype=dtype, device=device)
 
 
 @dataclass
@@ -54,8 +63,7 @@ class Cache:
                     cache.ssm_backup[il] = torch.zeros(ssm, dtype=torch.float32, device=device)
             else:
                 shape = (n_slots, max_len, cfg.n_head_kv, cfg.head_dim)
-                cache.k[il] = torch.zeros(shape, dtype=dtype, device=device)
-                cache.v[il] = torch.zeros(shape, dtype=dtype, device=device)
+                cache.k[il], cache.v[il] = _zeros(shape, dtype, device), _zeros(shape, dtype, device)
         return cache
 
     def nbytes(self) -> int:
