@@ -10,22 +10,22 @@ from .errors import NextnError
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    unset = " (default: the model's recommended value, else %s)"
     p.add_argument("-n", "--max-tokens", type=int, default=128)
-    p.add_argument("--temp", type=float, default=0.0, help="temperature (0 = greedy)")
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--min-p", type=float, default=0.0)
-    p.add_argument("--repeat-penalty", type=float, default=1.0)
+    p.add_argument("--temp", type=float, default=None, help="temperature, 0 = greedy" + unset % "0")
+    p.add_argument("--top-k", type=int, default=None, help="0 = off" + unset % "0")
+    p.add_argument("--top-p", type=float, default=None, help=unset % "1" )
+    p.add_argument("--min-p", type=float, default=None, help=unset % "0")
+    p.add_argument("--repeat-penalty", type=float, default=None, help="1 = off" + unset % "1")
+    p.add_argument("--repeat-last-n", type=int, default=None, help="tokens the penalties look back at, -1 = all" + unset % "-1")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--ignore-eos", action="store_true")
 
 
-def sampling_params(args):
-    from .engine.params import SamplingParams
-
-    return SamplingParams(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                          repetition_penalty=args.repeat_penalty, seed=args.seed, max_tokens=args.max_tokens,
-                          ignore_eos=args.ignore_eos)
+def sampling_params(args, engine):
+    return engine.sampling_params(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                                  repetition_penalty=args.repeat_penalty, penalty_last_n=args.repeat_last_n,
+                                  seed=args.seed, max_tokens=args.max_tokens, ignore_eos=args.ignore_eos)
 
 
 def cmd_generate(args) -> int:
@@ -43,7 +43,7 @@ def cmd_generate(args) -> int:
     out = sys.stdout
     if not args.json:
         out.write(prompt if not args.chat else "")
-    result = engine.generate(None if args.chat else prompt, sampling_params(args), messages=messages,
+    result = engine.generate(None if args.chat else prompt, sampling_params(args, engine), messages=messages,
                              on_text=None if args.json else lambda t: (out.write(t), out.flush()))
     t = result.timings
     if args.json:

@@ -5,6 +5,7 @@
   the MTP block under `mtp.*`.
 - Qwen3-Next: `Qwen3NextForCausalLM` whose config says nothing about MTP (no `mtp_num_hidden_layers`)
   and gives `full_attention_interval` rather than `layer_types`; the MTP block under `mtp.*`.
+- every family: a generation_config.json with the authors' recommended sampling.
 - GLM-4.5: `Glm4MoeForCausalLM`, `num_nextn_predict_layers` = 1, the NextN layer as `model.layers.{n}.*`
   with its own `embed_tokens` and `shared_head.head`.
 All of them: experts one by one (`mlp.experts.{e}.gate_proj` ...), weights in `model-0000i-of-0000n`
@@ -41,6 +42,13 @@ def wrap(arch: str, model):
     return wrapped
 
 
+# what the authors' generation_config.json recommends (Qwen3.5's, GLM-4.5's), mapped by converters to
+# general.sampling.*
+GENERATION = {"qwen35": {"temperature": 0.6, "top_p": 0.95, "top_k": 20}, "qwen35moe": {"temperature": 0.6, "top_p": 0.95, "top_k": 20},
+              "qwen3next": {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05},
+              "glm4moe": {"temperature": 0.6, "top_p": 0.95}}
+
+
 def ship_config(arch: str, raw: dict) -> None:
     """Edit a saved config.json (in place) into the form the authors ship."""
     if arch == "qwen3next":
@@ -65,6 +73,10 @@ def unfuse_experts(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         else:
             out[name] = t
     return out
+
+
+def write_generation_config(out_dir: Path, arch: str) -> None:
+    (out_dir / "generation_config.json").write_text(json.dumps({"do_sample": True, **GENERATION[arch]}, indent=1))
 
 
 def shard(out_dir: Path, mtp: dict[str, torch.Tensor]) -> None:

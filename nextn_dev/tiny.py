@@ -160,6 +160,7 @@ def make_checkpoint(out_dir: str | Path, arch: str = "qwen35", *, seed: int = 0,
     if published:
         pub.ship_config(arch, raw)
         pub.shard(out_dir, extra)
+        pub.write_generation_config(out_dir, arch)
     elif extra:
         save_file({k: v.contiguous() for k, v in extra.items()}, str(out_dir / "mtp.safetensors"))
     (out_dir / "config.json").write_text(json.dumps(raw, indent=1))

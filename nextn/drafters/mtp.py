@@ -104,11 +104,12 @@ class MTPDrafter:
         if self.runner.native and sum(lens) <= self.runner.buf.rows.max_rows:
             buf = self.runner.buf
             n = buf.rows.fill([s.slot for s in seqs], starts, lens)
-            buf.tokens[:n] = torch.tensor([t for ts in tokens for t in ts], dtype=torch.int32)
-            buf.mtp_in[:n] = torch.cat(hidden)
+            buf.tokens_np[:n] = [t for ts in tokens for t in ts]
+            torch.cat(hidden, out=buf.mtp_in[:n])
             self.block.run()
-            ends = torch.tensor(lens).cumsum(0) - 1
-            return buf.hidden[ends].clone()
+            if n == len(seqs):
+                return buf.hidden[:n].clone()
+            return buf.hidden[[sum(lens[:b + 1]) - 1 for b in range(len(lens))]]
         T = max(lens)
         tok = torch.tensor([t + [0] * (T - len(t)) for t in tokens], device=self.model.device)
         hid = torch.stack([torch.nn.functional.pad(h, (0, 0, 0, T - h.shape[0])) for h in hidden])
@@ -121,10 +122,10 @@ class MTPDrafter:
         if not self.runner.native:
             return self.model.mtp_logits(hidden), None
         buf, B = self.runner.buf, hidden.shape[0]
-        buf.rows.t[0] = B
+        buf.rows.set_rows(B)
         buf.hidden[:B] = hidden
         self.head.run()
-        return buf.logits[:B], buf.ids[:B].clone()
+        return buf.logits[:B], buf.ids_np[:B].tolist()
 
     # ---- drafting ----------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -166,12 +167,12 @@ class MTPDrafter:
         return Proposal(drafts, q, steps)
 
     @staticmethod
-    def _picks(logits: torch.Tensor, ids: torch.Tensor | None, seqs: list[Sequence], so_far: list[list[int]],
+    def _picks(logits: torch.Tensor, ids: list[int] | None, seqs: list[Sequence], so_far: list[list[int]],
                generators: dict):
         """Per row: (token, its draft distribution or None if one-hot, confidence for --draft-p-min)."""
         if all(s.params.greedy and not s.params.has_penalties and s.spec.p_min == 0 for s in seqs):
-            best = ids if ids is not None else logits.argmax(-1)
-            return [(t, None, 1.0) for t in best.tolist()]     # one sync for the batch
+            best = ids if ids is not None else logits.argmax(-1).tolist()
+            return [(t, None, 1.0) for t in best]               # one sync for the batch
         out = []
         for r, (seq, drafted) in enumerate(zip(seqs, so_far)):
             history = seq.tokens + drafted

@@ -13,15 +13,27 @@ from __future__ import annotations
 import torch
 
 
+def sample_index(probs: torch.Tensor, generator: torch.Generator | None) -> int:
+    """A draw from a distribution [V] (not necessarily normalised): the first index whose cumulative
+    mass exceeds a uniform draw over the total (never a zero-probability index)."""
+    cum = probs.double().cumsum(0)
+    u = torch.rand((), generator=generator, dtype=torch.float64) * cum[-1]
+    i = min(int(torch.searchsorted(cum, u, right=True)), probs.numel() - 1)
+    while probs[i] <= 0:        # u rounded onto the very end of the mass
+        i -= 1
+    return i
+
+
 def accept(drafts: list[int], target: torch.Tensor, draft_probs: torch.Tensor | None = None,
            generator: torch.Generator | None = None) -> tuple[int, int]:
     """Return (number of drafts kept, the token to emit after them).
 
-    target: [k+1] argmax ids (greedy), or [k+1, V] target probabilities (sampling), on the CPU.
+    target: the k+1 argmax ids (greedy: a list or a 1-D tensor), or [k+1, V] target probabilities
+    (sampling), on the CPU.
     draft_probs: [k, V] draft distributions the drafts were sampled from; None for one-hot drafts.
     """
-    if target.dim() == 1:
-        best = target.tolist()
+    if isinstance(target, list) or target.dim() == 1:
+        best = target if isinstance(target, list) else target.tolist()
         n = 0
         while n < len(drafts) and drafts[n] == best[n]:
             n += 1
@@ -38,6 +50,6 @@ def accept(drafts: list[int], target: torch.Tensor, draft_probs: torch.Tensor | 
             residual[x] = 0
         if residual.sum() <= 0:         # p == q up to rounding: any sample of p is exact
             residual = target[i]
-        return i, int(torch.multinomial(residual / residual.sum(), 1, generator=generator))
+        return i, sample_index(residual, generator)
     k = len(drafts)
-    return k, int(torch.multinomial(target[k], 1, generator=generator))
+    return k, sample_index(target[k], generator)

@@ -15,7 +15,7 @@ from ..models import loader
 from ..text.chat import render_chat
 from ..text.tokenizer import StreamDecoder
 from .config import EngineConfig
-from .params import SamplingParams
+from .params import RECOMMENDED, SamplingParams
 from .runner import ModelRunner
 from .sampling import new_generator
 from .scheduler import Scheduler
@@ -60,6 +60,8 @@ class Engine:
         self.config = config = config or EngineConfig(**kwargs)
         self.model_config, self.model, self.tokenizer, self.file = loaded or self.load(config)
         self.model_name = self.file.path.stem
+        self.recommended = {name: self.file.meta(key) for name, key in RECOMMENDED.items()
+                            if self.file.meta(key) is not None}
         self.runner = ModelRunner(self.model, config.n_parallel, config.ctx_size, use_mtp=config.use_mtp,
                                   max_draft=config.draft_max if config.use_mtp else 0, compile=config.compile,
                                   threads=config.threads)
@@ -103,9 +105,13 @@ class Engine:
             return tk.encode(text)
         return list(prompt) if isinstance(prompt, list) else self.tokenizer.encode(prompt or "")
 
+    def sampling_params(self, **given) -> SamplingParams:
+        """Sampling parameters: those given, else the model's recommended ones, else the defaults."""
+        return SamplingParams.with_defaults(self.recommended, **given)
+
     def add_request(self, prompt_ids: list[int], params: SamplingParams | None = None,
                     spec: SpecConfig | None = None) -> Sequence:
-        params = params or SamplingParams()
+        params = params or self.sampling_params()
         if not prompt_ids:
             raise NextnError("the prompt is empty")
         if len(prompt_ids) >= self.config.ctx_size:

@@ -5,15 +5,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+# a model's recommended settings (GGUF general.sampling.*), the defaults of every parameter left unset
+RECOMMENDED = {"temperature": "general.sampling.temp", "top_k": "general.sampling.top_k", "top_p": "general.sampling.top_p",
+               "min_p": "general.sampling.min_p", "repetition_penalty": "general.sampling.penalty_repeat",
+               "penalty_last_n": "general.sampling.penalty_last_n"}
+
+
 @dataclass(slots=True)
 class SamplingParams:
     temperature: float = 0.0          # 0 = greedy
     top_k: int = 0                    # 0 = off
     top_p: float = 1.0
     min_p: float = 0.0
-    repetition_penalty: float = 1.0   # 1 = off (llama.cpp / HF style, over the whole context)
-    presence_penalty: float = 0.0     # OpenAI style, over the whole context
+    repetition_penalty: float = 1.0   # 1 = off (llama.cpp / HF style)
+    presence_penalty: float = 0.0     # OpenAI style
     frequency_penalty: float = 0.0
+    penalty_last_n: int = -1          # penalties see the last n tokens of the context; -1: all of it
     seed: int | None = None
     max_tokens: int = 128
     stop: list[str] = field(default_factory=list)
@@ -29,11 +36,17 @@ class SamplingParams:
             (-2 <= self.presence_penalty <= 2, "presence_penalty must be in [-2, 2]"),
             (-2 <= self.frequency_penalty <= 2, "frequency_penalty must be in [-2, 2]"),
             (self.max_tokens >= 1, "max_tokens must be >= 1"),
+            (self.penalty_last_n >= -1, "penalty_last_n (repeat_last_n) must be >= -1"),
             (self.seed is None or 0 <= self.seed < 2**64, "seed must be an integer in [0, 2^64)"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+    @classmethod
+    def with_defaults(cls, recommended: dict, **given) -> "SamplingParams":
+        """Parameters given (None: not given) over the model's recommended ones over the built-in defaults."""
+        return cls(**{**recommended, **{k: v for k, v in given.items() if v is not None}})
 
     @property
     def greedy(self) -> bool:

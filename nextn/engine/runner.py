@@ -75,9 +75,10 @@ class ModelRunner:
         return firsts
 
     @torch.inference_mode()
-    def verify(self, seqs: list[Sequence], drafts: list[list[int]]) -> list[torch.Tensor]:
+    def verify(self, seqs: list[Sequence], drafts: list[list[int]]) -> list:
         """One trunk forward of each sequence's last token + drafts, all in one batch. Returns per
-        sequence the `target` of each of its rows; recurrent states wait for `commit`."""
+        sequence the `target` of each of its rows (a list of argmax ids when greedy); recurrent states
+        wait for `commit`."""
         inputs = [[s.last_token] + d for s, d in zip(seqs, drafts)]
         if self.native:
             logits, ids = self._verify_native(seqs, inputs)
@@ -85,23 +86,23 @@ class ModelRunner:
             logits = self._verify_torch(seqs, inputs)
             ids = None
         greedy = all(s.params.greedy and not s.params.has_penalties for s in seqs)
+        if greedy and ids is None:
+            ids = logits.argmax(-1).tolist()
         out, r = [], 0
         for s, x, d in zip(seqs, inputs, drafts):
-            if greedy:
-                out.append(ids[r:r + len(x)] if ids is not None else logits[r:r + len(x)].argmax(-1).cpu())
-            else:
-                out.append(target(logits[r:r + len(x)], s.params, s.tokens, d))
+            out.append(ids[r:r + len(x)] if greedy else target(logits[r:r + len(x)], s.params, s.tokens, d))
             r += len(x)
         return out
 
     def _verify_native(self, seqs, inputs):
         lens = [len(x) for x in inputs]
         n = self.buf.rows.fill([s.slot for s in seqs], [s.num_cached for s in seqs], lens)
-        self.buf.tokens[:n] = torch.tensor([t for x in inputs for t in x], dtype=torch.int32)
+        self.buf.tokens_np[:n] = [t for x in inputs for t in x]
         self.row0 = [sum(lens[:b]) for b in range(len(seqs))]
+        self.lens = lens
         self.hidden = None
         self.trunk.run()
-        return self.buf.logits[:n], self.buf.ids[:n].clone()
+        return self.buf.logits[:n], self.buf.ids_np[:n].tolist()
 
     def _verify_torch(self, seqs, inputs):
         T = max(len(x) for x in inputs)
@@ -115,9 +116,8 @@ class ModelRunner:
     def commit(self, seqs: list[Sequence], keep: list[int]) -> None:
         """Keep keep[b] of the verified inputs: roll recurrent state to that point, advance the KV length."""
         if self.native:
-            rows = self.buf.rows
-            if any(k < n for k, n in zip(keep, rows.seq_len[:len(seqs)].tolist())) and self.cfg.recurrent_layers:
-                rows.seq_keep[:len(seqs)] = torch.tensor(keep, dtype=torch.int32)
+            if self.cfg.recurrent_layers and any(k < n for k, n in zip(keep, self.lens)):
+                self.buf.rows.seq_keep[:len(seqs)] = keep
                 self.rollback.run()
         else:
             self.cache.commit(keep)

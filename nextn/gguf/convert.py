@@ -59,6 +59,11 @@ class Checkpoint:
                 for k in sf.keys():
                     self.where[k] = f
         self.n_mtp = self._count_mtp_layers()
+        gen = hf_dir / "generation_config.json"
+        try:
+            self.generation_config = json.loads(gen.read_text()) if gen.exists() else {}
+        except (json.JSONDecodeError, UnicodeDecodeError):   # as llama.cpp: not every checkpoint's is valid
+            self.generation_config = {}
 
     def _count_mtp_layers(self) -> int:
         """From the config where it says; otherwise from the tensors (Qwen3-Next's config is silent)."""
@@ -95,6 +100,7 @@ def convert(hf_dir: str | Path, out: str | Path, *, outtype: str = "f16", mode: 
     def add_metadata(w: GGUFWriter) -> None:
         w.add_type("model")
         w.add_name(_model_name(ck))
+        metadata.write_sampling(w, ck.generation_config)
         metadata.write(w, ck.arch, ck.hp, ck.n_trunk, n_mtp)
         write_vocab(w, load_vocab(ck.dir, int(ck.hp["vocab_size"]), ck.arch), _eos(ck.hp))
         w.add_file_type(FILE_TYPE[qtype])

@@ -9,6 +9,24 @@ HYBRID = ("qwen35", "qwen35moe", "qwen3next")   # Gated DeltaNet + gated attenti
 QWEN35_MROPE_SECTIONS = [11, 11, 10, 0]         # llama.cpp's default when a checkpoint omits mrope_section
 
 
+# generation_config.json -> general.sampling.* (as llama.cpp's converter maps them; the engines use them as defaults)
+SAMPLING = (("sequence", "add_sampling_sequence"), ("top_k", "add_sampling_top_k"), ("top_p", "add_sampling_top_p"),
+            ("min_p", "add_sampling_min_p"), ("xtc_probability", "add_sampling_xtc_probability"),
+            ("xtc_threshold", "add_sampling_xtc_threshold"), ("temperature", "add_sampling_temp"),
+            ("penalty_last_n", "add_sampling_penalty_last_n"), ("mirostat", "add_sampling_mirostat"),
+            ("mirostat_tau", "add_sampling_mirostat_tau"), ("mirostat_eta", "add_sampling_mirostat_eta"))
+
+
+def write_sampling(w: GGUFWriter, generation_config: dict) -> None:
+    g = generation_config
+    for key, add in SAMPLING:
+        if g.get(key) is not None:
+            getattr(w, add)(g[key])
+    repeat = g.get("penalty_repeat", g.get("repetition_penalty"))
+    if repeat is not None:
+        w.add_sampling_penalty_repeat(float(repeat))
+
+
 def write(w: GGUFWriter, arch: str, hp: dict, n_trunk: int, n_mtp: int) -> None:
     """Every architecture key; block_count counts the MTP blocks written (n_mtp may be 0)."""
     n_embd, n_head = hp["hidden_size"], hp["num_attention_heads"]

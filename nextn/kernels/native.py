@@ -66,6 +66,11 @@ class Plan:
     def run(self) -> None:
         _native.plan_run(self.handle)
 
+    def profile(self) -> list[tuple[str, float]]:
+        """Run once, timing every op: [(op name, seconds)] in plan order."""
+        names = list(OPS)
+        return [(names[op], t) for op, t in _native.plan_profile(self.handle)]
+
     def __len__(self) -> int:
         return self.size
 

@@ -22,10 +22,12 @@ class Rows:
         self.t = torch.zeros(4 + 2 * max_rows + 4 * max_seqs, dtype=torch.int32)
         self.t[2], self.t[3] = max_rows, max_seqs
         R, S = max_rows, max_seqs
-        self.row_seq, self.row_pos = self.t[4:4 + R], self.t[4 + R:4 + 2 * R]
+        a = self.t.numpy()               # numpy views: filling from Python lists costs microseconds
+        self.row_seq, self.row_pos = a[4:4 + R], a[4 + R:4 + 2 * R]
         base = 4 + 2 * R
-        self.seq_slot, self.seq_row0 = self.t[base:base + S], self.t[base + S:base + 2 * S]
-        self.seq_len, self.seq_keep = self.t[base + 2 * S:base + 3 * S], self.t[base + 3 * S:base + 4 * S]
+        self.seq_slot, self.seq_row0 = a[base:base + S], a[base + S:base + 2 * S]
+        self.seq_len, self.seq_keep = a[base + 2 * S:base + 3 * S], a[base + 3 * S:base + 4 * S]
+        self.head = a[:2]
 
     @property
     def ptr(self) -> int:
@@ -33,24 +35,30 @@ class Rows:
 
     def fill(self, slots: list[int], starts: list[int], lens: list[int]) -> int:
         """Sequence b has lens[b] rows at positions starts[b].. in `slots[b]`; returns the row count."""
-        n = sum(lens)
-        if n > self.max_rows or len(slots) > self.max_seqs:
-            raise ValueError(f"step of {n} rows / {len(slots)} sequences exceeds {self.max_rows} / {self.max_seqs}")
-        row_seq, row_pos, row0, r = [], [], [], 0
-        for b, (s, k) in enumerate(zip(starts, lens)):
-            row0.append(r)
-            row_seq += [b] * k
-            row_pos += range(s, s + k)
-            r += k
-        B = len(slots)
-        self.t[0], self.t[1] = n, B
-        self.row_seq[:n] = torch.tensor(row_seq, dtype=torch.int32)
-        self.row_pos[:n] = torch.tensor(row_pos, dtype=torch.int32)
-        self.seq_slot[:B] = torch.tensor(slots, dtype=torch.int32)
-        self.seq_row0[:B] = torch.tensor(row0, dtype=torch.int32)
-        self.seq_len[:B] = torch.tensor(lens, dtype=torch.int32)
-        self.seq_keep[:B] = self.seq_len[:B]
+        n, B = sum(lens), len(slots)
+        if n > self.max_rows or B > self.max_seqs:
+            raise ValueError(f"step of {n} rows / {B} sequences exceeds {self.max_rows} / {self.max_seqs}")
+        if n == B:                       # one row per sequence: plain decoding, draft steps
+            self.row_seq[:n] = range(n)
+            self.row_pos[:n] = starts
+            self.seq_row0[:B] = range(n)
+        else:
+            row_seq, row_pos, row0, r = [], [], [], 0
+            for b, (s, k) in enumerate(zip(starts, lens)):
+                row0.append(r)
+                row_seq += [b] * k
+                row_pos += range(s, s + k)
+                r += k
+            self.row_seq[:n], self.row_pos[:n], self.seq_row0[:B] = row_seq, row_pos, row0
+        self.head[:] = (n, B)
+        self.seq_slot[:B] = slots
+        self.seq_len[:B] = lens
+        self.seq_keep[:B] = lens
         return n
+
+    def set_rows(self, n: int) -> None:
+        """Only the row count (ops that read no positions: output heads over packed rows)."""
+        self.head[0] = n
 
 
 def _rows(rows) -> list[int]:

@@ -20,6 +20,7 @@ class Buffers:
         self.rows = Rows(max_rows, max_seqs)
         self.tokens = torch.zeros(R, dtype=torch.int32)
         self.ids = torch.zeros(R, dtype=torch.int32)
+        self.tokens_np, self.ids_np = self.tokens.numpy(), self.ids.numpy()   # written / read from Python lists
         self.x, self.h, self.mix, self.hidden = f(R, D), f(R, D), f(R, D), f(R, D)
         self.mtp_in, self.cat = f(R, D), f(R, 2 * D)            # MTP: the trunk hidden rows, [enorm(e) | hnorm(h)]
         self.logits = f(R, n_vocab)

@@ -84,7 +84,7 @@ def create_app(engine: Engine, api_key: str | None = None, model_name: str | Non
         if isinstance(body, dict) and body.get("model") not in (None, "", *aliases):
             raise ApiError(404, f"model '{body['model']}' does not exist (this server serves '{model_id}')",
                            "model", "model_not_found")
-        req = protocol.parse(body, chat, engine.default_spec())
+        req = protocol.parse(body, chat, engine.default_spec(), engine.recommended)
         try:
             ids = engine.encode_prompt(req.prompt, req.messages)
             if any(not 0 <= t < engine.model_config.n_vocab for t in ids):

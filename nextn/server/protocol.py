@@ -41,7 +41,11 @@ def _get(body: dict, key: str, types, default=None, check=None, why: str = ""):
     return value
 
 
-def parse(body, chat: bool, default_spec: SpecConfig) -> Request:
+OPENAI_DEFAULTS = {"temperature": 1.0}
+
+
+def parse(body, chat: bool, default_spec: SpecConfig, recommended: dict | None = None) -> Request:
+    """A request's parameters: those it gives, else the model's recommended ones, else OpenAI's defaults."""
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object")
     num = (int, float)
@@ -55,15 +59,18 @@ def parse(body, chat: bool, default_spec: SpecConfig) -> Request:
     if stop is not None and (not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop) or len(stop) > 4):
         raise ApiError(400, "'stop' must be a string or a list of up to 4 non-empty strings", "stop")
     max_key = "max_completion_tokens" if chat and "max_completion_tokens" in body else "max_tokens"
+    number = lambda key, check=None, why="": _float(_get(body, key, num, None, check, why))  # noqa: E731
     try:
-        params = SamplingParams(
-            temperature=float(_get(body, "temperature", num, 1.0, lambda v: 0 <= v <= 2, "a number in [0, 2]")),
-            top_p=float(_get(body, "top_p", num, 1.0, lambda v: 0 < v <= 1, "a number in (0, 1]")),
-            top_k=_get(body, "top_k", int, 0, lambda v: v >= 0, "an integer >= 0"),
-            min_p=float(_get(body, "min_p", num, 0.0)),
-            repetition_penalty=float(_get(body, "repetition_penalty", num, 1.0)),
-            presence_penalty=float(_get(body, "presence_penalty", num, 0.0)),
-            frequency_penalty=float(_get(body, "frequency_penalty", num, 0.0)),
+        params = SamplingParams.with_defaults(
+            {**OPENAI_DEFAULTS, **(recommended or {})},
+            temperature=number("temperature", lambda v: 0 <= v <= 2, "a number in [0, 2]"),
+            top_p=number("top_p", lambda v: 0 < v <= 1, "a number in (0, 1]"),
+            top_k=_get(body, "top_k", int, None, lambda v: v >= 0, "an integer >= 0"),
+            min_p=number("min_p"),
+            repetition_penalty=number("repetition_penalty"),
+            penalty_last_n=_get(body, "repeat_last_n", int, None, lambda v: v >= -1, "an integer >= -1"),
+            presence_penalty=number("presence_penalty"),
+            frequency_penalty=number("frequency_penalty"),
             seed=_get(body, "seed", int, None),
             max_tokens=_get(body, max_key, int, 16 if not chat else 4096, lambda v: v >= 1, "a positive integer"),
             stop=stop or [],
@@ -97,6 +104,10 @@ def parse(body, chat: bool, default_spec: SpecConfig) -> Request:
         else:
             raise ApiError(400, "'prompt' must be a string or a list of token ids (one prompt per request)", "prompt")
     return req
+
+
+def _float(v):
+    return None if v is None else float(v)
 
 
 def _content(content) -> str:

@@ -11,6 +11,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -123,6 +124,28 @@ PyObject* py_plan_run(PyObject*, PyObject* args) {
     Py_RETURN_NONE;
 }
 
+PyObject* py_plan_profile(PyObject*, PyObject* args) {   // run once, timing each op: [(op id, seconds)]
+    long h;
+    if (!PyArg_ParseTuple(args, "l", &h)) return nullptr;
+    std::vector<Step>* plan = plan_of(h);
+    if (!plan) return nullptr;
+    std::vector<double> t(plan->size());
+    Py_BEGIN_ALLOW_THREADS
+    for (size_t k = 0; k < plan->size(); k++) {
+        auto t0 = std::chrono::steady_clock::now();
+        (*plan)[k].fn((*plan)[k].args);
+        t[k] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    }
+    Py_END_ALLOW_THREADS
+    PyObject* out = PyList_New((Py_ssize_t)plan->size());
+    for (size_t k = 0; k < plan->size(); k++) {
+        long op = 0;
+        for (int o = 0; o < nx::OP_COUNT; o++) if (table[o] == (*plan)[k].fn) op = o;
+        PyList_SET_ITEM(out, (Py_ssize_t)k, Py_BuildValue("(ld)", op, t[k]));
+    }
+    return out;
+}
+
 PyObject* py_plan_free(PyObject*, PyObject* args) {
     long h;
     if (!PyArg_ParseTuple(args, "l", &h)) return nullptr;
@@ -156,6 +179,7 @@ PyMethodDef methods[] = {
     {"plan_add", py_plan_add, METH_VARARGS, "plan_add(handle, op, ints, floats): record an op"},
     {"plan_run", py_plan_run, METH_VARARGS, "plan_run(handle): run every recorded op in order"},
     {"plan_free", py_plan_free, METH_VARARGS, "plan_free(handle)"},
+    {"plan_profile", py_plan_profile, METH_VARARGS, "plan_profile(handle): run once, [(op id, seconds)] per op"},
     {"op_names", py_op_names, METH_NOARGS, "the op names, in id order"},
     {"isa", py_isa, METH_NOARGS, "the instruction set the kernels run with"},
     {"set_threads", py_set_threads, METH_VARARGS, "set_threads(n): threads the kernels use"},
