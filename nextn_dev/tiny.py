@@ -175,8 +175,12 @@ def make_gguf(out: str | Path, arch: str = "qwen35", *, mode: str = "bundled", o
 
 
 def load_reference(hf_dir: str | Path):
-    """The transformers model of a checkpoint made here (either shape), in float32, eval mode."""
+    """The transformers model of a checkpoint made here (either shape), in float32, eval mode. The recommended
+    sampling of a published-shape generation_config.json (e.g. Qwen3-Next's repetition_penalty 1.05, which
+    transformers applies even with do_sample=False) is dropped: a reference decodes plainly greedy."""
     import transformers
 
     arch = json.loads((Path(hf_dir) / "config.json").read_text())["architectures"][0]
-    return getattr(transformers, arch).from_pretrained(hf_dir, dtype=torch.float32).eval()
+    model = getattr(transformers, arch).from_pretrained(hf_dir, dtype=torch.float32).eval()
+    model.generation_config = transformers.GenerationConfig(eos_token_id=model.generation_config.eos_token_id)
+    return model
