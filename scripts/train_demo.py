@@ -8,8 +8,8 @@ path hashes into the held-out bucket are never trained on; `--eval` measures on 
 
 The bundled model was made by the second line on one H100 (see README).
 
-Writes runs/demo/hf (a Hugging Face checkpoint: safetensors + config.json + tokenizer.json, MTP
-tensors under `mtp.*` as Qwen3.5 publishes them) and runs/demo/nextn-demo-code.gguf, converted by
+Writes runs/demo/hf (a Hugging Face checkpoint: indexed safetensors shards + config.json + tokenizer.json,
+MTP tensors under `mtp.*` in the last shard, as Qwen3.5 publishes them) and runs/demo/nextn-demo-code.gguf, converted by
 `nextn convert` (bundled form). Needs `transformers` (pip install -e '.[test]').
 
 Loss: next-token CE on the trunk plus, DeepSeek-V3 style, CE of the MTP block; the block is unrolled
@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from nextn.gguf.convert import convert
 from nextn_dev.reference import mtp_head
+from nextn_dev.published import shard
 from nextn_dev.tiny import make_tokenizer
 
 MTP_DEPTH_WEIGHTS = (0.5, 0.3, 0.2)
@@ -124,11 +125,10 @@ def evaluate(model, mtp, ids: torch.Tensor, seq: int, depth: int, device, n_batc
 
 
 def save_checkpoint(model, mtp, out: Path) -> None:
-    from safetensors.torch import save_file
-
+    """As Qwen3.5 is published: the MTP block under `mtp.*` in the last of the indexed safetensors shards
+    (llama.cpp's converter reads only model*.safetensors)."""
     model.save_pretrained(out)
-    save_file({f"mtp.{k}": v.detach().float().cpu().contiguous() for k, v in mtp.state_dict().items()},
-              str(out / "mtp.safetensors"))
+    shard(out, {f"mtp.{k}": v.detach().float().cpu() for k, v in mtp.state_dict().items()})
     cfg = json.loads((out / "config.json").read_text())
     cfg["mtp_num_hidden_layers"] = 1
     (out / "config.json").write_text(json.dumps(cfg, indent=1))

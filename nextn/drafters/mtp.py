@@ -11,6 +11,7 @@ head's own normed hidden state back in. On CPU the block and the output head run
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,7 @@ class Proposal:
     drafts: list[list[int]]             # per sequence, the proposed tokens
     q: list[torch.Tensor | None]        # per sequence, [k, V] draft distributions, None for one-hot drafts
     n_steps: int                        # draft forwards run (for the cost model)
+    catch_up_seconds: float = 0.0       # of the time, running queued pairs through the head (not drafting)
 
 
 class MTPDrafter:
@@ -136,7 +138,9 @@ class MTPDrafter:
         active = [i for i, k in enumerate(ks) if k > 0]
         if not active:
             return Proposal(drafts, [None] * len(seqs), 0)
+        t0 = time.perf_counter()
         self._flush([seqs[i] for i in active])
+        catch_up = time.perf_counter() - t0
         hidden = self.last_mtp_hidden[[seqs[i].slot for i in active]]
         logits, ids = self._logits(hidden)
         steps = 1
@@ -164,7 +168,7 @@ class MTPDrafter:
             if 0 < len(drafts[i]) < seq.spec.draft_min:
                 drafts[i], qs[i] = [], []
         q = [torch.stack(x) if x and x[0] is not None else None for x in qs]
-        return Proposal(drafts, q, steps)
+        return Proposal(drafts, q, steps, catch_up)
 
     @staticmethod
     def _picks(logits: torch.Tensor, ids: list[int] | None, seqs: list[Sequence], so_far: list[list[int]],

@@ -192,11 +192,12 @@ class Engine:
         self.tuner.costs.observe_trunk(len(seqs), max(ks) + 1 if any(res.n_drafted) else 1, res.verify_seconds)
         self.tuner.costs.observe_draft(len(seqs), res.draft_steps, res.draft_seconds)
         outputs = []
-        self.stats.decode_seconds += res.draft_seconds + res.verify_seconds
+        seconds = res.draft_seconds + res.verify_seconds + res.catch_up_seconds
+        self.stats.decode_seconds += seconds
         for b, seq in enumerate(seqs):
             seq.stats.record(res.n_drafted[b], res.n_accepted[b])
             self.stats.record(res.n_drafted[b], res.n_accepted[b])
-            seq.stats.decode_seconds += res.draft_seconds + res.verify_seconds
+            seq.stats.decode_seconds += seconds
             if res.n_drafted[b]:
                 seq.acceptance.update(res.n_drafted[b], res.n_accepted[b])
                 self.tuner.observe(res.n_drafted[b], res.n_accepted[b])

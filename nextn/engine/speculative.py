@@ -20,9 +20,10 @@ class StepResult:
     new_tokens: list[list[int]]     # per sequence: accepted drafts + the emitted token
     n_drafted: list[int]
     n_accepted: list[int]
-    draft_seconds: float
+    draft_seconds: float            # drafting, the head's catch-up on queued pairs excluded
     verify_seconds: float
     draft_steps: int
+    catch_up_seconds: float = 0.0
 
 
 def decode_step(runner: ModelRunner, drafter, seqs: list[Sequence], ks: list[int], generators: dict) -> StepResult:
@@ -42,5 +43,6 @@ def decode_step(runner: ModelRunner, drafter, seqs: list[Sequence], ks: list[int
     if drafter is not None:
         drafter.on_commit(seqs, new_tokens, keep)
     t2 = time.perf_counter()
-    return StepResult(new_tokens, [len(d) for d in drafts], accepted, t1 - t0, t2 - t1,
-                      proposal.n_steps if proposal is not None else 0)
+    catch_up = proposal.catch_up_seconds if proposal is not None else 0.0
+    return StepResult(new_tokens, [len(d) for d in drafts], accepted, t1 - t0 - catch_up, t2 - t1,
+                      proposal.n_steps if proposal is not None else 0, catch_up)

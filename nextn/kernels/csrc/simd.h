@@ -39,6 +39,12 @@ inline Vec operator*(Vec a, Vec b) { return {_mm512_mul_ps(a.v, b.v)}; }
 inline Vec fma(Vec a, Vec b, Vec c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
 inline Vec vmax(Vec a, Vec b) { return {_mm512_max_ps(a.v, b.v)}; }
 inline Vec iota16() { return {_mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)}; }
+inline Vec operator/(Vec a, Vec b) { return {_mm512_div_ps(a.v, b.v)}; }
+inline Vec vmin(Vec a, Vec b) { return {_mm512_min_ps(a.v, b.v)}; }
+inline Vec round_even(Vec a) { return {_mm512_roundscale_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)}; }
+inline Vec pow2(Vec n) {   // 2^n for integer-valued n in [-126, 127]
+    return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n.v), _mm512_set1_epi32(127)), 23))};
+}
 inline void halves(Vec a, float* lo8, float* hi8) {
     _mm256_storeu_ps(lo8, _mm512_castps512_ps256(a.v));
     _mm256_storeu_ps(hi8, _mm512_extractf32x8_ps(a.v, 1));
@@ -82,6 +88,16 @@ inline Vec operator*(Vec a, Vec b) { return {_mm256_mul_ps(a.lo, b.lo), _mm256_m
 inline Vec fma(Vec a, Vec b, Vec c) { return {_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)}; }
 inline Vec vmax(Vec a, Vec b) { return {_mm256_max_ps(a.lo, b.lo), _mm256_max_ps(a.hi, b.hi)}; }
 inline Vec iota16() { return {_mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7), _mm256_setr_ps(8, 9, 10, 11, 12, 13, 14, 15)}; }
+inline Vec operator/(Vec a, Vec b) { return {_mm256_div_ps(a.lo, b.lo), _mm256_div_ps(a.hi, b.hi)}; }
+inline Vec vmin(Vec a, Vec b) { return {_mm256_min_ps(a.lo, b.lo), _mm256_min_ps(a.hi, b.hi)}; }
+inline Vec round_even(Vec a) {
+    const int m = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    return {_mm256_round_ps(a.lo, m), _mm256_round_ps(a.hi, m)};
+}
+inline __m256 pow2_8(__m256 n) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+}
+inline Vec pow2(Vec n) { return {pow2_8(n.lo), pow2_8(n.hi)}; }
 inline void halves(Vec a, float* lo8, float* hi8) { _mm256_storeu_ps(lo8, a.lo); _mm256_storeu_ps(hi8, a.hi); }
 struct IVec {
     __m256i lo, hi;
@@ -117,6 +133,14 @@ inline Vec operator*(Vec a, Vec b) { for (int i = 0; i < 16; i++) a.x[i] = a.x[i
 inline Vec fma(Vec a, Vec b, Vec c) { for (int i = 0; i < 16; i++) c.x[i] = std::fma(a.x[i], b.x[i], c.x[i]); return c; }
 inline Vec vmax(Vec a, Vec b) { for (int i = 0; i < 16; i++) a.x[i] = a.x[i] > b.x[i] ? a.x[i] : b.x[i]; return a; }
 inline Vec iota16() { Vec r; for (int i = 0; i < 16; i++) r.x[i] = (float)i; return r; }
+inline Vec operator/(Vec a, Vec b) { for (int i = 0; i < 16; i++) a.x[i] = a.x[i] / b.x[i]; return a; }
+inline Vec vmin(Vec a, Vec b) { for (int i = 0; i < 16; i++) a.x[i] = a.x[i] < b.x[i] ? a.x[i] : b.x[i]; return a; }
+inline Vec round_even(Vec a) { for (int i = 0; i < 16; i++) a.x[i] = std::nearbyint(a.x[i]); return a; }
+inline Vec pow2(Vec n) {
+    Vec r;
+    for (int i = 0; i < 16; i++) { uint32_t b = (uint32_t)((int32_t)n.x[i] + 127) << 23; std::memcpy(&r.x[i], &b, 4); }
+    return r;
+}
 inline void halves(Vec a, float* lo8, float* hi8) { std::memcpy(lo8, a.x, 32); std::memcpy(hi8, a.x + 8, 32); }
 struct IVec {
     int32_t x[16];
@@ -124,6 +148,25 @@ struct IVec {
 };
 inline Vec lut16(Vec table, IVec i) { Vec r; for (int k = 0; k < 16; k++) r.x[k] = table.x[i.x[k] & 15]; return r; }
 #endif
+
+// e^x, written once in Vec operations (the same bits on every instruction set): x = n ln2 + r with
+// |r| <= ln2 / 2, e^r by a degree-6 polynomial (Cephes' expf), times 2^n. Relative error ~1e-7.
+inline Vec vexp(Vec x) {
+    x = vmin(vmax(x, Vec::set1(-87.3f)), Vec::set1(88.3f));
+    Vec n = round_even(x * Vec::set1(1.44269504088896341f));
+    Vec r = x - n * Vec::set1(0.693359375f);
+    r = r - n * Vec::set1(-2.12194440e-4f);
+    Vec p = Vec::set1(1.9875691500e-4f);
+    p = fma(p, r, Vec::set1(1.3981999507e-3f));
+    p = fma(p, r, Vec::set1(8.3334519073e-3f));
+    p = fma(p, r, Vec::set1(4.1665795894e-2f));
+    p = fma(p, r, Vec::set1(1.6666665459e-1f));
+    p = fma(p, r, Vec::set1(5.0000001201e-1f));
+    p = fma(p, r * r, r + Vec::set1(1.0f));
+    return p * pow2(n);
+}
+inline Vec vsilu(Vec x) { return x / (Vec::set1(1.0f) + vexp(Vec::set1(0.0f) - x)); }
+inline Vec vsigmoid(Vec x) { return Vec::set1(1.0f) / (Vec::set1(1.0f) + vexp(Vec::set1(0.0f) - x)); }
 
 // The one reduction order of 16 lanes: halves (i + 8), then quarters (i + 4), pairs (i + 2), last pair.
 inline float hsum(Vec a) {
