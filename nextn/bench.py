@@ -115,6 +115,7 @@ def summarize(results: dict, configs: list[BenchConfig]) -> dict:
                 "ideal_speedup": round(tok_step / (1 + c * drafts_step), 3),
                 "peak_rss_mb": round(r["peak_rss_mb"], 1), "engine_mb": round(r["engine_mb"], 1),
                 "peak_cuda_mb": round(r["peak_cuda_mb"], 1) if r["peak_cuda_mb"] is not None else None,
+                "step_ms": st.step_ms,
             })
     return {"rows": rows}
 
@@ -135,6 +136,14 @@ def table(summary: dict) -> str:
         lines.append(f"{r['config']:<9} {r['prompts']:<9} {r['tokens_per_second']:>8.1f} {r['speedup']:>7.2f}x "
                      f"{r['ideal_speedup']:>5.2f}x {r['acceptance_rate']:>7.1%} {r['mean_accepted_length']:>8.2f} "
                      f"{per:<22} {r['peak_cuda_mb'] or r['engine_mb']:>16.1f}")
+    parts = ("draft", "catch_up", "verify", "commit", "other")
+    head = f"{'config':<9} {'ms per decode step:':<20}" + "".join(f"{p:>9}" for p in parts) + f"{'total':>9}"
+    lines += ["", head, "-" * len(head)]
+    for r in summary["rows"]:
+        if r["prompts"] == "all":
+            ms = r["step_ms"]
+            lines.append(f"{r['config']:<9} {'':<20}" + "".join(f"{ms[p]:>9.3f}" for p in parts)
+                         + f"{sum(ms.values()):>9.3f}")
     return "\n".join(lines)
 
 
@@ -174,8 +183,8 @@ def add_args(p) -> None:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--temp", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json-out", default="bench.json")
-    p.add_argument("--png", default="bench.png")
+    p.add_argument("--json-out", default=None, help="write every figure to this JSON file")
+    p.add_argument("--png", default=None, help="also draw speedup and acceptance to this PNG")
     p.add_argument("-q", "--quiet", action="store_true")
 
 
@@ -214,5 +223,7 @@ def main(args) -> int:
     if args.png:
         chart(summary, args.png, f"{engine.file.path.name} on {summary['setup']['device']} "
                                  f"({summary['setup']['threads']} threads), greedy, {args.max_tokens} tokens")
-    print(f"wrote {args.json_out} and {args.png}", file=sys.stderr)
+    written = [x for x in (args.json_out, args.png) if x]
+    if written:
+        print(f"wrote {' and '.join(written)}", file=sys.stderr)
     return 0

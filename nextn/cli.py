@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict
 
 from .errors import NextnError
 
@@ -48,7 +49,7 @@ def cmd_generate(args) -> int:
     t = result.timings
     if args.json:
         json.dump({"text": result.text, "tokens": result.tokens, "finish_reason": result.finish_reason,
-                   "timings": t}, out)
+                   "timings": t, "memory": engine.memory(), "params": asdict(result.params)}, out)
         out.write("\n")
         return 0
     out.write("\n")
@@ -59,8 +60,23 @@ def cmd_generate(args) -> int:
         line += (f"; MTP: {t['draft_tokens']} drafted, {t['accepted_tokens']} accepted "
                  f"({t['acceptance_rate']:.1%}), mean accepted length {t['mean_accepted_length']:.2f}, "
                  f"per position [{per_pos}]")
+    mem = engine.memory()
     print(line + "]", file=sys.stderr)
+    print(f"[memory: weights {mem['weights_mb']:.1f} MB, caches {mem['caches_mb']:.1f} MB; "
+          f"sampling: {describe_sampling(result.params)}]", file=sys.stderr)
     return 0
+
+
+def describe_sampling(p) -> str:
+    if p.greedy:
+        text = "greedy"
+    else:
+        text = f"temp {p.temperature:g}" + "".join(f", {name} {v:g}" for name, v, off in (
+            ("top-k", p.top_k, 0), ("top-p", p.top_p, 1), ("min-p", p.min_p, 0)) if v != off)
+    if p.repetition_penalty != 1:
+        text += f", repeat-penalty {p.repetition_penalty:g}" + (f" over the last {p.penalty_last_n} tokens"
+                                                               if p.penalty_last_n > 0 else "")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:

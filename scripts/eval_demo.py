@@ -1,7 +1,8 @@
 """Evaluate the demo model on held-out standard-library files (never trained on, see train_demo.py):
-MTP greedy acceptance per draft position with k = 3, and a sample of what it writes.
+MTP acceptance per draft position with k = 3, and a sample of what it writes; sampling with the model's
+recommended settings (as `nextn generate` does; seeded per file), or greedy with --greedy.
 
-    python scripts/eval_demo.py [MODEL.gguf] [--files 40] [--tokens 96]
+    python scripts/eval_demo.py [MODEL.gguf] [--files 40] [--tokens 96] [--greedy]
 """
 
 import argparse
@@ -9,7 +10,6 @@ import json
 
 
 from nextn.engine.engine import Engine
-from nextn.engine.params import SamplingParams
 from nextn.engine.sequence import SpecConfig
 from nextn.engine.stats import SpecStats
 from train_demo import corpus_files, corpus_root
@@ -22,6 +22,7 @@ def main():
     ap.add_argument("--lines", type=int, default=12, help="prompt: the first N lines of each file")
     ap.add_argument("--tokens", type=int, default=96)
     ap.add_argument("--corpus", default=None)
+    ap.add_argument("--greedy", action="store_true", help="greedy instead of the model's recommended sampling")
     args = ap.parse_args()
     files = [f for f in corpus_files(corpus_root(args.corpus), held_out=True) if f.stat().st_size > 2000]
     step = max(1, len(files) // args.files)
@@ -29,9 +30,10 @@ def main():
     engine = Engine(model=args.model, spec="mtp", progress=False)
     total = SpecStats()
     sample = None
-    for f in files:
+    for i, f in enumerate(files):
+        params = engine.sampling_params(max_tokens=args.tokens, seed=i, temperature=0 if args.greedy else None)
         prompt = "".join(f.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)[:args.lines])
-        r = engine.generate(prompt, SamplingParams(max_tokens=args.tokens), spec=SpecConfig(draft_max=3, adaptive=False))
+        r = engine.generate(prompt, params, spec=SpecConfig(draft_max=3, adaptive=False))
         total.merge(r.stats)
         if sample is None and len(r.text) > 200:
             sample = (f.name, prompt, r.text)

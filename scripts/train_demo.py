@@ -34,6 +34,8 @@ import torch.nn.functional as F
 
 
 from nextn.gguf.convert import convert
+
+DEMO_SAMPLING = {"do_sample": True, "temperature": 0.6, "top_p": 0.95, "repetition_penalty": 1.1, "penalty_last_n": 64}
 from nextn_dev.reference import mtp_head
 from nextn_dev.published import shard
 from nextn_dev.tiny import make_tokenizer
@@ -217,6 +219,8 @@ def main(argv=None):
     ev = evaluate(model, mtp, held_ids, args.seq, args.depth, device)
     print("held-out:", " ".join(f"{k} {v:.3f}" for k, v in ev.items()), flush=True)
     save_checkpoint(model.float(), mtp.float(), hf)
+    # the recommended sampling the GGUF carries (general.sampling.*): a 12 M model decoding greedily loops
+    (hf / "generation_config.json").write_text(json.dumps(DEMO_SAMPLING, indent=1))
     gguf = convert(hf, out / "nextn-demo-code.gguf", outtype=args.outtype, progress=False)
     (out / "train_log.json").write_text(json.dumps({
         "args": vars(args), "steps": step, "tokens": tokens, "minutes": (time.time() - start) / 60,

@@ -48,6 +48,15 @@ def test_expensive_verification_limits_k():
     assert t.choose([_acceptance(0.8)]) == 1
 
 
+def test_the_heads_catch_up_is_a_cost_of_drafting():
+    """Before drafting, the head runs the pairs the last step committed: a step cost that k = 0 avoids."""
+    t = _tuner({1: 0.010, 2: 0.012, 3: 0.014, 4: 0.016}, draft=0.001)
+    assert t.choose([_acceptance(0.5)]) > 0
+    for _ in range(5):
+        t.costs.observe_catch_up(1, 0.010)
+    assert t.choose([_acceptance(0.5)]) == 0
+
+
 def test_one_outlier_does_not_freeze_a_choice():
     t = _tuner({1: 0.010, 2: 0.0105, 3: 0.011, 4: 0.0115}, draft=0.001)
     t.costs.observe_trunk(1, 4, 0.5)           # a scheduler hiccup
@@ -114,3 +123,17 @@ def test_stats_merge_and_rates():
     assert (a.n_drafts, a.n_draft_tokens, a.n_accepted, a.n_steps) == (3, 8, 4, 4)
     assert a.drafted_per_pos == [3, 3, 2] and a.accepted_per_pos == [2, 2, 0]
     assert a.acceptance_rate == 0.5 and abs(a.mean_accepted_length - (1 + 4 / 3)) < 1e-9
+
+
+def test_step_breakdown_accounts_for_the_wall_time():
+    st = SpecStats()
+    st.record(3, 1)
+    st.add_step(0.010, draft=0.001, catch_up=0.002, verify=0.005, commit=0.001)
+    st.record(0, 0)
+    st.add_step(0.006, draft=0.0, catch_up=0.0, verify=0.005, commit=0.0005)
+    ms = st.step_ms
+    assert ms == {"draft": 0.5, "catch_up": 1.0, "verify": 5.0, "commit": 0.75, "other": 0.75}
+    assert abs(sum(ms.values()) - 1e3 * st.decode_seconds / st.n_steps) < 1e-9
+    other = SpecStats()
+    other.merge(st)
+    assert other.step_ms == ms and other.to_dict()["step_ms"] == ms

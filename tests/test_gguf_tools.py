@@ -9,7 +9,7 @@ from gguf import GGMLQuantizationType as Q
 from nextn.gguf.convert import convert
 from nextn.engine.engine import Engine
 from nextn.errors import NextnError
-from nextn.gguf.tools import describe, extract_mtp, graft_mtp, inspect_text, quantize_file, strip_mtp
+from nextn.gguf.tools import describe, extract_mtp, graft_mtp, inspect_text, quantize_file, set_sampling, strip_mtp
 from nextn.gguf.forms import BUNDLED, HEAD_ONLY, TRUNK_ONLY, form_of
 from nextn.gguf.reader import open_gguf
 from nextn.engine.params import SamplingParams
@@ -176,3 +176,29 @@ def test_every_family_converts_to_all_forms_that_agree(tiny, tmp_path, arch):
     c = Engine(model=str(trunk), spec="none", progress=False).generate(prompt, GREEDY)
     assert a.tokens == b.tokens == c.tokens
     assert a.stats.n_draft_tokens == b.stats.n_draft_tokens > 0
+
+
+def test_set_sampling_stores_the_defaults_every_unset_parameter_takes(forms, tmp_path):
+    out = set_sampling(forms["bundled"], tmp_path / "s.gguf", {"temp": 0.7, "top_p": 0.9, "repeat_penalty": 1.1,
+                                                                "repeat_last_n": 64})
+    assert tensors(out) == tensors(forms["bundled"])
+    info = describe(open_gguf(out))
+    assert info["sampling"] == pytest.approx({"temp": 0.7, "top_p": 0.9, "penalty_repeat": 1.1, "penalty_last_n": 64})
+    assert "sampling:      temp 0.7, top_p 0.9" in inspect_text(info)
+    engine = Engine(model=str(out), progress=False)
+    p = engine.sampling_params(top_p=0.5)
+    assert (p.temperature, p.top_p, p.repetition_penalty, p.penalty_last_n) == pytest.approx((0.7, 0.5, 1.1, 64))
+    assert engine.sampling_params(temperature=0).greedy
+    again = set_sampling(out, tmp_path / "t.gguf", {"top_k": 20}, clear=True)
+    assert describe(open_gguf(again))["sampling"] == {"top_k": 20}
+    with pytest.raises(NextnError, match="other than the input"):
+        set_sampling(out, out, {"temp": 1.0})
+
+
+def test_set_sampling_refuses_values_out_of_range_before_writing(forms, tmp_path, capsys):
+    from nextn.cli import main
+
+    out = tmp_path / "bad.gguf"
+    assert main(["gguf", "set-sampling", str(forms["bundled"]), "-o", str(out), "--top-p", "1.5"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "top_p" in err[0] and not out.exists()

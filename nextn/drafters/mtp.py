@@ -32,6 +32,7 @@ class Proposal:
     q: list[torch.Tensor | None]        # per sequence, [k, V] draft distributions, None for one-hot drafts
     n_steps: int                        # draft forwards run (for the cost model)
     catch_up_seconds: float = 0.0       # of the time, running queued pairs through the head (not drafting)
+    caught_up: int = 0                  # pairs run through the head before drafting (most per sequence)
 
 
 class MTPDrafter:
@@ -46,6 +47,10 @@ class MTPDrafter:
             buf, cache = runner.buf, runner.cache
             self.block = Graph(lambda: self.model.emit_mtp_block(cache, buf), compile)
             self.head = Graph(lambda: self.model.emit_mtp_head(buf), compile)
+
+    @property
+    def capture_seconds(self) -> float:
+        return self.block.capture_seconds + self.head.capture_seconds if self.runner.native else 0.0
 
     # ---- keeping the head's cache in step with the trunk ------------------------------------------
     def start(self, seq: Sequence) -> None:
@@ -139,6 +144,7 @@ class MTPDrafter:
         if not active:
             return Proposal(drafts, [None] * len(seqs), 0)
         t0 = time.perf_counter()
+        pairs = max(self.queued(seqs[i].slot) for i in active)
         self._flush([seqs[i] for i in active])
         catch_up = time.perf_counter() - t0
         hidden = self.last_mtp_hidden[[seqs[i].slot for i in active]]
@@ -168,7 +174,7 @@ class MTPDrafter:
             if 0 < len(drafts[i]) < seq.spec.draft_min:
                 drafts[i], qs[i] = [], []
         q = [torch.stack(x) if x and x[0] is not None else None for x in qs]
-        return Proposal(drafts, q, steps, catch_up)
+        return Proposal(drafts, q, steps, catch_up, pairs)
 
     @staticmethod
     def _picks(logits: torch.Tensor, ids: list[int] | None, seqs: list[Sequence], so_far: list[list[int]],

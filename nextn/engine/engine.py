@@ -40,6 +40,7 @@ class Completion:
     prompt_tokens: int
     finish_reason: str
     stats: SpecStats
+    params: SamplingParams | None = None    # as used: the request's values over the model's recommended ones
 
     @property
     def timings(self) -> dict:
@@ -85,6 +86,17 @@ class Engine:
     def memory_bytes(self) -> int:
         """Weights as held in memory plus the preallocated caches and decode buffers."""
         return self.model.nbytes() + self.runner.state_nbytes()
+
+    def memory(self) -> dict:
+        """MB of weights (as held: quantized weights stay in their GGUF type) and of caches + decode buffers."""
+        return {"weights_mb": round(self.model.nbytes() / 2**20, 1),
+                "caches_mb": round(self.runner.state_nbytes() / 2**20, 1)}
+
+    @property
+    def capture_seconds(self) -> float:
+        """Time spent recording the decode step plans (the CPU 'compile'; done on first use, milliseconds)."""
+        drafter = getattr(self.drafter, "capture_seconds", 0.0) if self.drafter is not None else 0.0
+        return self.runner.capture_seconds + drafter
 
     @property
     def device_is_cuda(self) -> bool:
@@ -187,21 +199,25 @@ class Engine:
         return ks
 
     def _decode(self, seqs: list[Sequence]) -> list[Output]:
+        t0 = time.perf_counter()
         ks = self._choose_ks(seqs)
         res = decode_step(self.runner, self.drafter, seqs, ks, self.generators)
-        self.tuner.costs.observe_trunk(len(seqs), max(ks) + 1 if any(res.n_drafted) else 1, res.verify_seconds)
-        self.tuner.costs.observe_draft(len(seqs), res.draft_steps, res.draft_seconds)
+        costs = self.tuner.costs
+        costs.observe_trunk(len(seqs), max(ks) + 1 if any(res.n_drafted) else 1, res.verify_seconds + res.commit_seconds)
+        costs.observe_draft(len(seqs), res.draft_steps, res.draft_seconds)
+        if any(res.n_drafted) and res.caught_up <= self.tuner.k_max + 1:     # steady state, not a long backlog
+            costs.observe_catch_up(len(seqs), res.catch_up_seconds)
         outputs = []
-        seconds = res.draft_seconds + res.verify_seconds + res.catch_up_seconds
-        self.stats.decode_seconds += seconds
         for b, seq in enumerate(seqs):
             seq.stats.record(res.n_drafted[b], res.n_accepted[b])
             self.stats.record(res.n_drafted[b], res.n_accepted[b])
-            seq.stats.decode_seconds += seconds
             if res.n_drafted[b]:
                 seq.acceptance.update(res.n_drafted[b], res.n_accepted[b])
                 self.tuner.observe(res.n_drafted[b], res.n_accepted[b])
             outputs.append(self._emit(seq, res.new_tokens[b]))
+        seconds = time.perf_counter() - t0      # wall time of the whole step: tok/s is never flattered
+        for st in [self.stats] + [seq.stats for seq in seqs]:   # a batched step counts whole for each sequence
+            st.add_step(seconds, res.draft_seconds, res.catch_up_seconds, res.verify_seconds, res.commit_seconds)
         return outputs
 
     def _emit(self, seq: Sequence, tokens: list[int]) -> Output:
@@ -246,4 +262,4 @@ class Engine:
                         on_text(out.text)
         while self.has_work and seq in self.scheduler.active:
             self.step()
-        return Completion("".join(text), seq.generated, seq.n_prompt, seq.finish_reason, seq.stats)
+        return Completion("".join(text), seq.generated, seq.n_prompt, seq.finish_reason, seq.stats, seq.params)

@@ -21,10 +21,11 @@ class StepResult:
     n_drafted: list[int]
     n_accepted: list[int]
     draft_seconds: float            # drafting, the head's catch-up on queued pairs excluded
-    verify_seconds: float
+    verify_seconds: float           # the trunk forward over every sequence's last token and drafts
     draft_steps: int
-    catch_up_seconds: float = 0.0
-
+    catch_up_seconds: float = 0.0   # the MTP head on the pairs the last step committed
+    caught_up: int = 0              # how many (most per sequence)
+    commit_seconds: float = 0.0     # acceptance, cache commit / rollback, queueing the new pairs
 
 def decode_step(runner: ModelRunner, drafter, seqs: list[Sequence], ks: list[int], generators: dict) -> StepResult:
     t0 = time.perf_counter()
@@ -32,6 +33,7 @@ def decode_step(runner: ModelRunner, drafter, seqs: list[Sequence], ks: list[int
     drafts = proposal.drafts if proposal is not None else [[] for _ in seqs]
     t1 = time.perf_counter()
     targets = runner.verify(seqs, drafts)
+    t2 = time.perf_counter()
     new_tokens, accepted = [], []
     for b, seq in enumerate(seqs):
         q = proposal.q[b] if proposal is not None else None
@@ -42,7 +44,8 @@ def decode_step(runner: ModelRunner, drafter, seqs: list[Sequence], ks: list[int
     runner.commit(seqs, keep)
     if drafter is not None:
         drafter.on_commit(seqs, new_tokens, keep)
-    t2 = time.perf_counter()
-    catch_up = proposal.catch_up_seconds if proposal is not None else 0.0
-    return StepResult(new_tokens, [len(d) for d in drafts], accepted, t1 - t0 - catch_up, t2 - t1,
-                      proposal.n_steps if proposal is not None else 0, catch_up)
+    t3 = time.perf_counter()
+    if proposal is None:
+        return StepResult(new_tokens, [0] * len(seqs), accepted, t1 - t0, t2 - t1, 0, commit_seconds=t3 - t2)
+    return StepResult(new_tokens, [len(d) for d in drafts], accepted, t1 - t0 - proposal.catch_up_seconds, t2 - t1,
+                      proposal.n_steps, proposal.catch_up_seconds, proposal.caught_up, t3 - t2)

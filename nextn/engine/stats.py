@@ -16,7 +16,12 @@ class SpecStats:
     accepted_per_pos: list[int] = field(default_factory=list)
     prompt_tokens: int = 0
     prefill_seconds: float = 0.0
-    decode_seconds: float = 0.0
+    decode_seconds: float = 0.0       # wall time of the decode steps, everything included
+    # where a decode step's time goes (engine-wide; the rest of decode_seconds is scheduling, stop rules, text)
+    draft_seconds: float = 0.0        # the MTP head drafting
+    catch_up_seconds: float = 0.0     # the MTP head on the pairs the previous step committed
+    verify_seconds: float = 0.0       # trunk forwards (one per step: last token + drafts)
+    commit_seconds: float = 0.0       # acceptance, cache commit / rollback
 
     def record(self, n_drafted: int, n_accepted: int) -> None:
         self.n_steps += 1
@@ -31,6 +36,22 @@ class SpecStats:
         for i in range(n_drafted):
             self.drafted_per_pos[i] += 1
             self.accepted_per_pos[i] += i < n_accepted
+
+    def add_step(self, seconds: float, draft: float, catch_up: float, verify: float, commit: float) -> None:
+        self.decode_seconds += seconds
+        self.draft_seconds += draft
+        self.catch_up_seconds += catch_up
+        self.verify_seconds += verify
+        self.commit_seconds += commit
+
+    @property
+    def step_ms(self) -> dict:
+        """Mean milliseconds per decode step: draft, catch_up, verify, commit and other (Python bookkeeping)."""
+        n = max(self.n_steps, 1)
+        parts = {"draft": self.draft_seconds, "catch_up": self.catch_up_seconds, "verify": self.verify_seconds,
+                 "commit": self.commit_seconds}
+        parts["other"] = max(self.decode_seconds - sum(parts.values()), 0.0)
+        return {k: round(1e3 * v / n, 4) for k, v in parts.items()}
 
     @property
     def acceptance_rate(self) -> float:
@@ -54,7 +75,8 @@ class SpecStats:
 
     def merge(self, other: "SpecStats") -> None:
         for name in ("n_drafts", "n_draft_tokens", "n_accepted", "n_steps", "n_generated", "prompt_tokens",
-                     "prefill_seconds", "decode_seconds"):
+                     "prefill_seconds", "decode_seconds", "draft_seconds", "catch_up_seconds", "verify_seconds",
+                     "commit_seconds"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for i, (d, a) in enumerate(zip(other.drafted_per_pos, other.accepted_per_pos)):
             if i >= len(self.drafted_per_pos):
@@ -74,4 +96,5 @@ class SpecStats:
             "prompt_seconds": round(self.prefill_seconds, 4), "decode_seconds": round(self.decode_seconds, 4),
             "prompt_tokens_per_second": round(self.prompt_tokens_per_second, 2),
             "tokens_per_second": round(self.tokens_per_second, 2),
+            "step_ms": self.step_ms,
         }

@@ -5,7 +5,7 @@ and how many drafts were kept; `KTuner.choose` picks the k in {0} U [k_min, k_ma
 expected tokens per second, where k = 0 is plain decoding:
 
     tokens(k) = 1 + sum_{i<=k} prod_{j<=i} a_j        (a_j: acceptance at draft position j)
-    time(k)   = trunk(B, T=k+1) + k * draft(B)
+    time(k)   = trunk(B, T=k+1) + k * draft(B) + catch_up(B)   (catch_up: the head on the last step's pairs)
 
 A new request starts from what the model's drafts have been worth lately (`KTuner.recent`), not
 from a fixed guess, so a head that never matches stops costing anything after the first request.
@@ -80,6 +80,14 @@ class CostModel:
 
     trunk: dict[tuple[int, int], Recent] = field(default_factory=dict)
     draft: dict[int, Recent] = field(default_factory=dict)
+    catch_up: dict[int, Recent] = field(default_factory=dict)
+
+    def observe_catch_up(self, B: int, seconds: float) -> None:
+        self.catch_up.setdefault(B, Recent()).add(seconds)
+
+    def catch_up_cost(self, B: int) -> float:
+        e = self.catch_up.get(B)
+        return e.value if e else 0.0
 
     def observe_trunk(self, B: int, T: int, seconds: float) -> None:
         self.trunk.setdefault((B, T), Recent()).add(seconds)
@@ -151,7 +159,7 @@ class KTuner:
             return self.k_max                  # then measure drafting
         best_k, best_rate = 0, B / plain
         for k in range(max(1, self.k_min), self.k_max + 1):
-            t = self.costs.trunk_cost(B, k + 1) + k * draft
+            t = self.costs.trunk_cost(B, k + 1) + k * draft + self.costs.catch_up_cost(B)
             rate = sum(a.expected_tokens(k) for a in acceptances) / t
             if rate > best_rate:
                 best_k, best_rate = k, rate

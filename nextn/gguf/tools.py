@@ -43,6 +43,7 @@ def describe(gf: GGUFFile) -> dict:
         "tensor_count": len(gf.tensors), "tensor_types": dict(types),
         "bytes": {"trunk": trunk_bytes, "mtp": mtp_bytes, "shared": other_bytes},
         "chat_template": gf.meta("tokenizer.chat_template") is not None,
+        "sampling": {k[len("general.sampling."):]: gf.meta(k) for k in gf.fields if k.startswith("general.sampling.")},
     }
 
 
@@ -62,13 +63,15 @@ def inspect_text(info: dict) -> str:
         f"bytes:         trunk {mb(info['bytes']['trunk'])}, MTP {mb(info['bytes']['mtp'])}, "
         f"shared (embeddings, head, norm) {mb(info['bytes']['shared'])}",
         f"chat template: {'yes' if info['chat_template'] else 'no'}",
+        "sampling:      " + (", ".join(f"{k} {v:.4g}" for k, v in info["sampling"].items()) or "not stored (greedy)"),
     ]
     return "\n".join(lines)
 
 
 def _copy_metadata(w: GGUFWriter, gf: GGUFFile, overrides: dict, drop: set[str]) -> None:
     """Copy every key with its own type and in its own place; overrides {key: (value, type, subtype)}
-    replace keys in place, and new ones follow `{arch}.block_count` (where nextn's converter puts them).
+    replace keys in place; new general.* keys end the general section and new architecture keys follow
+    `{arch}.block_count` (where nextn's converter puts them).
     general.size_label is recounted from the tensors this file holds."""
     pending = dict(overrides)
     if "general.size_label" in gf.fields:
@@ -80,6 +83,9 @@ def _copy_metadata(w: GGUFWriter, gf: GGUFFile, overrides: dict, drop: set[str])
     for key, field in gf.fields.items():
         if key.startswith(_INTERNAL) or key in drop or key == "general.architecture":
             continue
+        if key.startswith(f"{gf.arch}."):   # new general.* keys close the general section, as the converter's do
+            for new in [k for k in pending if k.startswith("general.") and k not in gf.fields]:
+                put(new, *pending.pop(new))
         if key in pending:
             put(key, *pending.pop(key))
         else:
@@ -172,6 +178,31 @@ def quantize_file(src: str | Path, out: str | Path, qtype: str, keep_mtp_precisi
     return write_gguf(Path(out), gf.arch, lambda w: _copy_metadata(w, gf, {}, {"general.file_type"}), add_tensors)
 
 
+# general.sampling.* keys the engines read as defaults: (command-line flag, key, value type, parse)
+SAMPLING_KEYS = (("temp", "general.sampling.temp", GGUFValueType.FLOAT32, float),
+                 ("top_k", "general.sampling.top_k", GGUFValueType.INT32, int),
+                 ("top_p", "general.sampling.top_p", GGUFValueType.FLOAT32, float),
+                 ("min_p", "general.sampling.min_p", GGUFValueType.FLOAT32, float),
+                 ("repeat_penalty", "general.sampling.penalty_repeat", GGUFValueType.FLOAT32, float),
+                 ("repeat_last_n", "general.sampling.penalty_last_n", GGUFValueType.INT32, int))
+
+
+def set_sampling(src: str | Path, out: str | Path, values: dict, clear: bool = False) -> Path:
+    """Copy a file with its recommended sampling settings (general.sampling.*) set, the tensors untouched;
+    `clear` drops every sampling key not given. values: {flag: value} with the flags of SAMPLING_KEYS."""
+    gf = open_gguf(src)
+    if Path(out).resolve() == gf.path.resolve():
+        raise NextnError("set-sampling writes a new file: give -o a path other than the input")
+    overrides, given = {}, set()
+    for flag, key, vtype, parse in SAMPLING_KEYS:
+        if values.get(flag) is not None:
+            overrides[key] = (parse(values[flag]), vtype, None)
+            given.add(key)
+    drop = {k for k in gf.fields if k.startswith("general.sampling.") and k not in given} if clear else set()
+    return write_gguf(Path(out), gf.arch, lambda w: _copy_metadata(w, gf, overrides, drop),
+                      _copy_tensors(list(gf.tensors.values())))
+
+
 # ---- command line ---------------------------------------------------------------------------------
 def add_parser(sub) -> None:
     g = sub.add_parser("gguf", help="inspect GGUF files and move MTP heads between them")
@@ -199,11 +230,35 @@ def add_parser(sub) -> None:
     p.add_argument("--type", required=True, choices=list(OUTTYPES))
     p.add_argument("--keep-mtp-precision", action="store_true", help="keep MTP tensors at q8_0 or better")
     p.set_defaults(func=lambda a: _done(quantize_file(a.file, a.out, a.type, a.keep_mtp_precision)))
+    p = gs.add_parser("set-sampling", help="store recommended sampling settings (general.sampling.*), the defaults "
+                                           "nextn and llama.cpp use for every parameter a request leaves unset")
+    p.add_argument("file")
+    p.add_argument("-o", "--out", required=True)
+    p.add_argument("--temp", type=float)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--min-p", type=float)
+    p.add_argument("--repeat-penalty", type=float)
+    p.add_argument("--repeat-last-n", type=int)
+    p.add_argument("--clear", action="store_true", help="drop the sampling keys not given")
+    p.set_defaults(func=_cmd_set_sampling)
 
 
 def _cmd_inspect(args) -> int:
     info = describe(open_gguf(args.file))
     print(json.dumps(info, indent=1) if args.json else inspect_text(info))
+    return 0
+
+
+def _cmd_set_sampling(args) -> int:
+    from ..engine.params import SamplingParams
+
+    values = {flag: getattr(args, flag) for flag, *_ in SAMPLING_KEYS}
+    SamplingParams(**{name: values[flag] for flag, name in (("temp", "temperature"), ("top_k", "top_k"),
+                      ("top_p", "top_p"), ("min_p", "min_p"), ("repeat_penalty", "repetition_penalty"),
+                      ("repeat_last_n", "penalty_last_n")) if values[flag] is not None})   # range checks
+    path = set_sampling(args.file, args.out, values, args.clear)
+    print(inspect_text(describe(open_gguf(path))))
     return 0
 
 
