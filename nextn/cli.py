@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     form.add_argument("--mtp", action="store_true", help="write only the MTP head (file name gets an mtp- prefix)")
     form.add_argument("--no-mtp", action="store_true", help="write the trunk without the MTP head")
     c.add_argument("--keep-mtp-precision", action="store_true", help="keep MTP tensors at q8_0 or better")
+    c.add_argument("--split-max-size", type=gguf_tools.parse_size, default=0, metavar="SIZE",
+                   help="write llama.cpp's split form, parts of at most SIZE (e.g. 4G, 500M)")
     c.set_defaults(func=_convert)
 
     gguf_tools.add_parser(sub)
@@ -128,8 +130,9 @@ def _convert(args) -> int:
     from .gguf.convert import convert
 
     mode = "mtp" if args.mtp else "no-mtp" if args.no_mtp else "bundled"
-    out = convert(args.hf_dir, args.out, outtype=args.outtype, mode=mode, keep_mtp_precision=args.keep_mtp_precision)
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {mode})")
+    out = convert(args.hf_dir, args.out, outtype=args.outtype, mode=mode, keep_mtp_precision=args.keep_mtp_precision,
+                  split_max_size=args.split_max_size)
+    print(gguf_tools.inspect_text(gguf_tools.describe(gguf_tools.open_gguf(out))))
     return 0
 
 

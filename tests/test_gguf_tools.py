@@ -8,8 +8,9 @@ from gguf import GGMLQuantizationType as Q
 
 from nextn.gguf.convert import convert
 from nextn.engine.engine import Engine
-from nextn.errors import NextnError
-from nextn.gguf.tools import describe, extract_mtp, graft_mtp, inspect_text, quantize_file, set_sampling, strip_mtp
+from nextn.errors import ModelFileError, NextnError
+from nextn.gguf.tools import (describe, extract_mtp, graft_mtp, inspect_text, merge_file, quantize_file, set_sampling,
+                              split_file, strip_mtp)
 from nextn.gguf.forms import BUNDLED, HEAD_ONLY, TRUNK_ONLY, form_of
 from nextn.gguf.reader import open_gguf
 from nextn.engine.params import SamplingParams
@@ -202,3 +203,39 @@ def test_set_sampling_refuses_values_out_of_range_before_writing(forms, tmp_path
     assert main(["gguf", "set-sampling", str(forms["bundled"]), "-o", str(out), "--top-p", "1.5"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "top_p" in err[0] and not out.exists()
+
+
+def test_split_models_load_by_their_first_part_for_trunk_and_head(forms, tmp_path):
+    """llama.cpp's split form (NAME-00001-of-0000N.gguf, split.* keys, metadata in the first part)."""
+    trunk = split_file(forms["trunk"], tmp_path / "m.gguf", max_size=300_000)
+    parts = sorted(tmp_path.glob("m-*-of-*.gguf"))
+    assert trunk == parts[0] and trunk.name.endswith(f"-00001-of-{len(parts):05d}.gguf") and len(parts) >= 3
+    gf = open_gguf(trunk)
+    assert gf.parts == parts and gf.meta("split.count") == len(parts)
+    assert {n: (t, b) for n, (t, b) in tensors(forms["trunk"]).items()} == {
+        n: (t.tensor_type, bytes(np.asarray(t.data).tobytes())) for n, t in gf.tensors.items()}
+    info = describe(gf)
+    assert info["parts"] == [p.name for p in parts] and info["size_bytes"] == sum(p.stat().st_size for p in parts)
+    assert f"split:         {len(parts)} parts" in inspect_text(info)
+    shutil.copy(forms["head"], tmp_path / "mtp-m.gguf")     # the head beside the split trunk is found
+    want = Engine(model=str(forms["bundled"]), progress=False).generate(PROMPT, GREEDY)
+    got = Engine(model=str(trunk), progress=False).generate(PROMPT, GREEDY)
+    assert got.tokens == want.tokens and got.stats.n_draft_tokens > 0
+    head = split_file(forms["head"], tmp_path / "h" / "mtp-m.gguf", max_size=100_000)
+    got = Engine(model=str(trunk), mtp_model=str(head), progress=False).generate(PROMPT, GREEDY)
+    assert got.tokens == want.tokens
+    merged = merge_file(trunk, tmp_path / "merged.gguf")
+    assert merged.read_bytes() == forms["trunk"].read_bytes()
+
+
+def test_split_model_errors_name_the_part_at_fault(forms, tmp_path):
+    first = split_file(forms["trunk"], tmp_path / "m.gguf", max_size=300_000)
+    parts = sorted(tmp_path.glob("m-*-of-*.gguf"))
+    with pytest.raises(ModelFileError, match="part 2 of a .*name the first file .*m-00001-of"):
+        open_gguf(parts[1])
+    parts[-1].unlink()
+    with pytest.raises(ModelFileError, match=f"part {len(parts)} of {len(parts)} .* is missing"):
+        open_gguf(first)
+    renamed = first.rename(tmp_path / "renamed.gguf")
+    with pytest.raises(ModelFileError, match="its other parts cannot be found"):
+        open_gguf(renamed)

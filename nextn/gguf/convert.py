@@ -79,7 +79,7 @@ class Checkpoint:
 
 
 def convert(hf_dir: str | Path, out: str | Path, *, outtype: str = "f16", mode: str = "bundled",
-            keep_mtp_precision: bool = False, progress: bool = True) -> Path:
+            keep_mtp_precision: bool = False, progress: bool = True, split_max_size: int = 0) -> Path:
     if outtype not in OUTTYPES:
         raise NextnError(f"unknown --outtype {outtype!r} (choose from {', '.join(OUTTYPES)})")
     if mode not in MODES:
@@ -114,7 +114,7 @@ def convert(hf_dir: str | Path, out: str | Path, *, outtype: str = "f16", mode: 
             arr, raw = encode_tensor(data.numpy(), t)
             w.add_tensor(name, arr, raw_dtype=raw)
 
-    return write_gguf(out, ck.arch, add_metadata, add_tensors)
+    return write_gguf(out, ck.arch, add_metadata, add_tensors, split_max_size)
 
 
 def _model_name(ck: Checkpoint) -> str:

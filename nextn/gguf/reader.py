@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import re
 import struct
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -126,6 +127,11 @@ class GGUFFile:
     path: Path
     fields: dict[str, Field]
     tensors: dict[str, Tensor]
+    parts: list[Path] = field(default_factory=list)     # a split model's files, first to last ([path] if one)
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.parts or [self.path])
 
     def meta(self, key: str, default=None):
         f = self.fields.get(key)
@@ -174,9 +180,54 @@ class GGUFFile:
         return t
 
 
+SPLIT_NAME = re.compile(r"^(?P<stem>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+
+
 def open_gguf(path: str | os.PathLike) -> GGUFFile:
-    """Open and validate a GGUF file, turning every failure into one clear ModelFileError."""
-    path = Path(path)
+    """Open and validate a GGUF file, turning every failure into one clear ModelFileError. A split model
+    (llama.cpp's `NAME-00001-of-0000N.gguf` with split.* keys) is opened by naming its first file: the
+    other parts are found beside it and their tensors joined to the first part's metadata."""
+    first = _open_one(Path(path))
+    count = int(first.meta("split.count", 0) or 0)
+    if count <= 1:
+        _ = first.arch
+        return first
+    m = SPLIT_NAME.match(first.path.name)
+    no = int(first.meta("split.no", 0) or 0)
+    if no != 0:
+        name = (SPLIT_NAME.sub(lambda g: f"{g['stem']}-00001-of-{g['count']}.gguf", first.path.name) if m
+                else "its first part")
+        raise ModelFileError(f"{first.path}: this is part {no + 1} of a {count}-part split model; name the first "
+                             f"file ({name})")
+    if not m:
+        raise ModelFileError(f"{first.path}: first part of a {count}-part split model, but its name does not end in "
+                             f"-00001-of-{count:05d}.gguf, so its other parts cannot be found")
+    parts, tensors = [first.path], dict(first.tensors)
+    for i in range(1, count):
+        part_path = first.path.with_name(f"{m['stem']}-{i + 1:05d}-of-{count:05d}.gguf")
+        if not part_path.exists():
+            raise ModelFileError(f"{first.path}: part {i + 1} of {count} of this split model is missing "
+                                 f"(expected {part_path.name} beside it)")
+        part = _open_one(part_path)
+        if part.meta("split.no") != i or part.meta("split.count") != count:
+            raise ModelFileError(f"{part_path}: says it is part {part.meta('split.no')} of {part.meta('split.count')}, "
+                                 f"expected part {i} (0-based) of {count}")
+        for name, t in part.tensors.items():
+            if name in tensors:
+                raise ModelFileError(f"{part_path}: tensor '{name}' is also in another part of the split model")
+            tensors[name] = t
+        parts.append(part_path)
+    total = first.meta("split.tensors.count")
+    if total is not None and total != len(tensors):
+        raise ModelFileError(f"{first.path}: the split model's parts hold {len(tensors)} tensors, split.tensors.count "
+                             f"says {total}")
+    gf = GGUFFile(first.path, first.fields, tensors, parts)
+    _ = gf.arch
+    return gf
+
+
+def _open_one(path: Path) -> GGUFFile:
+    """One file, header validated; general.architecture is checked by the caller (split parts have none)."""
     if not path.exists():
         raise ModelFileError(f"{path}: no such file")
     if path.is_dir():
@@ -224,9 +275,7 @@ def open_gguf(path: str | os.PathLike) -> GGUFFile:
             block, size = GGML_QUANT_SIZES[qtype]
             view = view.reshape(*logical[:-1], logical[-1] // block * size)
         tensors[name] = Tensor(name, qtype, np.array(dims, dtype=np.uint64), at, n_bytes, view)
-    gf = GGUFFile(path, fields, tensors)
-    _ = gf.arch
-    return gf
+    return GGUFFile(path, fields, tensors, [path])
 
 
 def _tensor_info(cur: _Cursor, path: Path):

@@ -1,11 +1,13 @@
 """`nextn gguf ...`: inspect a file's publishing form, and move MTP heads between files without
-reconverting (extract, strip, graft), byte for byte; `quantize` re-encodes on request.
+reconverting (extract, strip, graft), byte for byte; `quantize` re-encodes on request; `split` / `merge`
+move between one file and llama.cpp's split form; `set-sampling` stores recommended sampling settings.
 
 Every command writes through a temporary file, so a refused or failed run leaves no output behind.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections import Counter
 from pathlib import Path
@@ -35,7 +37,8 @@ def describe(gf: GGUFFile) -> dict:
         else:
             trunk_bytes += t.n_bytes
     return {
-        "file": str(gf.path), "size_bytes": gf.path.stat().st_size, "architecture": gf.arch, "form": form_of(gf),
+        "file": str(gf.path), "size_bytes": gf.size_bytes, "parts": [p.name for p in gf.parts],
+        "architecture": gf.arch, "form": form_of(gf),
         "block_count": gf.n_layer_all, "trunk_layers": gf.n_trunk, "mtp_layers": gf.n_mtp,
         "mtp_blocks": list(range(gf.n_trunk, gf.n_layer_all)) if gf.n_mtp else [],
         "embedding_length": gf.arch_meta("embedding_length"), "context_length": gf.arch_meta("context_length"),
@@ -54,6 +57,8 @@ def inspect_text(info: dict) -> str:
             HEAD_ONLY: "MTP head only: pass with --mtp-model next to the trunk file"}[info["form"]]
     lines = [
         f"file:          {info['file']} ({mb(info['size_bytes'])})",
+        *([f"split:         {len(info['parts'])} parts ({info['parts'][0]} ... {info['parts'][-1]})"]
+          if len(info["parts"]) > 1 else []),
         f"architecture:  {info['architecture']}",
         f"form:          {info['form']} ({hint})",
         f"layers:        {info['trunk_layers']} trunk + {info['mtp_layers']} MTP (block_count {info['block_count']})"
@@ -178,6 +183,37 @@ def quantize_file(src: str | Path, out: str | Path, qtype: str, keep_mtp_precisi
     return write_gguf(Path(out), gf.arch, lambda w: _copy_metadata(w, gf, {}, {"general.file_type"}), add_tensors)
 
 
+def parse_size(text: str) -> int:
+    """'4G', '500M', '1.5G', '123456' (bytes) -> bytes."""
+    units = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+    t = text.strip().upper().removesuffix("B")
+    try:
+        value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r} (e.g. 4G, 500M)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}: must be positive")
+    return int(value)
+
+
+def split_file(src: str | Path, out: str | Path, max_size: int) -> Path:
+    """Copy a model (one file or already split) into llama.cpp's split form, parts of at most max_size bytes;
+    `out` names the model (NAME.gguf -> NAME-00001-of-0000N.gguf ...). Returns the first part."""
+    gf = open_gguf(src)
+    return write_gguf(Path(out), gf.arch, lambda w: _copy_metadata(w, gf, {}, SPLIT_KEYS),
+                      _copy_tensors(list(gf.tensors.values())), split_max_size=max_size)
+
+
+def merge_file(src: str | Path, out: str | Path) -> Path:
+    """A split model (named by its first part) as one file."""
+    gf = open_gguf(src)
+    return write_gguf(Path(out), gf.arch, lambda w: _copy_metadata(w, gf, {}, SPLIT_KEYS),
+                      _copy_tensors(list(gf.tensors.values())))
+
+
+SPLIT_KEYS = {"split.no", "split.count", "split.tensors.count"}
+
+
 # general.sampling.* keys the engines read as defaults: (command-line flag, key, value type, parse)
 SAMPLING_KEYS = (("temp", "general.sampling.temp", GGUFValueType.FLOAT32, float),
                  ("top_k", "general.sampling.top_k", GGUFValueType.INT32, int),
@@ -230,6 +266,16 @@ def add_parser(sub) -> None:
     p.add_argument("--type", required=True, choices=list(OUTTYPES))
     p.add_argument("--keep-mtp-precision", action="store_true", help="keep MTP tensors at q8_0 or better")
     p.set_defaults(func=lambda a: _done(quantize_file(a.file, a.out, a.type, a.keep_mtp_precision)))
+    p = gs.add_parser("split", help="write llama.cpp's split form (NAME-00001-of-0000N.gguf) with parts of at most "
+                                    "--max-size")
+    p.add_argument("file")
+    p.add_argument("-o", "--out", required=True, help="NAME.gguf: the parts become NAME-0000i-of-0000N.gguf")
+    p.add_argument("--max-size", type=parse_size, required=True, help="e.g. 4G, 500M")
+    p.set_defaults(func=lambda a: _done(split_file(a.file, a.out, a.max_size)))
+    p = gs.add_parser("merge", help="a split model (named by its first part) as one file")
+    p.add_argument("file")
+    p.add_argument("-o", "--out", required=True)
+    p.set_defaults(func=lambda a: _done(merge_file(a.file, a.out)))
     p = gs.add_parser("set-sampling", help="store recommended sampling settings (general.sampling.*), the defaults "
                                            "nextn and llama.cpp use for every parameter a request leaves unset")
     p.add_argument("file")

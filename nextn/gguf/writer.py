@@ -75,15 +75,45 @@ def parameter_label(w: GGUFWriter) -> str:
     return size_label(*w.get_total_parameter_count())
 
 
-def write_gguf(out: Path, arch: str, add_metadata, add_tensors) -> Path:
+def write_gguf(out: Path, arch: str, add_metadata, add_tensors, split_max_size: int = 0) -> Path:
     """Write a whole file atomically. Tensors are registered first (`add_tensors(writer)`), so that
-    `add_metadata(writer)` can count their parameters for general.size_label."""
-    with atomic_output(out) as tmp:
-        w = GGUFWriter(str(tmp), arch)
-        add_tensors(w)
-        add_metadata(w)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file(progress=False)
-        w.close()
-    return Path(out)
+    `add_metadata(writer)` can count their parameters for general.size_label.
+
+    split_max_size > 0 writes llama.cpp's split form instead (`NAME-00001-of-0000N.gguf`, split.* keys,
+    all other metadata in the first file, no file above the size unless one tensor is): every part is
+    written beside its final name and renamed into place only when all are complete. Returns the first."""
+    out = Path(out)
+    if split_max_size <= 0:
+        with atomic_output(out) as tmp:
+            _write(GGUFWriter(str(tmp), arch), add_metadata, add_tensors)
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stem = out.name[:-len(".gguf")] if out.name.endswith(".gguf") else out.name
+    tmp = out.with_name(f".{stem}.partial.gguf")
+    w = GGUFWriter(str(tmp), arch, split_max_size=split_max_size)
+    written = []
+    try:
+        _write(w, add_metadata, add_tensors, lambda: written.extend(w.format_shard_names(tmp)))
+        finals = [out.with_name(SHARD_NAME.format(stem, i + 1, len(written))) for i in range(len(written))]
+        if len(written) == 1:       # everything fits in one part: a plain file
+            finals = [out]
+        for part, final in zip(written, finals):
+            os.replace(part, final)
+        written = []
+        return finals[0]
+    finally:
+        for part in written:
+            Path(part).unlink(missing_ok=True)
+
+
+SHARD_NAME = "{:s}-{:05d}-of-{:05d}.gguf"     # llama.cpp's split file names
+
+
+def _write(w: GGUFWriter, add_metadata, add_tensors, opened=lambda: None) -> None:
+    add_tensors(w)
+    add_metadata(w)
+    opened()
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file(progress=False)
+    w.close()

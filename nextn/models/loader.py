@@ -10,7 +10,7 @@ import torch
 
 from ..errors import ModelFileError, MTPUnavailableError, NextnError
 from ..gguf.forms import BUNDLED, HEAD_ONLY, form_of, head_mismatch
-from ..gguf.reader import GGUFFile, open_gguf
+from ..gguf.reader import SPLIT_NAME, GGUFFile, open_gguf
 from ..text.tokenizer import Tokenizer
 from .config import ModelConfig
 from .model import Model
@@ -43,6 +43,8 @@ def find_head(trunk: GGUFFile, mtp_path: str | Path | None) -> GGUFFile | None:
     if form_of(trunk) == BUNDLED:
         return None
     candidates = [trunk.path.with_name("mtp-" + trunk.path.name)]
+    if m := SPLIT_NAME.match(trunk.path.name):      # a split trunk: its head as one file, or split alike
+        candidates.append(trunk.path.with_name(f"mtp-{m['stem']}.gguf"))
     candidates += sorted(p for p in trunk.path.parent.glob("mtp-*.gguf") if p not in candidates)
     for path in candidates:
         if not path.exists():
