@@ -24,6 +24,14 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
 
 
 def sampling_params(args, engine):
+    """The request's sampling parameters; engine None: only check the values given."""
+    if engine is None:
+        from .engine.params import SamplingParams
+
+        return SamplingParams.with_defaults({}, temperature=args.temp, top_k=args.top_k, top_p=args.top_p,
+                                            min_p=args.min_p, repetition_penalty=args.repeat_penalty,
+                                            penalty_last_n=args.repeat_last_n, seed=args.seed,
+                                            max_tokens=args.max_tokens, ignore_eos=args.ignore_eos)
     return engine.sampling_params(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                                   repetition_penalty=args.repeat_penalty, penalty_last_n=args.repeat_last_n,
                                   seed=args.seed, max_tokens=args.max_tokens, ignore_eos=args.ignore_eos)
@@ -35,10 +43,20 @@ def cmd_generate(args) -> int:
 
     prompt = args.prompt
     if args.file:
-        with open(args.file, encoding="utf-8") as f:
-            prompt = f.read()
+        try:
+            with open(args.file, encoding="utf-8") as f:
+                prompt = f.read()
+        except OSError as e:
+            raise NextnError(f"-f {args.file}: cannot read ({e.strerror})") from None
+        except UnicodeDecodeError as e:
+            raise NextnError(f"-f {args.file}: not UTF-8 text (byte {e.start})") from None
     if prompt is None:
         prompt = "def fibonacci(n):\n"
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise NextnError(f"the prompt is not valid UTF-8 (undecodable byte at character {e.start})") from None
+    sampling_params(args, None)          # every sampling value checked before the model loads
     engine = Engine(EngineConfig.from_args(args, progress=not args.quiet))
     messages = [{"role": "user", "content": prompt}] if args.chat else None
     out = sys.stdout
@@ -146,6 +164,10 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"nextn: error: {e}", file=sys.stderr)
         return 2
+    except MemoryError as e:
+        print(f"nextn: error: out of memory ({e or 'allocation failed'}); lower --ctx-size or --parallel, or use a "
+              f"smaller model", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

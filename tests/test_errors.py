@@ -101,3 +101,58 @@ def test_prompt_longer_than_context_is_refused(tiny):
     engine = Engine(model=str(tiny("qwen35")), spec="none", ctx_size=64, progress=False)
     with pytest.raises(NextnError, match="context holds 64"):
         engine.add_request(list(range(5, 100)))
+
+
+def _with_metadata(src, out, overrides):
+    from gguf import GGUFValueType as T  # noqa: F401
+
+    from nextn.gguf.tools import _copy_metadata, _copy_tensors
+    from nextn.gguf.writer import write_gguf
+
+    gf = open_gguf(src)
+    ov = {k.replace("ARCH", gf.arch): v for k, v in overrides.items()}
+    return write_gguf(out, gf.arch, lambda w: _copy_metadata(w, gf, ov, set()), _copy_tensors(list(gf.tensors.values())))
+
+
+def _T():
+    from gguf import GGUFValueType
+    return GGUFValueType
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    ({"ARCH.attention.head_count": (0, "UINT32")}, "n_head = 0 must be positive"),
+    ({"ARCH.attention.head_count_kv": (3, "UINT32")}, "cannot share 3 KV heads"),
+    ({"ARCH.embedding_length": (300, "UINT32")}, "embedding_length is 300"),
+    ({"ARCH.ssm.inner_size": (100, "UINT32")}, "head counts, head and state sizes"),
+    ({"ARCH.attention.layer_norm_rms_epsilon": (-1.0, "FLOAT32")}, "must be positive"),
+    ({"tokenizer.ggml.eos_token_id": (10**6, "UINT32")}, "eos_token_id = 1000000 is not a token id"),
+], ids=["heads0", "kv3", "embd", "ssm", "eps", "eos"])
+def test_metadata_that_contradicts_the_tensors_is_refused_at_load(demo_model, tmp_path, overrides, needle):
+    T = _T()
+    path = _with_metadata(demo_model, tmp_path / "bad.gguf", {k: (v, getattr(T, t), None) for k, (v, t) in overrides.items()})
+    with pytest.raises(ModelFileError, match=needle):
+        Engine(model=str(path), progress=False)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["generate", "--device", "tpu", "-p", "x"], "unknown --device 'tpu'"),
+    (["generate", "-f", "/no/such/prompt.txt"], "-f /no/such/prompt.txt: cannot read"),
+    (["generate", "-p", "x", "-n", "-5"], "max_tokens must be >= 1"),
+    (["generate", "-p", "x", "--top-p", "2"], "top_p must be in (0, 1]"),
+    (["serve", "--port", "99999"], "invalid port '99999'"),
+    (["gguf", "quantize", "DEMO", "-o", "TMP", "--type", "q8_0"], "is a directory"),
+])
+def test_cli_refuses_bad_arguments_in_one_line_before_loading(demo_model, tmp_path, args, needle):
+    args = [str(demo_model) if a == "DEMO" else str(tmp_path) if a == "TMP" else a for a in args]
+    proc = subprocess.run([sys.executable, "-m", "nextn", *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert needle in proc.stderr and "loading" not in proc.stderr     # refused before the model loads
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_undecodable_prompt_is_refused_before_anything_is_printed(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "nextn", "generate", "-p", b"\xff\xfe abc", "-n", "2"],
+                          capture_output=True, timeout=120)
+    assert proc.returncode == 1 and proc.stdout == b""
+    assert proc.stderr.decode().strip().splitlines() == [
+        "nextn: error: the prompt is not valid UTF-8 (undecodable byte at character 0)"]

@@ -164,6 +164,9 @@ def test_metrics_expose_speculative_counters(server, client):
     ({"prompt": "x", "draft_max": -1}, 400, "draft_max"),
     ({"prompt": "x", "model": "gpt-4o"}, 404, "does not exist"),
     ({"prompt": "word " * 400}, 400, "context holds 192"),
+    ({"prompt": "x", "seed": 2**70}, 400, "seed"),
+    ({"prompt": "x", "seed": 1.5}, 400, "'seed' must be an integer"),
+    ({"prompt": "x", "stream": "yes"}, 400, "'stream' must be a boolean"),
 ])
 def test_bad_input_gets_an_openai_style_error(server, body, status, needle):
     r = httpx.post(server["url"] + "/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"})
@@ -187,3 +190,30 @@ def test_wrong_api_key(server):
     r = httpx.post(server["url"] + "/v1/completions", json={"prompt": "x"})
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
     assert httpx.get(server["url"] + "/health").status_code == 200
+
+
+@pytest.mark.parametrize("path,body,needle", [
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, "text parts"),
+    ("/v1/chat/completions", {"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role is 'wizard'"),
+    ("/v1/completions", {"prompt": "\ud800 lone surrogate"}, "not valid Unicode"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "\udcff"}]}, "not valid Unicode"),
+], ids=["text-part", "role", "surrogate", "chat-surrogate"])
+def test_malformed_messages_are_400_not_500(server, path, body, needle):
+    import json
+
+    raw = json.dumps(body).encode()           # json.dumps escapes lone surrogates as \udXXX, as a client would
+    r = httpx.post(server["url"] + path, content=raw,
+                   headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    assert r.status_code == 400 and needle in r.json()["error"]["message"]
+
+
+def test_deeply_nested_json_and_unknown_routes_get_openai_errors(server):
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    r = httpx.post(server["url"] + "/v1/completions", content=b"[" * 100000 + b"]" * 100000, headers=headers)
+    assert r.status_code == 400 and "nested too deeply" in r.json()["error"]["message"]
+    for method, path, status in (("GET", "/v1/nothing", 404), ("GET", "/v1/completions", 405),
+                                 ("POST", "/v1/models", 405), ("GET", "/v1/models/other-model", 404)):
+        r = httpx.request(method, server["url"] + path, headers=headers)
+        assert r.status_code == status and r.json()["error"]["message"] and r.json()["error"]["type"]
+    model = httpx.get(server["url"] + "/v1/models", headers=headers).json()["data"][0]["id"]
+    assert httpx.get(server["url"] + f"/v1/models/{model}", headers=headers).json()["id"] == model

@@ -12,6 +12,7 @@ from gguf import GGMLQuantizationType as Q, GGUFWriter
 from gguf.quants import quantize
 from gguf.utility import size_label
 
+from ..errors import NextnError
 from .reader import block_index
 
 # --outtype / --type names, and llama.cpp's general.file_type for each
@@ -56,11 +57,20 @@ def encode_tensor(arr: np.ndarray, qtype: Q) -> tuple[np.ndarray, Q | None]:
     return quantize(arr, qtype), qtype
 
 
+def _check_output(out: Path) -> None:
+    if out.is_dir():
+        raise NextnError(f"-o {out}: is a directory; give the output file's name (e.g. {out / 'model.gguf'})")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise NextnError(f"-o {out}: cannot create its folder ({e.strerror})") from None
+
+
 @contextlib.contextmanager
 def atomic_output(out: Path):
     """Yield a temporary path beside `out`; rename it into place only if the block succeeds."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    _check_output(out)
     tmp = out.with_name(f".{out.name}.partial")
     try:
         yield tmp
@@ -87,7 +97,7 @@ def write_gguf(out: Path, arch: str, add_metadata, add_tensors, split_max_size: 
         with atomic_output(out) as tmp:
             _write(GGUFWriter(str(tmp), arch), add_metadata, add_tensors)
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
+    _check_output(out)
     stem = out.name[:-len(".gguf")] if out.name.endswith(".gguf") else out.name
     tmp = out.with_name(f".{stem}.partial.gguf")
     w = GGUFWriter(str(tmp), arch, split_max_size=split_max_size)

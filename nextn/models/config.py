@@ -56,6 +56,20 @@ class ModelConfig:
             raise ValueError("recurrent flags must cover trunk and MTP blocks")
         if self.n_rot > self.head_dim or self.n_rot % 2:
             raise ValueError(f"rope dimension {self.n_rot} does not fit head_dim {self.head_dim}")
+        for name in ("n_embd", "n_head", "n_head_kv", "head_dim", "n_vocab"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} = {getattr(self, name)} must be positive")
+        if self.n_head % self.n_head_kv:
+            raise ValueError(f"{self.n_head} attention heads cannot share {self.n_head_kv} KV heads evenly")
+        if not self.rms_eps > 0:
+            raise ValueError(f"layer_norm_rms_epsilon = {self.rms_eps} must be positive")
+        if self.n_expert and not 0 < self.n_expert_used <= self.n_expert:
+            raise ValueError(f"expert_used_count = {self.n_expert_used} must be in [1, expert_count = {self.n_expert}]")
+        if self.arch in HYBRID_ARCHS:
+            k, v = self.ssm_n_k_heads, self.ssm_n_v_heads
+            if min(k, v, self.ssm_head_k_dim, self.ssm_inner, self.ssm_conv_kernel) <= 0 or v % k or self.ssm_inner % v:
+                raise ValueError(f"linear attention: {k} key heads of {self.ssm_head_k_dim}, {v} value heads, inner "
+                                 f"size {self.ssm_inner}, conv kernel {self.ssm_conv_kernel} do not fit together")
 
     @property
     def ssm_v_tiled(self) -> bool:

@@ -62,9 +62,20 @@ def find_head(trunk: GGUFFile, mtp_path: str | Path | None) -> GGUFFile | None:
 
 
 def pick_device(device: str | None) -> torch.device:
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not device:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise NextnError(f"unknown --device {device!r} (use cpu, cuda or cuda:N)") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise NextnError(f"--device {device!r} is not supported (use cpu, cuda or cuda:N)")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise NextnError(f"--device {device}: CUDA is not available here (this PyTorch build or machine has no GPU)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise NextnError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev
 
 
 def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:

@@ -21,7 +21,7 @@ from ..kernels.weights import QWeight, from_gguf
 from .attention import attention, attention_native
 from .buffers import Buffers
 from .cache import Cache
-from .config import ModelConfig
+from .config import HYBRID_ARCHS, ModelConfig
 from .deltanet import deltanet_native, gated_deltanet
 from .layers import dense_ffn, linear, rms_norm, rope_tables, swiglu_native
 from .moe import moe_ffn, moe_native
@@ -216,3 +216,46 @@ def _check_block(gf: GGUFFile, cfg: ModelConfig, il: int, w: dict) -> None:
     for name in required:
         if name not in w:
             raise ModelFileError(f"{gf.path}: tensor 'blk.{il}.{name}' is missing")
+    for name, (axis, want) in _residual_dims(cfg, il).items():
+        if name in w and _dims(w[name])[axis] != want:
+            side = "rows have" if axis == -1 else "columns have"
+            raise ModelFileError(f"{gf.path}: tensor 'blk.{il}.{name}' has shape {list(_dims(w[name]))}: its {side} "
+                                 f"{_dims(w[name])[axis]} entries, the metadata's embedding_length is {want}")
+    for name, want in _inner_dims(cfg, il).items():
+        if name in w and _dims(w[name]) != want:
+            raise ModelFileError(f"{gf.path}: tensor 'blk.{il}.{name}' has shape {list(_dims(w[name]))}, but the "
+                                 f"metadata (head counts, head and state sizes) makes it {list(want)}")
+
+
+def _dims(t) -> tuple[int, ...]:
+    return tuple(t.shape)
+
+
+def _residual_dims(cfg: ModelConfig, il: int) -> dict:
+    """Weights that read (last axis) or write (second to last) the residual stream: {name: (axis, size)}."""
+    d = cfg.n_embd
+    reads = ("attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_qkv.weight", "attn_gate.weight",
+             "ffn_gate.weight", "ffn_up.weight", "ffn_gate_inp.weight", "ffn_gate_exps.weight", "ffn_up_exps.weight",
+             "ffn_gate_shexp.weight", "ffn_up_shexp.weight", "ssm_alpha.weight", "ssm_beta.weight", "ssm_ba.weight",
+             "ssm_in.weight")
+    writes = ("attn_output.weight", "ffn_down.weight", "ffn_down_exps.weight", "ffn_down_shexp.weight",
+              "ssm_out.weight", "nextn.eh_proj.weight")
+    out = {n: (-1, d) for n in reads}
+    out.update({n: (-2, d) for n in writes})
+    return out
+
+
+def _inner_dims(cfg: ModelConfig, il: int) -> dict:
+    """Full shapes the head counts and sizes fix (logical row-major shapes)."""
+    if cfg.recurrent[il]:
+        v = cfg.ssm_n_v_heads
+        qkv = 2 * cfg.ssm_n_k_heads * cfg.ssm_head_k_dim + cfg.ssm_inner
+        return {"ssm_out.weight": (cfg.n_embd, cfg.ssm_inner), "ssm_alpha.weight": (v, cfg.n_embd),
+                "ssm_beta.weight": (v, cfg.n_embd), "ssm_conv1d.weight": (qkv, cfg.ssm_conv_kernel),
+                "attn_qkv.weight": (qkv, cfg.n_embd)}
+    if cfg.arch in HYBRID_ARCHS:   # gated attention: q and its gate interleaved per head
+        return {"attn_q.weight": (2 * cfg.n_head * cfg.head_dim, cfg.n_embd),
+                "attn_k.weight": (cfg.n_head_kv * cfg.head_dim, cfg.n_embd),
+                "attn_v.weight": (cfg.n_head_kv * cfg.head_dim, cfg.n_embd),
+                "attn_output.weight": (cfg.n_embd, cfg.n_head * cfg.head_dim)}
+    return {}

@@ -7,15 +7,18 @@ out of speculation (`"speculative": false`) or set its own `draft_max`.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import hmac
 import json
+import socket
 import time
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..engine.config import EngineConfig
 from ..engine.engine import Engine
@@ -48,6 +51,12 @@ def create_app(engine: Engine, api_key: str | None = None, model_name: str | Non
     async def _validation(_, exc):
         return JSONResponse(ApiError(400, str(exc)).body(), status_code=400)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):   # unknown route, wrong method: OpenAI's shape
+        what = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
+        err = ApiError(exc.status_code, what.get(exc.status_code, str(exc.detail)), kind="invalid_request_error")
+        return JSONResponse(err.body(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
     @app.middleware("http")
     async def _auth(request: Request, call_next):
         if api_key and request.url.path.startswith("/v1/"):
@@ -67,16 +76,27 @@ def create_app(engine: Engine, api_key: str | None = None, model_name: str | Non
     def prometheus():
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
+    def model_card() -> dict:
+        return {"id": model_id, "object": "model", "created": int(time.time()), "owned_by": "nextn"}
+
     @app.get("/v1/models")
     def models():
-        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": int(time.time()),
-                                            "owned_by": "nextn"}]}
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{name:path}")
+    def model(name: str):
+        if name not in aliases:
+            raise ApiError(404, f"model '{name}' does not exist (this server serves '{model_id}')", "model",
+                           "model_not_found")
+        return model_card()
 
     async def _body(request: Request):
         try:
             return json.loads(await request.body())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ApiError(400, f"invalid JSON body: {e}") from None
+        except RecursionError:
+            raise ApiError(400, "invalid JSON body: nested too deeply") from None
 
     async def handle(request: Request, chat: bool):
         endpoint = "chat" if chat else "completions"
@@ -95,6 +115,7 @@ def create_app(engine: Engine, api_key: str | None = None, model_name: str | Non
             seq, queue = loop.submit(ids, req.params, req.spec)
         except NextnError as e:
             raise ApiError(400, str(e)) from None
+
         rid = protocol.new_id("chatcmpl" if chat else "cmpl")
         t0 = time.perf_counter()
         if req.stream:
@@ -175,17 +196,45 @@ def _reason(seq) -> str:
 
 def add_args(p) -> None:
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--port", type=_port, default=8080)
     p.add_argument("-np", "--parallel", type=int, default=4, help="concurrent sequences (slots)")
     p.add_argument("--api-key", default=None)
     p.add_argument("--alias", default=None, help="model name served by /v1/models")
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r} (1-65535)")
+    return port
+
+
+def _check_bind(host: str, port: int) -> None:
+    """Fail before loading the model if the address cannot be served."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise NextnError(f"--host {host}: {e.strerror}") from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            raise NextnError(f"cannot serve on {host}:{port} ({e.strerror})") from None
 
 
 def main(args) -> int:
     import uvicorn
 
+    _check_bind(args.host, args.port)
     engine = Engine(EngineConfig.from_args(args, n_parallel=args.parallel))
+    engine.generate([engine.tokenizer.bos_id or 0], engine.sampling_params(max_tokens=2, temperature=0))  # it runs
+    engine.stats = type(engine.stats)()
     app = create_app(engine, api_key=args.api_key, model_name=args.alias)
     print(f"nextn: serving {engine.model_name} on http://{args.host}:{args.port} "
           f"({args.parallel} slots, MTP {'on' if engine.use_mtp else 'off'})", flush=True)

@@ -30,15 +30,24 @@ class Request:
     messages: list[dict] | None = None
 
 
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "a boolean (true or false)", dict: "an object",
+               str: "a string", list: "a list"}
+
+
 def _get(body: dict, key: str, types, default=None, check=None, why: str = ""):
     value = body.get(key, default)
     if value is None:
         return default
-    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
-        raise ApiError(400, f"'{key}' must be {why or types}", key)
+    kinds = types if isinstance(types, tuple) else (types,)
+    why = why or " or ".join(dict.fromkeys(_TYPE_NAMES[t] for t in kinds))
+    if isinstance(value, bool) and bool not in kinds:
+        raise ApiError(400, f"'{key}' must be {why}", key)
     if not isinstance(value, types) or (check is not None and not check(value)):
-        raise ApiError(400, f"'{key}' must be {why or types}", key)
+        raise ApiError(400, f"'{key}' must be {why}", key)
     return value
+
+
+ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
 OPENAI_DEFAULTS = {"temperature": 1.0}
@@ -71,7 +80,7 @@ def parse(body, chat: bool, default_spec: SpecConfig, recommended: dict | None =
             penalty_last_n=_get(body, "repeat_last_n", int, None, lambda v: v >= -1, "an integer >= -1"),
             presence_penalty=number("presence_penalty"),
             frequency_penalty=number("frequency_penalty"),
-            seed=_get(body, "seed", int, None),
+            seed=_get(body, "seed", int, None, lambda v: 0 <= v < 2**64, "an integer in [0, 2^64)"),
             max_tokens=_get(body, max_key, int, 16 if not chat else 4096, lambda v: v >= 1, "a positive integer"),
             stop=stop or [],
             ignore_eos=bool(_get(body, "ignore_eos", bool, False)),
@@ -93,6 +102,10 @@ def parse(body, chat: bool, default_spec: SpecConfig, recommended: dict | None =
         if not isinstance(messages, list) or not messages or not all(
                 isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
             raise ApiError(400, "'messages' must be a non-empty list of {role, content} objects", "messages")
+        for i, m in enumerate(messages):
+            if m["role"] not in ROLES:
+                raise ApiError(400, f"messages[{i}].role is '{m['role'][:40]}'; expected one of {', '.join(ROLES)}",
+                               "messages")
         req.messages = [{**m, "content": _content(m.get("content"))} for m in messages]
     else:
         prompt = body.get("prompt")
@@ -115,7 +128,7 @@ def _content(content) -> str:
         return content or ""
     if isinstance(content, list):   # [{"type": "text", "text": ...}]
         parts = [c.get("text", "") for c in content if isinstance(c, dict) and c.get("type") == "text"]
-        if len(parts) == len(content):
+        if len(parts) == len(content) and all(isinstance(t, str) for t in parts):
             return "".join(parts)
     raise ApiError(400, "message content must be a string or a list of text parts", "messages")
 

@@ -7,7 +7,7 @@ import warnings
 from gguf import TokenType
 from tokenizers import AddedToken, Regex, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
 
-from ..errors import ModelFileError
+from ..errors import ModelFileError, NextnError
 from ..gguf.reader import GGUFFile
 
 _QWEN2 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
@@ -69,12 +69,29 @@ class Tokenizer:
         if not tokens:
             raise ModelFileError(f"{gf.path}: metadata key 'tokenizer.ggml.tokens' is missing")
         types = gf.meta("tokenizer.ggml.token_type") or [int(TokenType.NORMAL)] * len(tokens)
-        return cls(tokens, merges, types, gf.meta("tokenizer.ggml.pre", "default"),
-                   gf.meta("tokenizer.ggml.bos_token_id"), gf.meta("tokenizer.ggml.eos_token_id"),
-                   gf.meta("tokenizer.ggml.eot_token_id"), bool(gf.meta("tokenizer.ggml.add_bos_token", False)),
-                   gf.meta("tokenizer.chat_template"))
+        if len(types) != len(tokens):
+            raise ModelFileError(f"{gf.path}: tokenizer.ggml.token_type has {len(types)} entries for {len(tokens)} tokens")
+        rows = gf.tensors["token_embd.weight"].shape[-1] if "token_embd.weight" in gf.tensors else len(tokens)
+        if int(rows) < len(tokens):
+            raise ModelFileError(f"{gf.path}: the vocabulary has {len(tokens)} tokens but token_embd.weight only "
+                                 f"{int(rows)} rows")
+        ids = {k: gf.meta(f"tokenizer.ggml.{k}_token_id") for k in ("bos", "eos", "eot")}
+        for k, v in ids.items():
+            if v is not None and not 0 <= v < len(tokens):
+                raise ModelFileError(f"{gf.path}: tokenizer.ggml.{k}_token_id = {v} is not a token id "
+                                     f"(the vocabulary has {len(tokens)})")
+        try:
+            return cls(tokens, merges, types, gf.meta("tokenizer.ggml.pre", "default"), ids["bos"], ids["eos"],
+                       ids["eot"], bool(gf.meta("tokenizer.ggml.add_bos_token", False)),
+                       gf.meta("tokenizer.chat_template"))
+        except Exception as e:   # the tokenizers library rejects the vocabulary / merges
+            raise ModelFileError(f"{gf.path}: the tokenizer cannot be built from this file: {e}") from None
 
     def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:   # a lone surrogate (JSON "\ud800", or undecodable bytes on a command line)
+            raise NextnError(f"the text is not valid Unicode: {text[e.start:e.end]!a} at character {e.start}") from None
         ids = self._tk.encode(text, add_special_tokens=False).ids
         if (self.add_bos if add_bos is None else add_bos) and self.bos_id is not None:
             ids = [self.bos_id] + ids
