@@ -24,17 +24,16 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
 
 
 def sampling_params(args, engine):
-    """The request's sampling parameters; engine None: only check the values given."""
+    """The request's sampling parameters over the model's recommended ones; engine None: only check the
+    values given (before the model loads)."""
+    given = dict(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                 repetition_penalty=args.repeat_penalty, penalty_last_n=args.repeat_last_n, seed=args.seed,
+                 max_tokens=args.max_tokens, ignore_eos=args.ignore_eos)
     if engine is None:
         from .engine.params import SamplingParams
 
-        return SamplingParams.with_defaults({}, temperature=args.temp, top_k=args.top_k, top_p=args.top_p,
-                                            min_p=args.min_p, repetition_penalty=args.repeat_penalty,
-                                            penalty_last_n=args.repeat_last_n, seed=args.seed,
-                                            max_tokens=args.max_tokens, ignore_eos=args.ignore_eos)
-    return engine.sampling_params(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                                  repetition_penalty=args.repeat_penalty, penalty_last_n=args.repeat_last_n,
-                                  seed=args.seed, max_tokens=args.max_tokens, ignore_eos=args.ignore_eos)
+        return SamplingParams.with_defaults({}, **given)
+    return engine.sampling_params(**given)
 
 
 def cmd_generate(args) -> int:

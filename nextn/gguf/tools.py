@@ -214,26 +214,26 @@ def merge_file(src: str | Path, out: str | Path) -> Path:
 SPLIT_KEYS = {"split.no", "split.count", "split.tensors.count"}
 
 
-# general.sampling.* keys the engines read as defaults: (command-line flag, key, value type, parse)
-SAMPLING_KEYS = (("temp", "general.sampling.temp", GGUFValueType.FLOAT32, float),
-                 ("top_k", "general.sampling.top_k", GGUFValueType.INT32, int),
-                 ("top_p", "general.sampling.top_p", GGUFValueType.FLOAT32, float),
-                 ("min_p", "general.sampling.min_p", GGUFValueType.FLOAT32, float),
-                 ("repeat_penalty", "general.sampling.penalty_repeat", GGUFValueType.FLOAT32, float),
-                 ("repeat_last_n", "general.sampling.penalty_last_n", GGUFValueType.INT32, int))
+# `set-sampling` flags -> SamplingParams fields (whose general.sampling.* keys are engine.params.RECOMMENDED)
+SAMPLING_FLAGS = {"temp": "temperature", "top_k": "top_k", "top_p": "top_p", "min_p": "min_p",
+                  "repeat_penalty": "repetition_penalty", "repeat_last_n": "penalty_last_n"}
+_INT_FIELDS = {"top_k", "penalty_last_n"}
 
 
 def set_sampling(src: str | Path, out: str | Path, values: dict, clear: bool = False) -> Path:
     """Copy a file with its recommended sampling settings (general.sampling.*) set, the tensors untouched;
-    `clear` drops every sampling key not given. values: {flag: value} with the flags of SAMPLING_KEYS."""
+    `clear` drops every sampling key not given. values: {flag: value} with the flags of SAMPLING_FLAGS."""
     gf = open_gguf(src)
     if Path(out).resolve() == gf.path.resolve():
         raise NextnError("set-sampling writes a new file: give -o a path other than the input")
-    overrides, given = {}, set()
-    for flag, key, vtype, parse in SAMPLING_KEYS:
+    from ..engine.params import RECOMMENDED
+
+    overrides = {}
+    for flag, name in SAMPLING_FLAGS.items():
         if values.get(flag) is not None:
-            overrides[key] = (parse(values[flag]), vtype, None)
-            given.add(key)
+            kind = (int, GGUFValueType.INT32) if name in _INT_FIELDS else (float, GGUFValueType.FLOAT32)
+            overrides[RECOMMENDED[name]] = (kind[0](values[flag]), kind[1], None)
+    given = set(overrides)
     drop = {k for k in gf.fields if k.startswith("general.sampling.") and k not in given} if clear else set()
     return write_gguf(Path(out), gf.arch, lambda w: _copy_metadata(w, gf, overrides, drop),
                       _copy_tensors(list(gf.tensors.values())))
@@ -299,10 +299,8 @@ def _cmd_inspect(args) -> int:
 def _cmd_set_sampling(args) -> int:
     from ..engine.params import SamplingParams
 
-    values = {flag: getattr(args, flag) for flag, *_ in SAMPLING_KEYS}
-    SamplingParams(**{name: values[flag] for flag, name in (("temp", "temperature"), ("top_k", "top_k"),
-                      ("top_p", "top_p"), ("min_p", "min_p"), ("repeat_penalty", "repetition_penalty"),
-                      ("repeat_last_n", "penalty_last_n")) if values[flag] is not None})   # range checks
+    values = {flag: getattr(args, flag) for flag in SAMPLING_FLAGS}
+    SamplingParams.with_defaults({}, **{name: values[flag] for flag, name in SAMPLING_FLAGS.items()})  # range checks
     path = set_sampling(args.file, args.out, values, args.clear)
     print(inspect_text(describe(open_gguf(path))))
     return 0
