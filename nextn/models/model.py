@@ -216,22 +216,18 @@ def _check_block(gf: GGUFFile, cfg: ModelConfig, il: int, w: dict) -> None:
     for name in required:
         if name not in w:
             raise ModelFileError(f"{gf.path}: tensor 'blk.{il}.{name}' is missing")
-    for name, (axis, want) in _residual_dims(cfg, il).items():
-        if name in w and _dims(w[name])[axis] != want:
+    for name, (axis, want) in _residual_dims(cfg).items():
+        if name in w and tuple(w[name].shape)[axis] != want:
             side = "rows have" if axis == -1 else "columns have"
-            raise ModelFileError(f"{gf.path}: tensor 'blk.{il}.{name}' has shape {list(_dims(w[name]))}: its {side} "
-                                 f"{_dims(w[name])[axis]} entries, the metadata's embedding_length is {want}")
+            raise ModelFileError(f"{gf.path}: tensor 'blk.{il}.{name}' has shape {list(tuple(w[name].shape))}: its {side} "
+                                 f"{tuple(w[name].shape)[axis]} entries, the metadata's embedding_length is {want}")
     for name, want in _inner_dims(cfg, il).items():
-        if name in w and _dims(w[name]) != want:
-            raise ModelFileError(f"{gf.path}: tensor 'blk.{il}.{name}' has shape {list(_dims(w[name]))}, but the "
+        if name in w and tuple(w[name].shape) != want:
+            raise ModelFileError(f"{gf.path}: tensor 'blk.{il}.{name}' has shape {list(tuple(w[name].shape))}, but the "
                                  f"metadata (head counts, head and state sizes) makes it {list(want)}")
 
 
-def _dims(t) -> tuple[int, ...]:
-    return tuple(t.shape)
-
-
-def _residual_dims(cfg: ModelConfig, il: int) -> dict:
+def _residual_dims(cfg: ModelConfig) -> dict:
     """Weights that read (last axis) or write (second to last) the residual stream: {name: (axis, size)}."""
     d = cfg.n_embd
     reads = ("attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_qkv.weight", "attn_gate.weight",
