@@ -1,7 +1,7 @@
 """nextn against llama.cpp's llama-server on the same GGUF files, same threads, runs interleaved.
 
     python scripts/llamacpp_bench.py --server path/to/llama-server MODEL.gguf [MODEL2.gguf ...] \\
-        [--threads 1,2] [-n 64] [--repeats 3] [--nextn none,mtp:3,mtp:auto] [--llama-mtp] [--json out.json]
+        [--threads 1,2] [-n 64] [--repeats 3] [--nextn none,none@int8,mtp:3,mtp:auto] [--llama-mtp] [--json out.json]
 
 For each file and thread count: llama-server starts once (greedy, --no-warmup, one slot), nextn runs
 as `nextn generate --json` in a fresh process per measurement (its load is not timed; decode tok/s and
@@ -46,9 +46,13 @@ def bytes_per_token(path: Path) -> int:
 
 
 def run_nextn(path: Path, threads: int, n: int, spec: str) -> tuple[float, float, dict]:
-    """(decode tok/s, peak RSS in MB, timings) of one `nextn generate` process."""
+    """(decode tok/s, peak RSS in MB, timings) of one `nextn generate` process. `spec`: none, mtp:K or
+    mtp:auto, optionally with @int8 (`--kernels int8`)."""
+    spec, _, kernels = spec.partition("@")
     cmd = [sys.executable, "-m", "nextn", "generate", "-m", str(path), "-p", PROMPT, "-n", str(n), "--ignore-eos",
            "--json", "-q", "-t", str(threads), "-c", "4096"]
+    if kernels:
+        cmd += ["--kernels", kernels]
     if spec == "none":
         cmd += ["--spec", "none"]
     elif spec != "mtp:auto":
@@ -113,7 +117,7 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("-n", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--nextn", default="none", help="nextn configurations: none, mtp:K, mtp:auto (comma list)")
+    ap.add_argument("--nextn", default="none", help="nextn configurations: none, mtp:K, mtp:auto, each optionally @int8 (comma list)")
     ap.add_argument("--llama-mtp", action="store_true", help="also llama.cpp's own MTP speculation")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()

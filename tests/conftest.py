@@ -46,3 +46,11 @@ def demo_model():
     if not DEMO_MODEL.exists():
         pytest.fail(f"bundled demo model missing: {DEMO_MODEL}")
     return DEMO_MODEL
+
+
+@pytest.fixture(scope="session")
+def demo_q8(demo_model, models_dir):
+    """The demo model with its matrices in Q8_0 (the int8-activation kernels' territory)."""
+    from nextn.gguf.tools import quantize_file
+
+    return quantize_file(demo_model, models_dir / "demo-q8_0.gguf", "q8_0")

@@ -15,7 +15,7 @@ from gguf.quants import dequantize
 
 from nextn.gguf.reader import open_gguf
 from nextn.kernels import native
-from nextn.kernels.weights import SUPPORTED, QWeight, from_gguf
+from nextn.kernels.weights import INT8_TYPES, SUPPORTED, QWeight, from_gguf
 from nextn_dev.quant_blocks import random_rows
 
 TYPES = [q.name for q in SUPPORTED]
@@ -57,9 +57,50 @@ def test_products_are_exact_up_to_float_rounding(name):
         assert err < 2e-6, (M, float(err))
 
 
-@pytest.mark.parametrize("name", TYPES)
+def int8_reference(x: torch.Tensor) -> torch.Tensor:
+    """x as the int8 kernels see it: per 256 values, d = max|x| / 127 and codes round(x / d) (ties to even)."""
+    xb = x.reshape(x.shape[0], -1, 256)
+    d = xb.abs().amax(-1, keepdim=True) / 127
+    inv = torch.where(d > 0, 1 / d, torch.zeros_like(d))
+    return (torch.round(xb * inv).clamp(-127, 127).double() * d.double()).reshape(x.shape)
+
+
+@pytest.mark.parametrize("name", [q.name for q in INT8_TYPES])
+def test_int8_products_are_exact_on_int8_activations(name):
+    """`--kernels int8`: the product of the weight (bit for bit gguf-py's) with the documented int8
+    quantization of x, up to float rounding; and within int8 error of the exact product."""
+    w, raw = weight(Q[name], 45, 768, seed=5)
+    w.int8 = True
+    exact = torch.from_numpy(dequantize(raw, Q[name]).reshape(45, 768)).double()
+    for M in (1, 2, 3, 4, 5, 8, 9, 16):
+        x = torch.randn(M, 768, generator=torch.Generator().manual_seed(M))
+        x[0, :256] = 0.0                                 # an all-zero block: scale 0, codes 0
+        y = w.linear(x).double()
+        ref = int8_reference(x) @ exact.T
+        assert ((y - ref).abs().max() / ref.abs().max()).item() < 2e-6, M
+        full = x.double() @ exact.T
+        assert 1e-5 < ((y - full).abs().max() / full.abs().max()).item() < 3e-2, M   # really int8, and close
+
+
+@pytest.mark.parametrize("name", ["Q5_K", "Q4_0", "F16"])
+def test_int8_flag_on_types_without_an_int8_kernel_keeps_them_exact(name):
+    w, _ = weight(Q[name], 20, 512, seed=4)
+    x = torch.randn(3, 512, generator=torch.Generator().manual_seed(0))
+    exact = w.linear(x)
+    w.int8 = True
+    assert torch.equal(w.linear(x), exact)
+    q8, _ = weight(Q.Q8_0, 20, 96, seed=4)               # rows not a multiple of 256: exact kernel too
+    x = torch.randn(3, 96, generator=torch.Generator().manual_seed(0))
+    exact = q8.linear(x)
+    q8.int8 = True
+    assert torch.equal(q8.linear(x), exact)
+
+
+@pytest.mark.parametrize("name", TYPES + [f"{q.name}@int8" for q in INT8_TYPES])
 def test_a_rows_result_does_not_depend_on_its_batch(name):
+    name, _, int8 = name.partition("@")
     w, _ = weight(Q[name], 33, 512, seed=9)
+    w.int8 = bool(int8)
     x = torch.randn(8, 512, generator=torch.Generator().manual_seed(1))
     alone = torch.cat([w.linear(x[i:i + 1]) for i in range(8)])
     for M in (2, 3, 4, 8):
@@ -84,13 +125,16 @@ PROBE = """
 import json, sys, torch
 from gguf import GGMLQuantizationType as Q
 from nextn.kernels import native
-from nextn.kernels.weights import SUPPORTED, QWeight
+from nextn.kernels.weights import INT8_TYPES, SUPPORTED, QWeight
 from nextn_dev.quant_blocks import random_rows
 out = {"isa": native.isa()}
 for q in SUPPORTED:
     w = QWeight(torch.from_numpy(random_rows(q, 19, 512, 11)), q, (19, 512))
     x = torch.randn(5, 512, generator=torch.Generator().manual_seed(0))
     out[q.name] = [w.linear(x).view(torch.int32).sum().item(), w.dequantize().view(torch.int32).sum().item()]
+    if q in INT8_TYPES:
+        w.int8 = True
+        out[q.name + "@int8"] = [w.linear(x[:m]).view(torch.int32).sum().item() for m in (1, 5)]
 print(json.dumps(out))
 """
 

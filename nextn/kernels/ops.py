@@ -67,7 +67,7 @@ def _rows(rows) -> list[int]:
 
 def matmul(x: torch.Tensor, w: QWeight, y: torch.Tensor, rows, bias: torch.Tensor | None = None) -> None:
     """y[r] = w @ x[r] (+ bias)."""
-    run("matmul", [p(x), x.stride(0), p(w.data), int(w.qtype), w.row_bytes, w.N, w.K, p(y), y.stride(0), p(bias),
+    run("matmul", [p(x), x.stride(0), p(w.data), w.kernel_type, w.row_bytes, w.N, w.K, p(y), y.stride(0), p(bias),
                    *_rows(rows)])
 
 
@@ -142,6 +142,6 @@ def moe_experts(x, ids, weights, gate: QWeight, up: QWeight, down: QWeight, out,
     """out[r] = sum over r's experts e (in expert order) of weight * down_e(silu(gate_e x) * up_e x)."""
     E, F, D = gate.shape
     run("moe_experts", [p(x), x.stride(0), p(ids), p(weights), ids.shape[-1], E,
-                        p(gate.data), int(gate.qtype), gate.row_bytes, p(up.data), int(up.qtype), up.row_bytes,
-                        p(down.data), int(down.qtype), down.row_bytes, F, D, p(out), out.stride(0), p(scratch),
+                        p(gate.data), gate.kernel_type, gate.row_bytes, p(up.data), up.kernel_type, up.row_bytes,
+                        p(down.data), down.kernel_type, down.row_bytes, F, D, p(out), out.stride(0), p(scratch),
                         *_rows(rows)])

@@ -22,6 +22,8 @@ SUPPORTED = (Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q2_
              Q.IQ4_NL, Q.IQ4_XS)
 FEW_ROWS = 16          # products of up to this many rows use the native kernel, more use tiles + GEMM
 TILE_BYTES = 8 << 20   # float32 bytes of one dequantized tile
+INT8 = 0x100           # flag on a matmul's type id: int8 activations (csrc/kernels.inc, mm_int8)
+INT8_TYPES = (Q.Q4_K, Q.Q6_K, Q.Q8_0)   # the types that have an int8-activation kernel (rows of 256k)
 
 
 @dataclass
@@ -31,6 +33,12 @@ class QWeight:
     data: torch.Tensor
     qtype: Q
     shape: tuple[int, ...]      # logical shape, row-major: (N, K) or (E, N, K)
+    int8: bool = False          # few-row products quantize x to int8 where the type has such a kernel
+
+    @property
+    def kernel_type(self) -> int:
+        """The type as the matmul kernels take it: the GGUF type id, plus INT8 when asked for."""
+        return int(self.qtype) | (INT8 if self.int8 else 0)
 
     @property
     def K(self) -> int:
@@ -49,7 +57,7 @@ class QWeight:
         return self.data.numel()
 
     def expert(self, e: int) -> "QWeight":
-        return QWeight(self.data[e], self.qtype, self.shape[1:])
+        return QWeight(self.data[e], self.qtype, self.shape[1:], self.int8)
 
     def dequantize(self, rows: slice | None = None) -> torch.Tensor:
         """Float32 rows [n, K] (all of them by default), bit for bit gguf-py's dequantization."""
@@ -65,7 +73,7 @@ class QWeight:
         M = x2.shape[0]
         if M <= FEW_ROWS:
             y = torch.empty(M, self.N, dtype=torch.float32)
-            native.run("matmul", [native.p(x2), self.K, native.p(self.data), int(self.qtype), self.row_bytes, self.N,
+            native.run("matmul", [native.p(x2), self.K, native.p(self.data), self.kernel_type, self.row_bytes, self.N,
                                   self.K, native.p(y), self.N, native.p(bias), 0, M])
             return y.reshape(*lead, self.N)
         y = torch.empty(M, self.N, dtype=torch.float32)

@@ -91,8 +91,10 @@ def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
 
 
 def load(model_path: str | Path | None = None, *, mtp_path: str | Path | None = None, use_mtp: bool = False,
-         device: str | None = None, dtype: str | None = None, progress: bool = True):
-    """Open, check and load a model. Returns (model config, model, tokenizer, trunk file)."""
+         device: str | None = None, dtype: str | None = None, progress: bool = True, kernels: str = "exact"):
+    """Open, check and load a model. Returns (model config, model, tokenizer, trunk file).
+    `kernels`: "exact" (weights decoded to floats in every product) or "int8" (Q4_K, Q6_K and Q8_0 weights
+    meet int8-quantized activations in few-row products, as llama.cpp runs them)."""
     trunk = open_trunk(model_path or default_model())
     cfg = ModelConfig.from_gguf(trunk)
     head = find_head(trunk, mtp_path) if use_mtp else None
@@ -100,5 +102,6 @@ def load(model_path: str | Path | None = None, *, mtp_path: str | Path | None = 
         cfg = cfg.with_mtp_blocks((head or trunk).n_mtp)
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
-    model = Model.load(trunk, cfg, head=head, use_mtp=use_mtp, device=dev, dtype=dt, progress=progress)
+    model = Model.load(trunk, cfg, head=head, use_mtp=use_mtp, device=dev, dtype=dt, progress=progress,
+                       int8=kernels == "int8")
     return cfg, model, Tokenizer.from_gguf(trunk), trunk

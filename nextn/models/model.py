@@ -47,7 +47,8 @@ class Model:
     # ---- loading -------------------------------------------------------------------------------
     @classmethod
     def load(cls, gf: GGUFFile, cfg: ModelConfig, *, head: GGUFFile | None = None, use_mtp: bool = False,
-             device="cpu", dtype=torch.float32, progress: bool = True) -> "Model":
+             device="cpu", dtype=torch.float32, progress: bool = True, int8: bool = False) -> "Model":
+        """`int8`: quantized weights take int8 activations in few-row products (QWeight.int8)."""
         plan = [(gf, n) for n in ("token_embd.weight", "output_norm.weight", "output.weight") if n in gf.tensors]
         plan += [(gf, n) for n in gf.tensors if block_index(n) is not None and block_index(n) < cfg.n_layer]
         if use_mtp:
@@ -60,6 +61,8 @@ class Model:
                   leave=False) as bar:
             for src, name in plan:
                 t = _place(from_gguf(src.tensor(name), src.path), name, device, dtype)
+                if isinstance(t, QWeight):
+                    t.int8 = int8
                 il = block_index(name)
                 if il is None:
                     globals_[name] = t

@@ -28,6 +28,9 @@ enum OpId {
 enum QType { T_F32 = 0, T_F16 = 1, T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8, T_Q2_K = 10,
              T_Q3_K = 11, T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14, T_IQ4_NL = 20, T_IQ4_XS = 23, T_BF16 = 30 };
 
+// a matmul's type id may carry this flag: quantize the activations to int8 where the type has such a kernel
+constexpr int INT8 = 0x100;
+
 }  // namespace nx
 
 #define NX_DECLARE_TABLE(ns) namespace ns { void fill_table(nx::OpFn* table); bool supported(); }
