@@ -66,7 +66,8 @@ def cmd_generate(args) -> int:
     t = result.timings
     if args.json:
         json.dump({"text": result.text, "tokens": result.tokens, "finish_reason": result.finish_reason,
-                   "timings": t, "memory": engine.memory(), "params": asdict(result.params)}, out)
+                   "timings": t, "memory": engine.memory(), "kernels": engine.kernels(),
+                   "params": asdict(result.params)}, out)
         out.write("\n")
         return 0
     out.write("\n")
@@ -80,7 +81,7 @@ def cmd_generate(args) -> int:
     mem = engine.memory()
     print(line + "]", file=sys.stderr)
     print(f"[memory: weights {mem['weights_mb']:.1f} MB, caches {mem['caches_mb']:.1f} MB; "
-          f"sampling: {describe_sampling(result.params)}]", file=sys.stderr)
+          f"products: {engine.kernels()}; sampling: {describe_sampling(result.params)}]", file=sys.stderr)
     return 0
 
 

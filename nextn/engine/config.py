@@ -24,7 +24,7 @@ class EngineConfig:
     dtype: str | None = None
     threads: int | None = None        # CPU threads (kernels and torch); None: one per core
     compile: bool = True              # False: run the native ops one by one instead of replaying a plan
-    kernels: str = "exact"            # "int8": Q4_K/Q6_K/Q8_0 products with int8 activations (CPU)
+    kernels: str = "int8"             # CPU products of Q4_K/Q6_K/Q8_0: int8 activations, or "exact" floats
     progress: bool = True
 
     def __post_init__(self):
@@ -61,10 +61,10 @@ class EngineConfig:
         p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
         p.add_argument("--dtype", default=None, choices=["f32", "f16", "bf16"], help="CUDA compute type (default bf16)")
         p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: one per core)")
-        p.add_argument("--kernels", default="exact", choices=["exact", "int8"],
-                       help="CPU products of Q4_K/Q6_K/Q8_0 weights: exact (weights decoded to floats, default) or "
-                            "int8 (activations quantized to int8 as llama.cpp does: about 2x faster decoding, "
-                            "~0.5%% error per product)")
+        p.add_argument("--kernels", default="int8", choices=["int8", "exact"],
+                       help="CPU products of Q4_K/Q6_K/Q8_0 weights: int8 (default: activations quantized to int8 "
+                            "per 256 values, as llama.cpp does) or exact (weights decoded to floats: exact up to "
+                            "float rounding, about half the decode speed)")
         p.add_argument("--no-compile", dest="compile", action="store_false",
                        help="run the decode step op by op instead of replaying its recorded plan (same tokens)")
 

@@ -87,6 +87,11 @@ class Engine:
         """Weights as held in memory plus the preallocated caches and decode buffers."""
         return self.model.nbytes() + self.runner.state_nbytes()
 
+    def kernels(self) -> str:
+        """How the CPU products run: 'int8 activations for Q4_K, Q6_K' or 'exact'."""
+        types = self.model.int8_types()
+        return f"int8 activations for {', '.join(types)}" if types else "exact"
+
     def memory(self) -> dict:
         """MB of weights (as held: quantized weights stay in their GGUF type) and of caches + decode buffers."""
         return {"weights_mb": round(self.model.nbytes() / 2**20, 1),

@@ -91,10 +91,10 @@ def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
 
 
 def load(model_path: str | Path | None = None, *, mtp_path: str | Path | None = None, use_mtp: bool = False,
-         device: str | None = None, dtype: str | None = None, progress: bool = True, kernels: str = "exact"):
+         device: str | None = None, dtype: str | None = None, progress: bool = True, kernels: str = "int8"):
     """Open, check and load a model. Returns (model config, model, tokenizer, trunk file).
-    `kernels`: "exact" (weights decoded to floats in every product) or "int8" (Q4_K, Q6_K and Q8_0 weights
-    meet int8-quantized activations in few-row products, as llama.cpp runs them)."""
+    `kernels`: "int8" (Q4_K, Q6_K and Q8_0 weights meet int8-quantized activations in few-row CPU products,
+    as llama.cpp runs them) or "exact" (weights decoded to floats in every product)."""
     trunk = open_trunk(model_path or default_model())
     cfg = ModelConfig.from_gguf(trunk)
     head = find_head(trunk, mtp_path) if use_mtp else None

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from ..errors import ModelFileError
 from ..gguf.reader import GGUFFile, block_index
 from ..kernels import ops
-from ..kernels.weights import QWeight, from_gguf
+from ..kernels.weights import INT8_TYPES, QWeight, from_gguf
 from .attention import attention, attention_native
 from .buffers import Buffers
 from .cache import Cache
@@ -75,6 +75,12 @@ class Model:
         for il, w in enumerate(blocks):
             _check_block(head if (head is not None and il >= cfg.n_layer) else gf, cfg, il, w)
         return cls(cfg, globals_, blocks, device, dtype)
+
+    def int8_types(self) -> list[str]:
+        """The weight types whose few-row products run with int8 activations (see QWeight.int8)."""
+        ws = [self.head, *(t for w in self.layers for t in w.values())]
+        return sorted({w.qtype.name for w in ws if isinstance(w, QWeight) and w.int8 and w.qtype in INT8_TYPES
+                       and w.K % 256 == 0})
 
     def nbytes(self) -> int:
         seen, total = set(), 0
