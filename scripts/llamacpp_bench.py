@@ -50,6 +50,7 @@ def run_nextn(path: Path, threads: int, n: int, spec: str) -> tuple[float, float
     mtp:auto, optionally with @int8 (`--kernels int8`)."""
     spec, _, kernels = spec.partition("@")
     cmd = [sys.executable, "-m", "nextn", "generate", "-m", str(path), "-p", PROMPT, "-n", str(n), "--ignore-eos",
+           "--temp", "0", "--repeat-penalty", "1",   # greedy as llama.cpp here, not the file's recommended sampling
            "--json", "-q", "-t", str(threads), "-c", "4096"]
     if kernels:
         cmd += ["--kernels", kernels]

@@ -57,6 +57,24 @@ def test_the_heads_catch_up_is_a_cost_of_drafting():
     assert t.choose([_acceptance(0.5)]) == 0
 
 
+def test_whole_steps_as_timed_overrule_the_cost_model():
+    """Acceptance, commit and bookkeeping are outside the component model: once steps of a given k have
+    been timed whole, their wall time decides."""
+    t = _tuner({1: 0.010, 2: 0.012, 3: 0.014, 4: 0.016}, draft=0.001)
+    good = _acceptance(0.5)
+    assert t.choose([good]) > 0                       # the model says drafting pays
+    for k, secs in ((0, 0.010), (1, 0.020), (2, 0.030), (3, 0.040)):
+        for _ in range(2):
+            t.costs.observe_step(1, k, secs)
+    assert t.choose([good]) > 0                       # two samples are not enough to overrule it
+    for k, secs in ((0, 0.010), (1, 0.020), (2, 0.030), (3, 0.040)):
+        t.costs.observe_step(1, k, secs)
+    assert t.choose([good]) == 0                      # measured: every k loses to plain decoding
+    for _ in range(10):
+        t.costs.observe_step(1, 2, 0.012)
+    assert t.choose([good]) == 2
+
+
 def test_one_outlier_does_not_freeze_a_choice():
     t = _tuner({1: 0.010, 2: 0.0105, 3: 0.011, 4: 0.0115}, draft=0.001)
     t.costs.observe_trunk(1, 4, 0.5)           # a scheduler hiccup

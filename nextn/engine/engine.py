@@ -221,6 +221,7 @@ class Engine:
                 self.tuner.observe(res.n_drafted[b], res.n_accepted[b])
             outputs.append(self._emit(seq, res.new_tokens[b]))
         seconds = time.perf_counter() - t0      # wall time of the whole step: tok/s is never flattered
+        costs.observe_step(len(seqs), max(ks), seconds)
         for st in [self.stats] + [seq.stats for seq in seqs]:   # a batched step counts whole for each sequence
             st.add_step(seconds, res.draft_seconds, res.catch_up_seconds, res.verify_seconds, res.commit_seconds)
         return outputs

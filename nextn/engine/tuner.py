@@ -7,6 +7,9 @@ expected tokens per second, where k = 0 is plain decoding:
     tokens(k) = 1 + sum_{i<=k} prod_{j<=i} a_j        (a_j: acceptance at draft position j)
     time(k)   = trunk(B, T=k+1) + k * draft(B) + catch_up(B)   (catch_up: the head on the last step's pairs)
 
+and, once steps with that k have been timed whole (`step`, at least 3 of them), their median wall time
+instead: what the model leaves out (acceptance, commit, bookkeeping) then counts too.
+
 A new request starts from what the model's drafts have been worth lately (`KTuner.recent`), not
 from a fixed guess, so a head that never matches stops costing anything after the first request.
 While the choice stays put, the neighbour is revisited at growing intervals (8, 16, ... 128 steps).
@@ -81,6 +84,14 @@ class CostModel:
     trunk: dict[tuple[int, int], Recent] = field(default_factory=dict)
     draft: dict[int, Recent] = field(default_factory=dict)
     catch_up: dict[int, Recent] = field(default_factory=dict)
+    step: dict[tuple[int, int], Recent] = field(default_factory=dict)   # whole decode steps per (B, k)
+
+    def observe_step(self, B: int, k: int, seconds: float) -> None:
+        self.step.setdefault((B, k), Recent()).add(seconds)
+
+    def step_cost(self, B: int, k: int) -> float | None:
+        e = self.step.get((B, k))
+        return e.value if e is not None and len(e.samples) >= 3 else None
 
     def observe_catch_up(self, B: int, seconds: float) -> None:
         self.catch_up.setdefault(B, Recent()).add(seconds)
@@ -157,9 +168,10 @@ class KTuner:
             return 0                           # measure plain decoding first
         if draft is None:
             return self.k_max                  # then measure drafting
-        best_k, best_rate = 0, B / plain
+        best_k, best_rate = 0, B / (self.costs.step_cost(B, 0) or plain)
         for k in range(max(1, self.k_min), self.k_max + 1):
-            t = self.costs.trunk_cost(B, k + 1) + k * draft + self.costs.catch_up_cost(B)
+            t = self.costs.step_cost(B, k) or \
+                self.costs.trunk_cost(B, k + 1) + k * draft + self.costs.catch_up_cost(B)
             rate = sum(a.expected_tokens(k) for a in acceptances) / t
             if rate > best_rate:
                 best_k, best_rate = k, rate
