@@ -43,30 +43,15 @@ inline B64 cat64(const void* a, const void* b) {   // 32 bytes from a, 32 from b
     return {_mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)a)),
                                _mm256_loadu_si256((const __m256i*)b), 1)};
 }
-// the low nibbles of 32 bytes, then their high nibbles
-inline B64 nibbles(const uint8_t* p) {
-    __m256i q = _mm256_loadu_si256((const __m256i*)p), m = _mm256_set1_epi8(0x0F);
-    return {_mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(q, m)),
-                               _mm256_and_si256(_mm256_srli_epi16(q, 4), m), 1)};
-}
-// Q6_K: 64 codes from 64 ql bytes (low or high nibbles) and 32 qh bytes (2-bit fields sh, sh + 2)
-inline B64 six_bits(const uint8_t* ql, const uint8_t* qh, int hi, int sh) {
-    __m512i l = _mm512_loadu_si512(ql);
-    if (hi) l = _mm512_srli_epi16(l, 4);
-    l = _mm512_and_si512(l, _mm512_set1_epi8(0x0F));
-    __m256i h = _mm256_loadu_si256((const __m256i*)qh);
-    __m512i hh = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_srli_epi16(h, sh)), _mm256_srli_epi16(h, sh + 2), 1);
-    hh = _mm512_slli_epi16(_mm512_and_si512(hh, _mm512_set1_epi8(3)), 4);
-    return {_mm512_or_si512(l, hh)};
-}
-// nibbles(p) and nibbles(p + 32) from one 64-byte load
+// c0: the low nibbles of p[0..31], then their high nibbles; c1: the same for p[32..63] (one 64-byte load)
 inline void nibbles2(const uint8_t* p, B64& c0, B64& c1) {
     __m512i q = _mm512_loadu_si512(p), m = _mm512_set1_epi8(0x0F);
     __m512i lo = _mm512_and_si512(q, m), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m);
     c0.v = _mm512_shuffle_i64x2(lo, hi, 0x44);
     c1.v = _mm512_shuffle_i64x2(lo, hi, 0xEE);
 }
-// six_bits(ql, qh, 0, 0) and six_bits(ql, qh, 1, 4): the four 32-weight groups of a Q6_K half block
+// The 128 six-bit codes of a Q6_K half block (ql 64 bytes, qh 32): c0 = low nibbles of ql | qh bits 0-1 (first 32)
+// and bits 2-3 (next 32) as bits 4-5; c1 = high nibbles | qh bits 4-5 and 6-7
 inline void six_bits2(const uint8_t* ql, const uint8_t* qh, B64& c0, B64& c1) {
     __m512i l = _mm512_loadu_si512(ql), m = _mm512_set1_epi8(0x0F), t = _mm512_set1_epi8(0x30);
     __m512i h = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)qh));
@@ -74,11 +59,12 @@ inline void six_bits2(const uint8_t* ql, const uint8_t* qh, B64& c0, B64& c1) {
     c0.v = _mm512_ternarylogic_epi32(_mm512_and_si512(l, m), _mm512_sllv_epi64(h, up), t, 0xF8);   // a | (b & c)
     c1.v = _mm512_ternarylogic_epi32(_mm512_and_si512(_mm512_srli_epi16(l, 4), m), _mm512_srlv_epi64(h, down), t, 0xF8);
 }
-// sixteen int16 scales in a register; pick2(c): lanes 0-15 scale 2c, 16-31 scale 2c + 1; pick4(c): 8 lanes each of 4c..4c+3
+// Sixteen int16 scales in a register. pick(s, c, 2): int16 lanes 0-15 get scale 2c, 16-31 scale 2c + 1 (Q4_K: one
+// per 32 weights); pick(s, c, 4): 8 lanes each of scales 4c..4c+3 (Q6_K: one per 16 weights)
 struct SC16 { __m256i v; };
 inline SC16 sc16_u8x8(uint64_t b) { return {_mm256_castsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)b)))}; }
 inline SC16 sc16_i8(const int8_t* p) { return {_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)p))}; }
-inline I16 pick(SC16 s, int c, int per) {   // lane l: scale (32 c + l) / (2 per) ... as the index table says
+inline I16 pick(SC16 s, int c, int per) {
     alignas(64) static const int16_t idx2[4][32] = {
 #define NX_R(a, b) {a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,b,b,b,b,b,b,b,b,b,b,b,b,b,b,b,b}
         NX_R(0, 1), NX_R(2, 3), NX_R(4, 5), NX_R(6, 7)};
@@ -89,12 +75,6 @@ inline I16 pick(SC16 s, int c, int per) {   // lane l: scale (32 c + l) / (2 per
 #undef NX_R
     const int16_t* idx = per == 2 ? idx2[c] : idx4[c];
     return {_mm512_permutexvar_epi16(_mm512_load_si512(idx), _mm512_castsi256_si512(s.v))};
-}
-inline I16 sc2(int a, int b) { return {_mm512_inserti64x4(_mm512_set1_epi16((short)a), _mm256_set1_epi16((short)b), 1)}; }
-inline I16 sc4(int a, int b, int c, int d) {
-    __m256i lo = _mm256_set_m128i(_mm_set1_epi16((short)b), _mm_set1_epi16((short)a));
-    __m256i hi = _mm256_set_m128i(_mm_set1_epi16((short)d), _mm_set1_epi16((short)c));
-    return {_mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1)};
 }
 // acc[i] += s[2i] (u[4i] v[4i] + u[4i+1] v[4i+1]) + s[2i+1] (u[4i+2] v[4i+2] + u[4i+3] v[4i+3]), u unsigned, v signed
 inline I32 dot_scaled(I32 acc, B64 u, B64 v, I16 s) { return {_mm512_dpwssd_epi32(acc.v, _mm512_maddubs_epi16(u.v, v.v), s.v)}; }
