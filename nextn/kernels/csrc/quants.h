@@ -245,12 +245,19 @@ struct Q3_K {   // hmask[32] qs[64] scales[12] d
 };
 
 // Q4_K / Q5_K: eight 6-bit scales and mins packed in 12 bytes (j < 4: low 6 bits of bytes j and j + 4;
-// j >= 4: nibbles of byte j + 4, top bits from bytes j - 4 and j)
-inline void k_scales(const uint8_t* p, S8& s) {
+// j >= 4: nibbles of byte j + 4, top bits from bytes j - 4 and j). Returns the eight scales (byte j of `sc`)
+// and the eight mins (byte j of `mn`).
+inline void k_scale_bytes(const uint8_t* p, uint64_t& sc, uint64_t& mn) {
     uint32_t a0, a1, a2;
     std::memcpy(&a0, p + 4, 4); std::memcpy(&a1, p + 8, 4); std::memcpy(&a2, p + 12, 4);
     const uint32_t M6 = 0x3F3F3F3F, M4 = 0x0F0F0F0F, T2 = 0x30303030;
-    B16 q = b16_of(a0 & M6, (a2 & M4) | ((a0 >> 2) & T2), a1 & M6, ((a2 >> 4) & M4) | ((a1 >> 2) & T2));
+    sc = (uint64_t)(a0 & M6) | (uint64_t)((a2 & M4) | ((a0 >> 2) & T2)) << 32;
+    mn = (uint64_t)(a1 & M6) | (uint64_t)(((a2 >> 4) & M4) | ((a1 >> 2) & T2)) << 32;
+}
+inline void k_scales(const uint8_t* p, S8& s) {
+    uint64_t sc, mn;
+    k_scale_bytes(p, sc, mn);
+    B16 q = b16_of((uint32_t)sc, (uint32_t)(sc >> 32), (uint32_t)mn, (uint32_t)(mn >> 32));
     (u8f(q) * Vec::two(f16at(p), f16at(p + 2))).store(s.dm);
 }
 
