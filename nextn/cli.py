@@ -73,16 +73,22 @@ def cmd_generate(args) -> int:
     out.write("\n")
     line = (f"[{t['generated_tokens']} tokens, {t['tokens_per_second']:.1f} tok/s, prompt {t['prompt_tokens']} tokens "
             f"at {t['prompt_tokens_per_second']:.0f} tok/s")
-    if engine.use_mtp:
-        per_pos = " ".join(f"{a:.2f}" for a in t["acceptance_per_position"])
-        line += (f"; MTP: {t['draft_tokens']} drafted, {t['accepted_tokens']} accepted "
-                 f"({t['acceptance_rate']:.1%}), mean accepted length {t['mean_accepted_length']:.2f}, "
-                 f"per position [{per_pos}]")
+    for name in engine.drafters:
+        d = t["drafters"].get(name, {"draft_tokens": 0, "accepted_tokens": 0, "acceptance_rate": 0.0,
+                                     "acceptance_per_position": []})
+        per_pos = " ".join(f"{a:.2f}" for a in d["acceptance_per_position"])
+        line += (f"; {LABELS.get(name, name)}: {d['draft_tokens']} drafted, {d['accepted_tokens']} accepted "
+                 f"({d['acceptance_rate']:.1%}), per position [{per_pos}]")
+    if engine.drafters:
+        line += f"; mean accepted length {t['mean_accepted_length']:.2f}"
     mem = engine.memory()
     print(line + "]", file=sys.stderr)
     print(f"[memory: weights {mem['weights_mb']:.1f} MB, caches {mem['caches_mb']:.1f} MB; "
           f"products: {engine.kernels()}; sampling: {describe_sampling(result.params)}]", file=sys.stderr)
     return 0
+
+
+LABELS = {"mtp": "MTP", "ngram": "n-gram", "draft": "draft model"}
 
 
 def describe_sampling(p) -> str:

@@ -51,7 +51,7 @@ def test_mtp_forward_matches_reference_after_chunked_prefill(tiny, glm_own_head,
     ids, g_ref, logits_ref = _reference(path, hf_dir, kind, n=100, seed=0)
     engine = Engine(model=str(path), spec="mtp", prefill_chunk=32, progress=False)
     seq = engine.add_request(ids[0].tolist())
-    runner, drafter = engine.runner, engine.drafter
+    runner, drafter = engine.runner, engine.drafter.model
     engine.scheduler.schedule()
     runner.start(seq)
     drafter.start(seq)

@@ -27,7 +27,8 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tiny):
     model = str(tiny("qwen35"))
-    engine = Engine(model=model, spec="mtp", n_parallel=8, ctx_size=192, prefill_chunk=64, progress=False)
+    engine = Engine(model=model, spec="mtp+ngram", ngram_min=1, n_parallel=8, ctx_size=192, prefill_chunk=64,
+                    progress=False)
     port = _free_port()
     srv = uvicorn.Server(uvicorn.Config(create_app(engine, api_key=KEY), host="127.0.0.1", port=port,
                                         log_level="warning"))
@@ -73,6 +74,17 @@ def test_greedy_completion_matches_generate_with_and_without_mtp(client, referen
         timings = spec.model_extra["timings"]
         assert timings["draft_tokens"] > 0 and timings["tokens_per_second"] > 0
         assert plain.model_extra["timings"]["draft_tokens"] == 0
+
+
+def test_a_request_picks_its_drafters(client, reference):
+    model = _model_id(client)
+    for which in ("ngram", "mtp", "mtp+ngram"):
+        out = client.completions.create(model=model, prompt=PROMPTS[0], max_tokens=24, temperature=0,
+                                        extra_body={"ignore_eos": True, "speculative": which, "draft_max": 3})
+        assert out.choices[0].text == reference[PROMPTS[0]]
+        timings = out.model_extra["timings"]
+        assert set(timings["drafters"]) <= set(which.split("+"))
+        assert sum(d["draft_tokens"] for d in timings["drafters"].values()) == timings["draft_tokens"]
 
 
 def test_streaming_equals_non_streaming(client, reference):
@@ -148,7 +160,8 @@ def test_metrics_expose_speculative_counters(server, client):
     text = httpx.get(server["url"] + "/metrics").text
     for name in ("nextn:spec_decode_num_drafts_total", "nextn:spec_decode_num_draft_tokens_total",
                  "nextn:spec_decode_num_accepted_tokens_total", "nextn:generation_tokens_total",
-                 'nextn:spec_decode_num_accepted_tokens_per_pos_total{position="0"}', "nextn:requests_total"):
+                 'nextn:spec_decode_num_accepted_tokens_per_pos_total{position="0"}', "nextn:requests_total",
+                 'nextn:spec_decode_drafter_num_draft_tokens_total{drafter="mtp"}'):
         assert name in text
     drafts = float(next(l.split()[-1] for l in text.splitlines() if l.startswith("nextn:spec_decode_num_drafts_total")))
     assert drafts > 0
@@ -162,6 +175,9 @@ def test_metrics_expose_speculative_counters(server, client):
     ({"prompt": [1, 2, 10**9]}, 400, "token ids"),
     ({"prompt": "x", "stop": 5}, 400, "stop"),
     ({"prompt": "x", "draft_max": -1}, 400, "draft_max"),
+    ({"prompt": "x", "speculative": "draft"}, 400, "runs --spec mtp+ngram; draft is not available"),
+    ({"prompt": "x", "speculative": "eagle"}, 400, "'speculative'"),
+    ({"prompt": "x", "speculative": 3}, 400, "'speculative' must be"),
     ({"prompt": "x", "model": "gpt-4o"}, 404, "does not exist"),
     ({"prompt": "word " * 400}, 400, "context holds 192"),
     ({"prompt": "x", "seed": 2**70}, 400, "seed"),

@@ -68,7 +68,7 @@ def test_every_acceptance_length_keeps_output_identical(engines, arch, monkeypat
         lengths.append((len(drafts), n))
         return n, tok
 
-    monkeypatch.setattr(engines(arch).drafter, "propose", oracle)
+    monkeypatch.setattr(engines(arch).drafter.model, "propose", oracle)
     monkeypatch.setattr(speculative, "accept", accept)
     result = engines(arch).generate(prompt, SamplingParams(max_tokens=60, ignore_eos=True),
                                     spec=SpecConfig(draft_max=3, adaptive=False))
@@ -257,7 +257,7 @@ def test_penalties_and_stop_strings_behave_the_same_with_mtp(engines, arch, monk
             out.append(d)
         return Proposal(out, [None] * len(out), 1)
 
-    monkeypatch.setattr(engines(arch).drafter, "propose", oracle)
+    monkeypatch.setattr(engines(arch).drafter.model, "propose", oracle)
     got = engines(arch).generate(prompt, params, spec=SpecConfig(draft_max=3, adaptive=False))
     assert got.tokens == plain.tokens and got.stats.n_accepted > 0
     text = plain.text

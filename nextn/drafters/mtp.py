@@ -12,8 +12,6 @@ head's own normed hidden state back in. On CPU the block and the output head run
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-
 import torch
 
 from ..engine.runner import ModelRunner
@@ -21,21 +19,16 @@ from ..engine.sampling import draw, penalised, target
 from ..engine.sequence import Sequence
 from ..kernels.native import Graph
 from ..models.step import Step
+from .base import Drafter, Proposal
 
 FLUSH_EVERY = 256   # queued pairs that force a flush even when not drafting (bounds memory; pairs of a
                     # sequence that never drafts again are never computed)
 
 
-@dataclass
-class Proposal:
-    drafts: list[list[int]]             # per sequence, the proposed tokens
-    q: list[torch.Tensor | None]        # per sequence, [k, V] draft distributions, None for one-hot drafts
-    n_steps: int                        # draft forwards run (for the cost model)
-    catch_up_seconds: float = 0.0       # of the time, running queued pairs through the head (not drafting)
-    caught_up: int = 0                  # pairs run through the head before drafting (most per sequence)
+class MTPDrafter(Drafter):
+    name = "mtp"
+    model_based = True
 
-
-class MTPDrafter:
     def __init__(self, runner: ModelRunner, compile: bool = True):
         self.runner, self.model = runner, runner.model
         n_slots, d = runner.last_hidden.shape
@@ -80,7 +73,7 @@ class MTPDrafter:
             self._flush(long)
 
     def _tracks(self, seq: Sequence) -> bool:
-        return seq.spec.draft_max > 0
+        return seq.spec.uses(self.name)
 
     def _enqueue(self, slot: int, tokens: list[int], hidden: torch.Tensor) -> None:
         if tokens:
@@ -174,7 +167,7 @@ class MTPDrafter:
             if 0 < len(drafts[i]) < seq.spec.draft_min:
                 drafts[i], qs[i] = [], []
         q = [torch.stack(x) if x and x[0] is not None else None for x in qs]
-        return Proposal(drafts, q, steps, catch_up, pairs)
+        return Proposal(drafts, q, steps, catch_up, pairs, [self.name if d else None for d in drafts])
 
     @staticmethod
     def _picks(logits: torch.Tensor, ids: list[int] | None, seqs: list[Sequence], so_far: list[list[int]],

@@ -6,14 +6,17 @@ import argparse
 from dataclasses import dataclass, fields
 
 from ..errors import NextnError
+from .sequence import MODEL_DRAFTERS, parse_spec
 
 
 @dataclass
 class EngineConfig:
     model: str | None = None          # None: the bundled demo model
     mtp_model: str | None = None
-    spec: str = "mtp"                 # "mtp" or "none"
-    draft_max: int = 3
+    spec: str = "mtp"                 # mtp, ngram, mtp+ngram or none
+    draft_max: int = 3                # the model drafter's most draft tokens per step
+    ngram_min: int = 3                # n-gram drafts need a match of at least this many tokens
+    ngram_max: int = 8                # and propose at most this many
     draft_min: int = 0
     draft_p_min: float = 0.0
     adaptive: bool = True             # False: always draft draft_max tokens
@@ -28,8 +31,15 @@ class EngineConfig:
     progress: bool = True
 
     def __post_init__(self):
-        if self.spec not in ("mtp", "none"):
-            raise NextnError(f"--spec must be 'mtp' or 'none', not {self.spec!r}")
+        try:
+            parse_spec(self.spec)
+        except ValueError as e:
+            raise NextnError(f"--spec: {e}") from None
+        if "draft" in self.drafters:
+            raise NextnError("--spec draft needs --model-draft (a smaller model with the same vocabulary)")
+        if not 1 <= self.ngram_min <= 64 or not 1 <= self.ngram_max <= 16:
+            raise NextnError(f"--ngram-min must be in [1, 64] and --ngram-max in [1, 16] "
+                             f"(got {self.ngram_min} and {self.ngram_max})")
         if self.n_parallel < 1 or self.ctx_size < 8 or self.prefill_chunk < 1:
             raise NextnError("--parallel, --ctx-size and --prefill-chunk must be positive")
         if not 0 <= self.draft_min <= max(self.draft_max, 0) or not 0 <= self.draft_max <= 16:
@@ -43,16 +53,28 @@ class EngineConfig:
             raise NextnError(f"--threads must be in [1, 1024] (got {self.threads})")
 
     @property
+    def drafters(self) -> tuple[str, ...]:
+        return parse_spec(self.spec)
+
+    @property
+    def model_drafter(self) -> str | None:
+        return next((d for d in self.drafters if d in MODEL_DRAFTERS), None) if self.draft_max > 0 else None
+
+    @property
     def use_mtp(self) -> bool:
-        return self.spec == "mtp" and self.draft_max > 0
+        return self.model_drafter == "mtp"
 
     @staticmethod
     def add_args(p: argparse.ArgumentParser, spec_flag: bool = True) -> None:
         p.add_argument("-m", "--model", default=None, help="GGUF model (default: the bundled demo model)")
         p.add_argument("--mtp-model", default=None, help="separate MTP head GGUF (head-only, like mmproj)")
         if spec_flag:
-            p.add_argument("--spec", default="mtp", choices=["mtp", "none"], help="speculative decoding (default: mtp)")
-        p.add_argument("--draft-max", type=int, default=3, help="most draft tokens per step (default 3)")
+            p.add_argument("--spec", default="mtp", metavar="DRAFTERS",
+                           help="speculative decoding: mtp (the model's own head, default), ngram (prompt lookup), "
+                                "mtp+ngram (n-gram drafts where the context repeats, MTP elsewhere) or none")
+        p.add_argument("--draft-max", type=int, default=3, help="most MTP draft tokens per step (default 3)")
+        p.add_argument("--ngram-min", type=int, default=3, help="n-gram drafts need a match this long (default 3)")
+        p.add_argument("--ngram-max", type=int, default=8, help="most n-gram draft tokens per step (default 8)")
         p.add_argument("--draft-min", type=int, default=0, help="verify drafts only when at least this many")
         p.add_argument("--draft-p-min", type=float, default=0.0, help="stop drafting below this draft probability")
         p.add_argument("--no-adaptive", action="store_true", help="always draft --draft-max tokens")

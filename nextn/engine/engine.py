@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass
 
 from ..drafters.mtp import MTPDrafter
+from ..drafters.ngram import NGramDrafter
+from ..drafters.router import DraftRouter
 from ..errors import NextnError
 from ..models import loader
 from ..text.chat import render_chat
@@ -63,12 +65,17 @@ class Engine:
         self.model_name = self.file.path.stem
         self.recommended = {name: self.file.meta(key) for name, key in RECOMMENDED.items()
                             if self.file.meta(key) is not None}
+        drafters = config.drafters
+        ngram = "ngram" in drafters and config.draft_max > 0
+        max_draft = max(config.draft_max if config.model_drafter else 0, config.ngram_max if ngram else 0)
         self.runner = ModelRunner(self.model, config.n_parallel, config.ctx_size, use_mtp=config.use_mtp,
-                                  max_draft=config.draft_max if config.use_mtp else 0, compile=config.compile,
-                                  threads=config.threads)
-        self.drafter = MTPDrafter(self.runner, compile=config.compile) if self.use_mtp else None
+                                  max_draft=max_draft, compile=config.compile, threads=config.threads)
+        model_drafter = MTPDrafter(self.runner, compile=config.compile) if self.use_mtp else None
+        self.tuner = tuner or KTuner(config.draft_max if model_drafter else 0, config.draft_min,
+                                     ngram_max=config.ngram_max)
+        self.drafter = (DraftRouter(model_drafter, NGramDrafter(config.ngram_min, config.ngram_max) if ngram else None,
+                                    self.tuner) if model_drafter or ngram else None)
         self.scheduler = Scheduler(config.n_parallel, config.prefill_chunk)
-        self.tuner = tuner or KTuner(config.draft_max if self.use_mtp else 0, config.draft_min)
         self.stats = SpecStats()      # cumulative over all requests, updated every step
         self.streams: dict[int, _TextStream] = {}
         self.generators: dict[int, object] = {}
@@ -82,6 +89,11 @@ class Engine:
     @property
     def use_mtp(self) -> bool:
         return self.runner.use_mtp
+
+    @property
+    def drafters(self) -> tuple[str, ...]:
+        """The drafters this engine runs ('mtp', 'ngram'), in the order --spec names them."""
+        return tuple(d.name for d in self.drafter.all) if self.drafter is not None else ()
 
     def memory_bytes(self) -> int:
         """Weights as held in memory plus the preallocated caches and decode buffers."""
@@ -110,8 +122,8 @@ class Engine:
     # ---- requests ------------------------------------------------------------------------------
     def default_spec(self) -> SpecConfig:
         c = self.config
-        return SpecConfig(draft_max=c.draft_max if self.use_mtp else 0, draft_min=c.draft_min,
-                          p_min=c.draft_p_min, adaptive=c.adaptive)
+        return SpecConfig(draft_max=c.draft_max if self.drafters else 0, draft_min=c.draft_min,
+                          p_min=c.draft_p_min, adaptive=c.adaptive, drafters=self.drafters)
 
     def encode_prompt(self, prompt: str | list[int] | None = None, messages: list[dict] | None = None) -> list[int]:
         if messages is not None:
@@ -137,12 +149,16 @@ class Engine:
         if any(not 0 <= t < self.model_config.n_vocab for t in prompt_ids):
             raise NextnError(f"prompt token ids must be in [0, {self.model_config.n_vocab})")
         spec = spec or self.default_spec()
-        if not self.use_mtp:
-            spec = SpecConfig(draft_max=0)
-        elif params.seed is not None and not params.greedy and spec.adaptive:
+        usable = tuple(d for d in spec.drafters if d in self.drafters)
+        if not usable or spec.draft_max == 0:
+            spec = SpecConfig(draft_max=0, drafters=())
+        elif usable != spec.drafters:
+            spec = dataclasses.replace(spec, drafters=usable)
+        if spec.draft_max and params.seed is not None and not params.greedy and spec.adaptive:
             # adaptive k depends on timing; a fixed k keeps a seeded sampling request reproducible
             spec = dataclasses.replace(spec, adaptive=False)
-        seq = Sequence(prompt_ids, params, spec, acceptance=self.tuner.new_acceptance(spec.draft_max))
+        seq = Sequence(prompt_ids, params, spec, acceptance=self.tuner.new_acceptance(spec.draft_max),
+                       ngram_acceptance=self.tuner.new_acceptance(self.config.ngram_max, ngram=True))
         if not params.greedy:
             self.generators[seq.id] = new_generator(params.seed if params.seed is not None else random.getrandbits(63))
         self.streams[seq.id] = _TextStream(StreamDecoder(self.tokenizer))
@@ -193,35 +209,41 @@ class Engine:
         self.stats.prefill_seconds += dt
         return outputs
 
-    def _choose_ks(self, seqs: list[Sequence]) -> list[int]:
-        spec_seqs = [s for s in seqs if s.spec.draft_max > 0]
+    def _choose_ks(self, seqs: list[Sequence]) -> tuple[list[int], list[int]]:
+        """Per sequence: the model drafter's k (the tuner's choice, or the request's fixed k) and the most
+        draft tokens the sequence can still take (its length limit and the context)."""
+        spec_seqs = [s for s in seqs if s.spec.model_drafter]
         k_auto = self.tuner.choose([s.acceptance for s in spec_seqs]) if spec_seqs else 0
-        ks = []
+        ks, rooms = [], []
         for s in seqs:
             k = min(k_auto, s.spec.draft_max) if s.spec.adaptive else s.spec.draft_max
-            room = min(s.remaining - 1, self.config.ctx_size - s.num_cached - 1)
-            ks.append(max(0, min(k, room)))
-        return ks
+            room = max(0, min(s.remaining - 1, self.config.ctx_size - s.num_cached - 1)) if s.spec.draft_max else 0
+            ks.append(min(k, room) if s.spec.model_drafter else 0)
+            rooms.append(room)
+        return ks, rooms
 
     def _decode(self, seqs: list[Sequence]) -> list[Output]:
         t0 = time.perf_counter()
-        ks = self._choose_ks(seqs)
-        res = decode_step(self.runner, self.drafter, seqs, ks, self.generators)
+        ks, rooms = self._choose_ks(seqs)
+        res = decode_step(self.runner, self.drafter, seqs, ks, rooms, self.generators)
         costs = self.tuner.costs
-        costs.observe_trunk(len(seqs), max(ks) + 1 if any(res.n_drafted) else 1, res.verify_seconds + res.commit_seconds)
+        costs.observe_trunk(len(seqs), max(res.n_drafted) + 1, res.verify_seconds + res.commit_seconds)
         costs.observe_draft(len(seqs), res.draft_steps, res.draft_seconds)
-        if any(res.n_drafted) and res.caught_up <= self.tuner.k_max + 1:     # steady state, not a long backlog
+        if res.draft_steps and res.caught_up <= self.tuner.k_max + 1:     # steady state, not a long backlog
             costs.observe_catch_up(len(seqs), res.catch_up_seconds)
         outputs = []
         for b, seq in enumerate(seqs):
-            seq.stats.record(res.n_drafted[b], res.n_accepted[b])
-            self.stats.record(res.n_drafted[b], res.n_accepted[b])
+            by = res.by[b] if res.by else None
+            seq.stats.record(res.n_drafted[b], res.n_accepted[b], by)
+            self.stats.record(res.n_drafted[b], res.n_accepted[b], by)
             if res.n_drafted[b]:
-                seq.acceptance.update(res.n_drafted[b], res.n_accepted[b])
-                self.tuner.observe(res.n_drafted[b], res.n_accepted[b])
+                ngram = by == "ngram"
+                (seq.ngram_acceptance if ngram else seq.acceptance).update(res.n_drafted[b], res.n_accepted[b])
+                self.tuner.observe(res.n_drafted[b], res.n_accepted[b], ngram=ngram)
             outputs.append(self._emit(seq, res.new_tokens[b]))
         seconds = time.perf_counter() - t0      # wall time of the whole step: tok/s is never flattered
-        costs.observe_step(len(seqs), max(ks), seconds)
+        if "ngram" not in (res.by or ()):       # whole-step timings are the model drafter's k's
+            costs.observe_step(len(seqs), max(ks), seconds)
         for st in [self.stats] + [seq.stats for seq in seqs]:   # a batched step counts whole for each sequence
             st.add_step(seconds, res.draft_seconds, res.catch_up_seconds, res.verify_seconds, res.commit_seconds)
         return outputs

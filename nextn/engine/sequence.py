@@ -20,20 +20,43 @@ class Status(Enum):
     FINISHED = "finished"
 
 
+MODEL_DRAFTERS = ("mtp", "draft")     # drafters that run a forward per draft token; one per engine
+DRAFTERS = MODEL_DRAFTERS + ("ngram",)
+
+
+def parse_spec(text: str) -> tuple[str, ...]:
+    """'mtp', 'ngram', 'draft', 'mtp+ngram', 'draft+ngram' or 'none' -> the drafters it names."""
+    parts = tuple(p.strip() for p in text.split("+")) if text.strip() != "none" else ()
+    if (any(p not in DRAFTERS for p in parts) or len(set(parts)) != len(parts)
+            or sum(p in MODEL_DRAFTERS for p in parts) > 1):
+        raise ValueError(f"speculation must be none, mtp, ngram, draft, mtp+ngram or draft+ngram, not {text!r}")
+    return parts
+
+
 @dataclass(slots=True)
 class SpecConfig:
-    """`draft_max` = 0 disables speculation; `adaptive` lets the tuner pick k in {0} U [draft_min, draft_max]."""
+    """`draft_max` = 0 disables speculation; `adaptive` lets the tuner pick k in {0} U [draft_min, draft_max]
+    for the model drafter (and the n-gram draft length). `drafters`: which of the engine's drafters may
+    propose (a model drafter, n-gram lookup, or both: n-gram where a match exists, else the model)."""
 
     draft_max: int = 3
     draft_min: int = 0
     p_min: float = 0.0
     adaptive: bool = True
+    drafters: tuple[str, ...] = ("mtp",)
 
     def __post_init__(self):
         if not 0 <= self.draft_min <= max(self.draft_max, 0) or self.draft_max < 0:
             raise ValueError("need 0 <= draft_min <= draft_max")
         if not 0 <= self.p_min < 1:
             raise ValueError("draft p_min must be in [0, 1)")
+
+    def uses(self, name: str) -> bool:
+        return self.draft_max > 0 and name in self.drafters
+
+    @property
+    def model_drafter(self) -> str | None:
+        return next((d for d in self.drafters if d in MODEL_DRAFTERS), None) if self.draft_max > 0 else None
 
 
 @dataclass(eq=False)
@@ -48,7 +71,8 @@ class Sequence:
     num_cached: int = 0           # tokens the trunk has processed (valid KV/recurrent state)
     finish_reason: str | None = None
     stats: SpecStats = field(default_factory=SpecStats)
-    acceptance: Acceptance | None = None
+    acceptance: Acceptance | None = None          # of the model drafter's drafts
+    ngram_acceptance: Acceptance | None = None    # of n-gram drafts
     cancelled: bool = False
 
     def __post_init__(self):
@@ -56,6 +80,8 @@ class Sequence:
         self.stats.prompt_tokens = len(self.prompt)
         if self.acceptance is None:
             self.acceptance = Acceptance(max(self.spec.draft_max, 1))
+        if self.ngram_acceptance is None:
+            self.ngram_acceptance = Acceptance(16)
 
     @property
     def n_prompt(self) -> int:

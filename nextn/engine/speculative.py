@@ -8,7 +8,7 @@ sequences share the batch, and a sequence never alternates plain and speculative
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .acceptance import accept
 from .runner import ModelRunner
@@ -26,10 +26,15 @@ class StepResult:
     catch_up_seconds: float = 0.0   # the MTP head on the pairs the last step committed
     caught_up: int = 0              # how many (most per sequence)
     commit_seconds: float = 0.0     # acceptance, cache commit / rollback, queueing the new pairs
+    by: list[str | None] = field(default_factory=list)   # per sequence, the drafter of its drafts
 
-def decode_step(runner: ModelRunner, drafter, seqs: list[Sequence], ks: list[int], generators: dict) -> StepResult:
+
+def decode_step(runner: ModelRunner, drafter, seqs: list[Sequence], ks: list[int], rooms: list[int],
+                generators: dict) -> StepResult:
+    """drafter: the engine's DraftRouter (None: plain decoding); ks: the model drafter's k per sequence;
+    rooms: the most drafts each sequence can take (n-gram drafts are not bound by k)."""
     t0 = time.perf_counter()
-    proposal = drafter.propose(seqs, ks, generators) if drafter is not None and any(ks) else None
+    proposal = drafter.propose(seqs, ks, rooms, generators) if drafter is not None and any(rooms) else None
     drafts = proposal.drafts if proposal is not None else [[] for _ in seqs]
     t1 = time.perf_counter()
     targets = runner.verify(seqs, drafts)
@@ -48,4 +53,4 @@ def decode_step(runner: ModelRunner, drafter, seqs: list[Sequence], ks: list[int
     if proposal is None:
         return StepResult(new_tokens, [0] * len(seqs), accepted, t1 - t0, t2 - t1, 0, commit_seconds=t3 - t2)
     return StepResult(new_tokens, [len(d) for d in drafts], accepted, t1 - t0 - proposal.catch_up_seconds, t2 - t1,
-                      proposal.n_steps, proposal.catch_up_seconds, proposal.caught_up, t3 - t2)
+                      proposal.n_steps, proposal.catch_up_seconds, proposal.caught_up, t3 - t2, proposal.by)

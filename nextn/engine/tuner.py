@@ -142,21 +142,57 @@ class KTuner:
     explore_max: int = 128
     costs: CostModel = field(default_factory=CostModel)
     recent: Acceptance | None = None     # acceptance over all requests, the prior of new ones
+    recent_ngram: Acceptance | None = None   # the same for n-gram drafts
+    ngram_max: int = 8
     steps: int = 0
     _best: int = -1
     _interval: int = 0
     _next_explore: int = 0
+    _ngram_calls: int = 0
+    _ngram_gap: int = 4
+    _ngram_next: int = 8
 
     def __post_init__(self):
         if self.recent is None:
             self.recent = Acceptance(max(self.k_max, 1), decay=0.99)
+        if self.recent_ngram is None:
+            self.recent_ngram = Acceptance(max(self.ngram_max, 1), decay=0.99)
 
-    def new_acceptance(self, k_max: int) -> Acceptance:
-        return self.recent.spawn(max(k_max, 1))
+    def new_acceptance(self, k_max: int, ngram: bool = False) -> Acceptance:
+        return (self.recent_ngram if ngram else self.recent).spawn(max(k_max, 1))
 
-    def observe(self, n_drafted: int, n_accepted: int) -> None:
+    def observe(self, n_drafted: int, n_accepted: int, ngram: bool = False) -> None:
         """One request's verified drafts; the request updates its own `Acceptance` too."""
-        self.recent.update(n_drafted, n_accepted)
+        (self.recent_ngram if ngram else self.recent).update(n_drafted, n_accepted)
+
+    def model_step_seconds(self, B: int, k: int) -> float | None:
+        """Expected seconds of a decode step drafting k tokens with the model drafter (k = 0: plain)."""
+        measured = self.costs.step_cost(B, k)
+        if measured is not None:
+            return measured
+        trunk = self.costs.trunk_cost(B, k + 1)
+        if trunk is None or (k and self.costs.draft_cost(B) is None):
+            return None
+        return trunk + (k * self.costs.draft_cost(B) + self.costs.catch_up_cost(B) if k else 0.0)
+
+    def ngram_length(self, ngram: Acceptance, available: int, B: int, model: Acceptance | None, k_model: int) -> int:
+        """How many tokens of an n-gram match to draft (0: let the model drafter, or plain decoding, go
+        instead): the length whose expected tokens per second beat the alternative's, by measured cost."""
+        alt_time = self.model_step_seconds(B, k_model)
+        if alt_time is None or self.costs.trunk_cost(B, 1) is None:
+            return available                   # nothing measured yet: a match is worth trying
+        alt = (model.expected_tokens(k_model) if model is not None and k_model else 1.0) / alt_time
+        best, best_rate = 0, alt
+        for n in range(1, available + 1):
+            rate = ngram.expected_tokens(n) / self.costs.trunk_cost(B, n + 1)
+            if rate > best_rate:
+                best, best_rate = n, rate
+        self._ngram_calls += 1              # now and then one token more than the estimate says pays:
+        if self._ngram_calls >= self._ngram_next:     # a stale estimate must not stop n-gram drafts for good
+            self._ngram_gap = min(2 * self._ngram_gap, self.explore_max)
+            self._ngram_next = self._ngram_calls + self._ngram_gap
+            return min(best + 1, available)
+        return best
 
     def choose(self, acceptances: list[Acceptance]) -> int:
         if self.k_max == 0 or not acceptances:

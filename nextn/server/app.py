@@ -2,7 +2,8 @@
 
 /v1/completions and /v1/chat/completions (streaming over SSE or not), /v1/models, /health, /metrics.
 Each response carries `usage` and `timings` (tokens/s, draft and accepted counts); a request may opt
-out of speculation (`"speculative": false`) or set its own `draft_max`.
+out of speculation (`"speculative": false`), pick among the server's drafters (`"speculative": "ngram"`)
+or set its own `draft_max`.
 """
 
 from __future__ import annotations
@@ -237,6 +238,6 @@ def main(args) -> int:
     engine.stats = type(engine.stats)()
     app = create_app(engine, api_key=args.api_key, model_name=args.alias)
     print(f"nextn: serving {engine.model_name} on http://{args.host}:{args.port} "
-          f"({args.parallel} slots, MTP {'on' if engine.use_mtp else 'off'})", flush=True)
+          f"({args.parallel} slots, speculation: {'+'.join(engine.drafters) or 'none'})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0

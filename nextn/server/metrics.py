@@ -20,7 +20,7 @@ class EngineCollector:
             ("prompt_tokens", st.prompt_tokens, "Prompt tokens processed"),
             ("generation_tokens", st.n_generated, "Tokens generated"),
             ("spec_decode_num_drafts", st.n_drafts, "Verify steps that carried drafts"),
-            ("spec_decode_num_draft_tokens", st.n_draft_tokens, "Draft tokens proposed by the MTP head"),
+            ("spec_decode_num_draft_tokens", st.n_draft_tokens, "Draft tokens proposed (all drafters)"),
             ("spec_decode_num_accepted_tokens", st.n_accepted, "Draft tokens accepted"),
         ):
             yield CounterMetricFamily(PREFIX + name, doc, value=value)
@@ -29,9 +29,28 @@ class EngineCollector:
         for pos, n in enumerate(st.accepted_per_pos):
             per_pos.add_metric([str(pos)], n)
         yield per_pos
+        yield from _per_drafter(st.by_drafter)
         sched = self.engine.scheduler
         yield GaugeMetricFamily(PREFIX + "num_requests_running", "Requests holding a slot", value=len(sched.active))
         yield GaugeMetricFamily(PREFIX + "num_requests_waiting", "Requests waiting for a slot", value=len(sched.waiting))
+
+
+def _per_drafter(by_drafter: dict):
+    """The same counters per drafter (label `drafter`: mtp, ngram), accepted tokens also per position."""
+    families = {key: CounterMetricFamily(PREFIX + f"spec_decode_drafter_{key}", doc, labels=["drafter"])
+                for key, doc in (("num_drafts", "Verify steps that carried this drafter's drafts"),
+                                 ("num_draft_tokens", "Draft tokens this drafter proposed"),
+                                 ("num_accepted_tokens", "This drafter's draft tokens accepted"))}
+    per_pos = CounterMetricFamily(PREFIX + "spec_decode_drafter_num_accepted_tokens_per_pos",
+                                  "Accepted draft tokens by drafter and draft position", labels=["drafter", "position"])
+    for name, c in sorted(by_drafter.items()):
+        for key, value in (("num_drafts", c.n_drafts), ("num_draft_tokens", c.n_draft_tokens),
+                           ("num_accepted_tokens", c.n_accepted)):
+            families[key].add_metric([name], value)
+        for pos, n in enumerate(c.accepted_per_pos):
+            per_pos.add_metric([name, str(pos)], n)
+    yield from families.values()
+    yield per_pos
 
 
 class Metrics:

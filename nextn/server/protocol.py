@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass
 
 from ..engine.params import SamplingParams
-from ..engine.sequence import SpecConfig
+from ..engine.sequence import SpecConfig, parse_spec
 
 
 class ApiError(Exception):
@@ -90,10 +90,11 @@ def parse(body, chat: bool, default_spec: SpecConfig, recommended: dict | None =
     spec = None
     if "draft_max" in body or "speculative" in body:
         k = _get(body, "draft_max", int, default_spec.draft_max, lambda v: 0 <= v <= 16, "an integer in [0, 16]")
-        if _get(body, "speculative", bool, True) is False:
+        drafters = _drafters(_get(body, "speculative", (bool, str), True), default_spec.drafters)
+        if not drafters:
             k = 0
         spec = SpecConfig(draft_max=k, draft_min=min(default_spec.draft_min, k), p_min=default_spec.p_min,
-                          adaptive=default_spec.adaptive)
+                          adaptive=default_spec.adaptive, drafters=drafters)
     options = _get(body, "stream_options", dict, {}) or {}
     req = Request(stream=bool(_get(body, "stream", bool, False)), params=params, spec=spec,
                   include_usage=bool(options.get("include_usage", False)))
@@ -117,6 +118,24 @@ def parse(body, chat: bool, default_spec: SpecConfig, recommended: dict | None =
         else:
             raise ApiError(400, "'prompt' must be a string or a list of token ids (one prompt per request)", "prompt")
     return req
+
+
+def _drafters(value: bool | str, available: tuple[str, ...]) -> tuple[str, ...]:
+    """'speculative': true (the server's drafters), false / "none", or drafter names such as "ngram"."""
+    if value is True:
+        return available
+    if value is False:
+        return ()
+    try:
+        asked = parse_spec(value)
+    except ValueError as e:
+        raise ApiError(400, f"'speculative': {e}", "speculative") from None
+    missing = [d for d in asked if d not in available]
+    if missing:
+        have = "+".join(available) or "none"
+        raise ApiError(400, f"'speculative': this server runs --spec {have}; {', '.join(missing)} is not available",
+                       "speculative")
+    return asked
 
 
 def _float(v):

@@ -1,0 +1,137 @@
+"""Drafters besides MTP: n-gram lookup (alone and with MTP), the choice between them, per-drafter stats."""
+
+import pytest
+import torch
+
+from nextn.drafters.ngram import NGramIndex, continuation, lookup
+from nextn.engine.engine import Engine
+from nextn.engine.params import SamplingParams
+from nextn.engine.sequence import SpecConfig, parse_spec
+from nextn.engine.tuner import Acceptance, KTuner
+from nextn.errors import NextnError
+
+GREEDY = SamplingParams(max_tokens=48, ignore_eos=True)
+
+
+def test_lookup_finds_the_longest_most_recent_match():
+    #         0  1  2  3  4  5  6  7  8  9 10 11 12 13
+    tokens = [5, 1, 2, 3, 9, 7, 1, 2, 3, 8, 4, 1, 2, 3]
+    length, at = lookup(tokens, NGramIndex(3))
+    assert (length, at) == (3, 9)              # [1 2 3] at 6 (most recent, same length as at 1) -> 8 follows
+    tokens = [4, 1, 2, 3, 9, 7, 1, 2, 3, 8, 4, 1, 2, 3]
+    assert lookup(tokens, NGramIndex(3)) == (4, 4)     # [4 1 2 3] at 0 is longer -> 9 follows
+    assert lookup([1, 2, 3, 4, 5], NGramIndex(3)) == (0, -1)
+    assert lookup([1, 2, 3], NGramIndex(3)) == (0, -1)
+
+
+def test_lookup_index_grows_with_the_sequence():
+    index, tokens = NGramIndex(2), [1, 2, 3]
+    assert lookup(tokens, index) == (0, -1)
+    tokens += [1, 2]
+    assert lookup(tokens, index) == (2, 2)
+    tokens += [3, 1, 2]
+    assert lookup(tokens, index) == (5, 5) and index.indexed == len(tokens) - 2
+
+
+def test_continuation_reads_on_into_its_own_drafts():
+    tokens = [7, 1, 2, 1, 2]                    # the match [1 2] at 1 continues at 3: the present
+    assert continuation(tokens, 3, 5) == [1, 2, 1, 2, 1]
+    assert continuation([1, 2, 3, 9, 1, 2, 3], 3, 2) == [9, 1]
+
+
+def test_spec_names_parse_and_bad_ones_are_refused():
+    assert parse_spec("mtp+ngram") == ("mtp", "ngram") and parse_spec("none") == ()
+    for bad in ("mtp+draft", "ngram+ngram", "eagle", ""):
+        with pytest.raises(ValueError):
+            parse_spec(bad)
+    with pytest.raises(NextnError, match="--spec"):
+        Engine(spec="medusa", progress=False)
+
+
+def test_tuner_drafts_an_ngram_match_only_as_far_as_it_pays():
+    t = KTuner(3, ngram_max=8)
+    good, bad = Acceptance(8, prior=0.95), Acceptance(8, prior=0.05)
+    assert t.ngram_length(good, 8, 1, None, 0) == 8            # nothing measured: try the match whole
+    for T, s in ((1, 0.010), (2, 0.011), (4, 0.013), (9, 0.020)):
+        for _ in range(3):
+            t.costs.observe_trunk(1, T, s)
+    t.costs.observe_draft(1, 1, 0.002)
+    assert t.ngram_length(good, 8, 1, None, 0) == 8
+    assert t.ngram_length(bad, 8, 1, None, 0) == 0             # plain decoding pays more
+    mtp = Acceptance(3, prior=0.9)
+    weak = Acceptance(8, prior=0.5)
+    assert t.ngram_length(weak, 8, 1, mtp, 3) == 0             # a strong MTP head beats a weak match
+    assert 0 < t.ngram_length(weak, 8, 1, None, 0) < 8         # but a weak match beats plain, briefly
+    probes = [t.ngram_length(bad, 8, 1, None, 0) for _ in range(64)]
+    assert 2 <= sum(p > 0 for p in probes) <= 8                 # a refused match is retried, rarely
+
+
+def _repeating_prompt(seed=0, n=40):
+    part = torch.randint(3, 300, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+    return part + [1, 2] + part + [1, 2] + part[:n // 2]
+
+
+@pytest.fixture(scope="module")
+def engines(tiny):
+    made = {}
+
+    def get(arch, spec):
+        if (arch, spec) not in made:
+            # random models rarely repeat themselves: 1-token matches make n-gram drafts (mostly rejected) happen
+            made[(arch, spec)] = Engine(model=str(tiny(arch)), spec=spec, prefill_chunk=32, ngram_min=1,
+                                        progress=False)
+        return made[(arch, spec)]
+
+    return get
+
+
+@pytest.mark.parametrize("arch", ["qwen35", "qwen35moe", "qwen3next", "glm4moe"])
+@pytest.mark.parametrize("spec", ["ngram", "mtp+ngram"])
+def test_ngram_drafting_keeps_greedy_output_identical(engines, arch, spec):
+    prompt = _repeating_prompt()
+    plain = engines(arch, "none").generate(prompt, GREEDY).tokens
+    for adaptive in (False, True):
+        got = engines(arch, spec).generate(prompt, GREEDY, spec=SpecConfig(draft_max=3, adaptive=adaptive,
+                                                                          drafters=tuple(spec.split("+"))))
+        assert got.tokens == plain
+        if not adaptive:        # adaptive: the tuner soon stops drafting matches that random models never keep
+            assert got.stats.by_drafter["ngram"].n_draft_tokens > 0
+        assert sum(c.n_draft_tokens for c in got.stats.by_drafter.values()) == got.stats.n_draft_tokens
+
+
+def test_ngram_accepts_long_drafts_when_the_output_repeats_the_prompt(demo_model):
+    """A trained model asked to continue text it has seen twice copies it: n-gram drafts of 8 are kept."""
+    code = ("def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n\n\n"
+            "def mul(a, b):\n    return a * b\n\n\n")
+    prompt = code * 3
+    params = SamplingParams(max_tokens=64, ignore_eos=True)
+    plain = Engine(model=str(demo_model), spec="none", progress=False).generate(prompt, params)
+    res = Engine(model=str(demo_model), spec="ngram", progress=False).generate(
+        prompt, params, spec=SpecConfig(adaptive=False, drafters=("ngram",)))
+    assert res.tokens == plain.tokens
+    ngram = res.stats.by_drafter["ngram"]
+    assert ngram.accepted_per_pos[7] > 0 and ngram.acceptance_rate > 0.7
+    assert res.stats.n_steps < 64 / 3                 # three or more tokens per trunk forward
+
+
+def test_sampling_with_ngram_drafts_is_seeded_and_counts_add_up(engines):
+    prompt = _repeating_prompt(seed=2)
+    params = SamplingParams(temperature=0.7, max_tokens=40, ignore_eos=True, seed=5)
+    engine = engines("qwen35", "mtp+ngram")
+    a, b = engine.generate(prompt, params), engine.generate(prompt, params)
+    assert a.tokens == b.tokens
+    st = a.stats
+    assert st.n_generated == 1 + st.n_steps + st.n_accepted
+    assert st.n_draft_tokens == sum(c.n_draft_tokens for c in st.by_drafter.values())
+
+
+def test_requests_choose_among_the_engines_drafters(engines):
+    engine = engines("qwen35", "mtp+ngram")
+    prompt = _repeating_prompt(seed=3)
+    only_mtp = engine.generate(prompt, GREEDY, spec=SpecConfig(adaptive=False, drafters=("mtp",)))
+    assert set(only_mtp.stats.by_drafter) == {"mtp"}
+    only_ngram = engine.generate(prompt, GREEDY, spec=SpecConfig(adaptive=False, drafters=("ngram",)))
+    assert set(only_ngram.stats.by_drafter) == {"ngram"}
+    # an engine without n-gram ignores it: the request decodes plainly
+    plain = engines("qwen35", "mtp").generate(prompt, GREEDY, spec=SpecConfig(adaptive=False, drafters=("ngram",)))
+    assert plain.stats.n_draft_tokens == 0 and plain.tokens == only_ngram.tokens
