@@ -67,6 +67,7 @@ def cmd_generate(args) -> int:
     if args.json:
         json.dump({"text": result.text, "tokens": result.tokens, "finish_reason": result.finish_reason,
                    "timings": t, "memory": engine.memory(), "kernels": engine.kernels(),
+                   "draft_vocab": engine.model.draft_vocab_source,
                    "params": asdict(result.params)}, out)
         out.write("\n")
         return 0
@@ -83,8 +84,9 @@ def cmd_generate(args) -> int:
         line += f"; mean accepted length {t['mean_accepted_length']:.2f}"
     mem = engine.memory()
     print(line + "]", file=sys.stderr)
+    vocab = f"; MTP draft vocabulary: {engine.model.draft_vocab_source}" if engine.model.draft_vocab_source else ""
     print(f"[memory: weights {mem['weights_mb']:.1f} MB, caches {mem['caches_mb']:.1f} MB; "
-          f"products: {engine.kernels()}; sampling: {describe_sampling(result.params)}]", file=sys.stderr)
+          f"products: {engine.kernels()}; sampling: {describe_sampling(result.params)}{vocab}]", file=sys.stderr)
     return 0
 
 

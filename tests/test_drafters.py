@@ -135,3 +135,56 @@ def test_requests_choose_among_the_engines_drafters(engines):
     # an engine without n-gram ignores it: the request decodes plainly
     plain = engines("qwen35", "mtp").generate(prompt, GREEDY, spec=SpecConfig(adaptive=False, drafters=("ngram",)))
     assert plain.stats.n_draft_tokens == 0 and plain.tokens == only_ngram.tokens
+
+
+# ---- reduced-vocabulary MTP drafting ---------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["qwen35", "qwen35moe", "qwen3next", "glm4moe"])
+def test_a_reduced_draft_vocabulary_keeps_greedy_output_identical(tiny, arch):
+    prompt = _repeating_prompt(seed=4)
+    plain = Engine(model=str(tiny(arch)), spec="none", progress=False).generate(prompt, GREEDY).tokens
+    engine = Engine(model=str(tiny(arch)), spec="mtp", draft_vocab=64, progress=False)
+    ids = engine.model.draft_ids      # no frequency list: the lowest ids, end-of-generation tokens among them
+    assert len(set(ids)) == 64 and set(engine.tokenizer.eog_ids) <= set(ids) and set(ids) - {0} <= set(range(64))
+    assert engine.model.mtp_head().shape[0] == 64
+    got = engine.generate(prompt, GREEDY, spec=SpecConfig(draft_max=3, adaptive=False))
+    assert got.tokens == plain
+    assert got.stats.n_draft_tokens > 0
+
+
+def test_draft_vocab_ranking_from_a_corpus_and_a_trimmed_head_file(tiny, tmp_path):
+    from nextn.gguf import draft_vocab
+    from nextn.gguf.reader import open_gguf
+    import shutil
+
+    model = tmp_path / "m.gguf"
+    shutil.copy(tiny("qwen35"), model)
+    engine = Engine(model=str(model), spec="none", progress=False)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("def function_1(x):\n    return x + 1\n" * 20 + "class A:\n    pass\n")
+    path, info = draft_vocab.count_file(model, [str(corpus)])
+    assert path == tmp_path / "m.draft-vocab.json" and info["tokens"] > 0
+    ids = __import__("json").loads(path.read_text())["ids"]
+    counts = __import__("collections").Counter(engine.tokenizer.encode(corpus.read_text(), add_bos=False))
+    assert sorted(ids) == list(range(engine.model_config.n_vocab))
+    assert [counts[t] for t in ids] == sorted((counts[t] for t in ids), reverse=True)
+    eos = min(engine.tokenizer.eog_ids)
+    assert eos in draft_vocab.choose(ids, 8, {eos}) and len(draft_vocab.choose(ids, 8, {eos})) == 8
+
+    # the in-memory subset (ranked by the list beside the model) and a trimmed head file draft the same
+    head = draft_vocab.trim_head(model, 48)
+    assert open_gguf(head).tensors["blk.4.nextn.shared_head_head.weight"].data.shape[0] == 48
+    assert "output.weight" not in open_gguf(head).tensors and "token_embd.weight" not in open_gguf(head).tensors
+    prompt = _repeating_prompt(seed=5)
+    spec = SpecConfig(draft_max=3, adaptive=False)
+    a = Engine(model=str(model), spec="mtp", draft_vocab=48, progress=False)
+    b = Engine(model=str(model), mtp_model=str(head), spec="mtp", progress=False)
+    assert a.model.draft_ids == b.model.draft_ids == draft_vocab.choose(ids, 48, set(engine.tokenizer.eog_ids))
+    ra, rb = a.generate(prompt, GREEDY, spec=spec), b.generate(prompt, GREEDY, spec=spec)
+    assert ra.tokens == rb.tokens and ra.stats.accepted_per_pos == rb.stats.accepted_per_pos
+    with pytest.raises(NextnError, match="holds 48 token ids"):
+        Engine(model=str(model), mtp_model=str(head), spec="mtp", draft_vocab=100, progress=False)
+
+
+def test_draft_vocab_needs_mtp():
+    with pytest.raises(NextnError, match="--draft-vocab"):
+        Engine(spec="ngram", draft_vocab=100, progress=False)

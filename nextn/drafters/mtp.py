@@ -36,6 +36,9 @@ class MTPDrafter(Drafter):
         self.queue_hidden: dict[int, list[torch.Tensor]] = {}
         self.positions: dict[int, int] = {}          # MTP cache holds positions 1..positions[slot]
         self.last_mtp_hidden = torch.zeros(n_slots, d, dtype=self.model.dtype, device=self.model.device)
+        ids = self.model.draft_ids          # a reduced draft vocabulary: head row -> token id
+        self.vocab = ids
+        self.vocab_t = torch.tensor(ids, device=self.model.device) if ids is not None else None
         if runner.native:
             buf, cache = runner.buf, runner.cache
             self.block = Graph(lambda: self.model.emit_mtp_block(cache, buf), compile)
@@ -117,15 +120,27 @@ class MTPDrafter(Drafter):
         out = self.model.mtp_forward(tok, hid, step, self.runner.cache)
         return out[torch.arange(len(seqs)), torch.tensor(lens) - 1]
 
-    def _logits(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Draft logits [B, V] (and their argmax, on CPU) for hidden states [B, D]."""
+    def _logits(self, hidden: torch.Tensor) -> tuple[torch.Tensor, list[int] | None]:
+        """Draft logits [B, head rows] (and their argmax as token ids, on CPU) for hidden states [B, D]."""
         if not self.runner.native:
             return self.model.mtp_logits(hidden), None
         buf, B = self.runner.buf, hidden.shape[0]
         buf.rows.set_rows(B)
         buf.hidden[:B] = hidden
         self.head.run()
-        return buf.logits[:B], buf.ids_np[:B].tolist()
+        rows = buf.ids_np[:B].tolist()
+        return buf.logits[:B, :len(self.vocab) if self.vocab else None], \
+            [self.vocab[r] for r in rows] if self.vocab else rows
+
+    def _full(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits over the whole vocabulary [1, V]: tokens outside a draft vocabulary get -inf (probability 0),
+        so the draft distribution is the one over the subset and rejection sampling stays exact."""
+        if self.vocab_t is None:
+            return logits
+        full = torch.full((logits.shape[0], self.model.cfg.n_vocab), float("-inf"), dtype=logits.dtype,
+                          device=logits.device)
+        full[:, self.vocab_t] = logits
+        return full
 
     # ---- drafting ----------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -169,22 +184,24 @@ class MTPDrafter(Drafter):
         q = [torch.stack(x) if x and x[0] is not None else None for x in qs]
         return Proposal(drafts, q, steps, catch_up, pairs, [self.name if d else None for d in drafts])
 
-    @staticmethod
-    def _picks(logits: torch.Tensor, ids: list[int] | None, seqs: list[Sequence], so_far: list[list[int]],
+    def _picks(self, logits: torch.Tensor, ids: list[int] | None, seqs: list[Sequence], so_far: list[list[int]],
                generators: dict):
         """Per row: (token, its draft distribution or None if one-hot, confidence for --draft-p-min)."""
         if all(s.params.greedy and not s.params.has_penalties and s.spec.p_min == 0 for s in seqs):
-            best = ids if ids is not None else logits.argmax(-1).tolist()
-            return [(t, None, 1.0) for t in best]               # one sync for the batch
+            if ids is None:
+                ids = logits.argmax(-1).tolist()
+                ids = [self.vocab[r] for r in ids] if self.vocab else ids
+            return [(t, None, 1.0) for t in ids]               # one sync for the batch
         out = []
         for r, (seq, drafted) in enumerate(zip(seqs, so_far)):
             history = seq.tokens + drafted
-            t = target(logits[r:r + 1], seq.params, history)[0]
+            row = self._full(logits[r:r + 1])
+            t = target(row, seq.params, history)[0]
             tok = draw(t, generators.get(seq.id))
             if t.dim():
                 out.append((tok, t, float(t[tok])))
             else:
                 p_min = seq.spec.p_min
-                row = penalised(logits[r:r + 1], seq.params, history)
+                row = penalised(row, seq.params, history)
                 out.append((tok, None, float(row.float().softmax(-1)[0, tok]) if p_min > 0 else 1.0))
         return out

@@ -84,7 +84,8 @@ class Engine:
     def load(config: EngineConfig):
         """(model config, model, tokenizer, trunk file) for this configuration."""
         return loader.load(config.model, mtp_path=config.mtp_model, use_mtp=config.use_mtp, device=config.device,
-                           dtype=config.dtype, progress=config.progress, kernels=config.kernels)
+                           dtype=config.dtype, progress=config.progress, kernels=config.kernels,
+                           draft_vocab=config.draft_vocab)
 
     @property
     def use_mtp(self) -> bool:

@@ -18,6 +18,7 @@ from gguf.quants import dequantize
 from tqdm import tqdm
 
 from ..errors import NextnError
+from . import draft_vocab
 from .forms import BUNDLED, HEAD_GLOBALS, HEAD_ONLY, TRUNK_ONLY, form_of, head_mismatch, is_mtp_tensor
 from .reader import GGUFFile, block_index, open_gguf
 from .writer import OUTTYPES, choose_type, encode_tensor, parameter_label, tensor_order, write_gguf
@@ -288,6 +289,7 @@ def add_parser(sub) -> None:
     p.add_argument("--repeat-last-n", type=int)
     p.add_argument("--clear", action="store_true", help="drop the sampling keys not given")
     p.set_defaults(func=_cmd_set_sampling)
+    draft_vocab.add_parsers(gs)
 
 
 def _cmd_inspect(args) -> int:

@@ -110,3 +110,10 @@ def from_gguf(t, path) -> QWeight | torch.Tensor:
 def _to_float(raw: torch.Tensor, qtype: Q, shape) -> torch.Tensor:
     w = QWeight(raw.reshape(1, -1), qtype, (1, int(np.prod(shape))))
     return w.dequantize().reshape(shape)
+
+
+def take_rows(w, rows: torch.Tensor):
+    """The given rows of a weight matrix, in order (a QWeight's rows stay in their type)."""
+    if isinstance(w, QWeight):
+        return QWeight(w.data[rows].contiguous(), w.qtype, (len(rows), w.K), w.int8)
+    return w[rows.to(w.device)].contiguous()

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelFileError, MTPUnavailableError, NextnError
+from ..gguf import draft_vocab
 from ..gguf.forms import BUNDLED, HEAD_ONLY, form_of, head_mismatch
 from ..gguf.reader import SPLIT_NAME, GGUFFile, open_gguf
 from ..text.tokenizer import Tokenizer
@@ -91,10 +92,12 @@ def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
 
 
 def load(model_path: str | Path | None = None, *, mtp_path: str | Path | None = None, use_mtp: bool = False,
-         device: str | None = None, dtype: str | None = None, progress: bool = True, kernels: str = "int8"):
+         device: str | None = None, dtype: str | None = None, progress: bool = True, kernels: str = "int8",
+         draft_vocab: int = 0):
     """Open, check and load a model. Returns (model config, model, tokenizer, trunk file).
     `kernels`: "int8" (Q4_K, Q6_K and Q8_0 weights meet int8-quantized activations in few-row CPU products,
-    as llama.cpp runs them) or "exact" (weights decoded to floats in every product)."""
+    as llama.cpp runs them) or "exact" (weights decoded to floats in every product).
+    `draft_vocab`: > 0 restricts the MTP head to that many token ids (gguf/draft_vocab.py)."""
     trunk = open_trunk(model_path or default_model())
     cfg = ModelConfig.from_gguf(trunk)
     head = find_head(trunk, mtp_path) if use_mtp else None
@@ -104,4 +107,28 @@ def load(model_path: str | Path | None = None, *, mtp_path: str | Path | None = 
     dt = pick_dtype(dtype, dev)
     model = Model.load(trunk, cfg, head=head, use_mtp=use_mtp, device=dev, dtype=dt, progress=progress,
                        int8=kernels == "int8")
-    return cfg, model, Tokenizer.from_gguf(trunk), trunk
+    tokenizer = Tokenizer.from_gguf(trunk)
+    if use_mtp:
+        model.draft_vocab_source = _draft_vocab(model, trunk, head, draft_vocab, tokenizer)
+    return cfg, model, tokenizer, trunk
+
+
+def _draft_vocab(model: Model, trunk: GGUFFile, head: GGUFFile | None, n: int, tokenizer: Tokenizer) -> str | None:
+    """Restrict the MTP head to n token ids (a trimmed head file: to the ids its rows hold, or fewer)."""
+    src = head or trunk
+    rows = model.mtp_head().shape[0]
+    if rows != trunk.n_vocab:           # a head written by `nextn gguf trim-head`
+        ids = src.meta(draft_vocab.KEY)
+        if ids is None or len(ids) != rows:
+            raise ModelFileError(f"{src.path}: the MTP output head has {rows} rows for a vocabulary of "
+                                 f"{trunk.n_vocab} and no matching {draft_vocab.KEY} list")
+        model.draft_ids = [int(t) for t in ids]
+        if not n or n == rows:
+            return f"{rows} token ids of the trimmed head {src.path.name}"
+        if n > rows:
+            raise NextnError(f"--draft-vocab {n}: the trimmed head {src.path.name} holds {rows} token ids")
+    if not n or n >= trunk.n_vocab:
+        return None
+    ranked, where = draft_vocab.ranked_ids([src, trunk], trunk.path, trunk.n_vocab)
+    model.restrict_draft_vocab(draft_vocab.choose(ranked, n, set(tokenizer.eog_ids)))
+    return f"{n} token ids, ranked by {where}"

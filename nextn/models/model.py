@@ -17,7 +17,7 @@ from tqdm import tqdm
 from ..errors import ModelFileError
 from ..gguf.reader import GGUFFile, block_index
 from ..kernels import ops
-from ..kernels.weights import INT8_TYPES, QWeight, from_gguf
+from ..kernels.weights import INT8_TYPES, QWeight, from_gguf, take_rows
 from .attention import attention, attention_native
 from .buffers import Buffers
 from .cache import Cache
@@ -43,6 +43,8 @@ class Model:
         self.head = globals_.get("output.weight", self.tok_embd)     # tied: the head is the embedding
         self.layers = layers
         self.use_mtp = len(layers) > cfg.n_layer
+        self.draft_ids: list[int] | None = None      # the token of each MTP head row, when not the whole vocabulary
+        self.draft_vocab_source: str | None = None   # where those came from (for the user)
 
     # ---- loading -------------------------------------------------------------------------------
     @classmethod
@@ -146,9 +148,25 @@ class Model:
         u = self.block(il, u, step, cache)
         return rms_norm(u, w.get("nextn.shared_head_norm.weight", self.output_norm), eps)
 
+    def mtp_head(self, i: int = 0):
+        """MTP block i's output head: its own, else the trunk's (rows: `draft_ids`, or every token)."""
+        return self.layers[self.cfg.n_layer + i].get("nextn.shared_head_head.weight", self.head)
+
+    def restrict_draft_vocab(self, ids: list[int]) -> None:
+        """Keep only the rows of `ids` in every MTP head (a subset of the rows held now)."""
+        held = {t: r for r, t in enumerate(self.draft_ids)} if self.draft_ids is not None else None
+        missing = [t for t in ids if held is not None and t not in held]
+        if missing:
+            raise ModelFileError(f"the MTP head holds {len(held)} token rows; token {missing[0]} is not among them")
+        rows = torch.tensor([held[t] for t in ids] if held is not None else ids, dtype=torch.long)
+        for i in range(self.cfg.n_mtp):
+            w = self.layers[self.cfg.n_layer + i]
+            w["nextn.shared_head_head.weight"] = take_rows(self.mtp_head(i), rows)
+        self.draft_ids = list(ids)
+
     def mtp_logits(self, g: torch.Tensor, i: int = 0) -> torch.Tensor:
         w = self.layers[self.cfg.n_layer + i]
-        return linear(g, w.get("nextn.shared_head_head.weight", self.head)).float()
+        return linear(g, self.mtp_head(i)).float()
 
     # ---- native decode forward ------------------------------------------------------------------
     def _block_native(self, il: int, cache: Cache, buf: Buffers, save: bool, shift: int = 0) -> None:
@@ -195,10 +213,12 @@ class Model:
         ops.rmsnorm(buf.x, w.get("nextn.shared_head_norm.weight", self.output_norm), buf.hidden, cfg.rms_eps, rows)
 
     def emit_mtp_head(self, buf: Buffers, i: int = 0) -> None:
-        """buf.hidden rows -> buf.logits and buf.ids through MTP block i's output head."""
-        w = self.layers[self.cfg.n_layer + i]
-        ops.matmul(buf.hidden, w.get("nextn.shared_head_head.weight", self.head), buf.logits, buf.rows)
-        ops.argmax(buf.logits, buf.ids, buf.rows)
+        """buf.hidden rows -> buf.logits and buf.ids through MTP block i's output head (a draft vocabulary
+        fills the first len(draft_ids) columns; ids are row numbers of the head)."""
+        head = self.mtp_head(i)
+        logits = buf.logits[:, :head.shape[0]]
+        ops.matmul(buf.hidden, head, logits, buf.rows)
+        ops.argmax(logits, buf.ids, buf.rows)
 
 
 def _place(t, name: str, device: torch.device, dtype: torch.dtype):
