@@ -22,9 +22,11 @@ from tqdm import tqdm
 from .engine.config import EngineConfig
 from .engine.engine import Engine
 from .engine.params import SamplingParams
-from .engine.sequence import SpecConfig
+from .engine.sequence import MODEL_DRAFTERS, SpecConfig, parse_spec
 from .engine.stats import SpecStats
 from .engine.tuner import KTuner
+from .errors import NextnError
+from .models import loader
 from .prompts import load_prompts
 
 
@@ -32,21 +34,36 @@ from .prompts import load_prompts
 class BenchConfig:
     name: str
     spec: SpecConfig
+    draft_vocab: int = 0
 
 
 def parse_configs(text: str, draft_max: int = 3) -> list[BenchConfig]:
+    """none, mtp:K, mtp:auto, ngram, draft:K (--model-draft), mtp+ngram[:K]...; '@vN' after an MTP entry
+    drafts over N token ids."""
     out = []
     for item in [s.strip() for s in text.split(",") if s.strip()]:
-        if item == "none":
-            out.append(BenchConfig("none", SpecConfig(draft_max=0)))
-        elif item in ("mtp", "mtp:auto"):
-            out.append(BenchConfig("mtp:auto", SpecConfig(draft_max=draft_max, adaptive=True)))
-        elif item.startswith("mtp:") and item[4:].isdigit() and int(item[4:]) > 0:
-            out.append(BenchConfig(item, SpecConfig(draft_max=int(item[4:]), adaptive=False)))
-        else:
-            raise ValueError(f"bad --spec entry {item!r}: use none, mtp:K or mtp:auto")
+        base, _, vocab = item.partition("@v")
+        drafters, _, k = base.partition(":")
+        bad = ValueError(f"bad --spec entry {item!r}: use none, mtp:K, mtp:auto, ngram, draft:K, mtp+ngram[:K] or "
+                         f"draft+ngram[:K], mtp entries optionally @vN (MTP over N token ids)")
+        try:
+            names = parse_spec(drafters)
+        except ValueError:
+            raise bad from None
+        model = next((d for d in names if d in MODEL_DRAFTERS), None)
+        if (k and (model is None or not (k == "auto" or k.isdigit() and 0 < int(k) <= 16))
+                or vocab and (not vocab.isdigit() or "mtp" not in names)):
+            raise bad
+        if not names:
+            out.append(BenchConfig("none", SpecConfig(draft_max=0, drafters=())))
+            continue
+        fixed = k.isdigit()
+        name = base if k or model is None else base + ":auto"
+        out.append(BenchConfig(name + (f"@v{vocab}" if vocab else ""),
+                               SpecConfig(draft_max=int(k) if fixed else draft_max, adaptive=not fixed,
+                                          drafters=names), int(vocab or 0)))
     if not any(c.name == "none" for c in out):
-        out.insert(0, BenchConfig("none", SpecConfig(draft_max=0)))   # speedups need the plain baseline
+        out.insert(0, BenchConfig("none", SpecConfig(draft_max=0, drafters=())))   # speedups need the plain baseline
     return out
 
 
@@ -128,21 +145,22 @@ def _merged(by_type: dict) -> SpecStats:
 
 
 def table(summary: dict) -> str:
-    head = (f"{'config':<9} {'prompts':<9} {'tok/s':>8} {'speedup':>8} {'ideal':>6} {'accept':>7} "
-            f"{'mean len':>8} {'per position':<22} {'weights+cache MB':>16}")
+    w = max([9] + [len(r["config"]) for r in summary["rows"]])
+    head = (f"{'config':<{w}} {'prompts':<9} {'tok/s':>8} {'speedup':>8} {'ideal':>6} {'accept':>7} "
+            f"{'mean len':>8} {'draft/plain':>11} {'per position':<22} {'weights+cache MB':>16}")
     lines = [head, "-" * len(head)]
     for r in summary["rows"]:
         per = " ".join(f"{a:.2f}" for a in r["acceptance_per_position"]) or "-"
-        lines.append(f"{r['config']:<9} {r['prompts']:<9} {r['tokens_per_second']:>8.1f} {r['speedup']:>7.2f}x "
+        lines.append(f"{r['config']:<{w}} {r['prompts']:<9} {r['tokens_per_second']:>8.1f} {r['speedup']:>7.2f}x "
                      f"{r['ideal_speedup']:>5.2f}x {r['acceptance_rate']:>7.1%} {r['mean_accepted_length']:>8.2f} "
-                     f"{per:<22} {r['peak_cuda_mb'] or r['engine_mb']:>16.1f}")
+                     f"{r['draft_cost_ratio']:>11.3f} {per:<22} {r['peak_cuda_mb'] or r['engine_mb']:>16.1f}")
     parts = ("draft", "catch_up", "verify", "commit", "other")
-    head = f"{'config':<9} {'ms per decode step:':<20}" + "".join(f"{p:>9}" for p in parts) + f"{'total':>9}"
+    head = f"{'config':<{w}} {'ms per decode step:':<20}" + "".join(f"{p:>9}" for p in parts) + f"{'total':>9}"
     lines += ["", head, "-" * len(head)]
     for r in summary["rows"]:
         if r["prompts"] == "all":
             ms = r["step_ms"]
-            lines.append(f"{r['config']:<9} {'':<20}" + "".join(f"{ms[p]:>9.3f}" for p in parts)
+            lines.append(f"{r['config']:<{w}} {'':<20}" + "".join(f"{ms[p]:>9.3f}" for p in parts)
                          + f"{sum(ms.values()):>9.3f}")
     return "\n".join(lines)
 
@@ -177,7 +195,8 @@ def chart(summary: dict, path: str | Path, title: str) -> None:
 
 def add_args(p) -> None:
     p.add_argument("--spec", dest="configs", default="none,mtp:1,mtp:2,mtp:3,mtp:auto",
-                   help="comma list of none, mtp:K, mtp:auto (default: none,mtp:1,mtp:2,mtp:3,mtp:auto)")
+                   help="comma list of none, mtp:K, mtp:auto, ngram, mtp+ngram[:K]; mtp entries may end in @vN "
+                        "(drafts over N token ids, e.g. mtp:3@v32768) (default: none,mtp:1,mtp:2,mtp:3,mtp:auto)")
     p.add_argument("--prompts", default="code,math,chat,creative", help="prompt types, or a .json/.txt file")
     p.add_argument("-n", "--max-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=1)
@@ -189,16 +208,23 @@ def add_args(p) -> None:
 
 
 def make_engines(args, configs: list[BenchConfig]) -> dict[str, Engine]:
-    """One engine per configuration with its own tuner; the MTP ones share one loaded model."""
-    base = dict(progress=not args.quiet)
+    """One engine per configuration with its own tuner; the speculative ones share one loaded model (a draft
+    vocabulary gets a view of it with its own MTP head rows)."""
+    base = dict(progress=not args.quiet, model_draft=None)
     plain = EngineConfig.from_args(args, spec="none", **base)
     engines = {"none": Engine(plain, tuner=KTuner(0))}
     spec = [c for c in configs if c.spec.draft_max > 0]
     if spec:
-        mtp = EngineConfig.from_args(args, spec="mtp", draft_max=max(c.spec.draft_max for c in spec), **base)
-        loaded = Engine.load(mtp)
+        k_max = max(c.spec.draft_max for c in spec)
+        loaded = Engine.load(EngineConfig.from_args(args, spec="mtp", draft_max=k_max, draft_vocab=0, **base))
         for c in spec:
-            engines[c.name] = Engine(mtp, tuner=KTuner(c.spec.draft_max, c.spec.draft_min), loaded=loaded)
+            if "draft" in c.spec.drafters and not args.model_draft:
+                raise NextnError(f"--spec {c.name}: give the draft model with --model-draft")
+            cfg = EngineConfig.from_args(args, spec="+".join(c.spec.drafters), draft_max=k_max,
+                                         draft_vocab=c.draft_vocab, progress=not args.quiet,
+                                         model_draft=args.model_draft if "draft" in c.spec.drafters else None)
+            engines[c.name] = Engine(cfg, tuner=KTuner(c.spec.draft_max, c.spec.draft_min, ngram_max=cfg.ngram_max),
+                                     loaded=loader.with_draft_vocab(loaded, cfg))
     return engines
 
 

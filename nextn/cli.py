@@ -85,7 +85,8 @@ def cmd_generate(args) -> int:
     mem = engine.memory()
     print(line + "]", file=sys.stderr)
     vocab = f"; MTP draft vocabulary: {engine.model.draft_vocab_source}" if engine.model.draft_vocab_source else ""
-    print(f"[memory: weights {mem['weights_mb']:.1f} MB, caches {mem['caches_mb']:.1f} MB; "
+    draft = f", draft model {mem['draft_model_mb']:.1f} MB" if "draft_model_mb" in mem else ""
+    print(f"[memory: weights {mem['weights_mb']:.1f} MB, caches {mem['caches_mb']:.1f} MB{draft}; "
           f"products: {engine.kernels()}; sampling: {describe_sampling(result.params)}{vocab}]", file=sys.stderr)
     return 0
 

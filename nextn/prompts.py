@@ -5,6 +5,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+_CODE = ("def moving_average(values, window):\n"
+         "    \"\"\"The mean of each run of `window` consecutive values.\"\"\"\n"
+         "    if window <= 0:\n"
+         "        raise ValueError(\"window must be positive\")\n"
+         "    out = []\n"
+         "    total = 0.0\n"
+         "    for i, value in enumerate(values):\n"
+         "        total += value\n"
+         "        if i >= window:\n"
+         "            total -= values[i - window]\n"
+         "        if i >= window - 1:\n"
+         "            out.append(total / window)\n"
+         "    return out\n")
+_EDIT = ("# Before:\n{code}\n# After (renamed `out` to `averages`):\n" "def moving_average(values, window):\n")
+
 PROMPTS: dict[str, list[str]] = {
     "code": [
         "import os\nimport sys\n\n\ndef main(argv):\n    \"\"\"Parse the command line and run.\"\"\"\n",
@@ -20,6 +35,13 @@ PROMPTS: dict[str, list[str]] = {
     "chat": [
         "<|im_start|>user\nHow do I read a file line by line in Python?<|im_end|>\n<|im_start|>assistant\n",
         "<|im_start|>user\nExplain what a dictionary is.<|im_end|>\n<|im_start|>assistant\n",
+    ],
+    # the output repeats or edits text of the prompt: where n-gram (prompt lookup) drafts should win
+    "edit": [
+        _EDIT.format(code=_CODE),
+        "<|im_start|>user\nAdd type hints to this function and change nothing else:\n\n" + _CODE
+        + "<|im_end|>\n<|im_start|>assistant\n```python\n",
+        _CODE + "\n\n# The same function, with the loop unchanged:\n" + _CODE.split("\n", 1)[0] + "\n",
     ],
     "creative": [
         "Once upon a time, in a city built on the back of a sleeping giant,",

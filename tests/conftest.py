@@ -54,3 +54,19 @@ def demo_q8(demo_model, models_dir):
     from nextn.gguf.tools import quantize_file
 
     return quantize_file(demo_model, models_dir / "demo-q8_0.gguf", "q8_0")
+
+
+@pytest.fixture(scope="session")
+def tiny_draft(models_dir):
+    """tiny_draft(arch) -> a smaller random model (2 layers, another seed) with the same tokenizer as tiny(arch);
+    tiny_draft(arch, vocab_size=400) has another vocabulary."""
+    from nextn_dev.tiny import make_gguf
+
+    def get(arch: str = "qwen35", **kw):
+        name = f"draft-{arch}" + "".join(f"-{k}{v}" for k, v in sorted(kw.items()))
+        out = models_dir / f"{name}.gguf"
+        if not out.exists():
+            make_gguf(out, arch, workdir=models_dir / f"{name}.hf", seed=7, n_layer=2, mtp=False, **kw)
+        return out
+
+    return get

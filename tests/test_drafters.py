@@ -188,3 +188,53 @@ def test_draft_vocab_ranking_from_a_corpus_and_a_trimmed_head_file(tiny, tmp_pat
 def test_draft_vocab_needs_mtp():
     with pytest.raises(NextnError, match="--draft-vocab"):
         Engine(spec="ngram", draft_vocab=100, progress=False)
+
+
+# ---- a separate draft model ----------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["qwen35", "qwen3next", "glm4moe"])
+def test_a_draft_model_keeps_greedy_output_identical(tiny, tiny_draft, models_dir, arch):
+    """Drafts of 6 from three draft models: a 2-layer random one (every draft rejected), the trunk re-quantized
+    to Q5_0 (partly accepted: recurrent state restored to the snapshot, KV kept to the accepted length) and
+    the trunk itself (every draft accepted); two sequences share each batch."""
+    from nextn.gguf.tools import quantize_file
+
+    prompt = _repeating_prompt(seed=6)
+    params = SamplingParams(max_tokens=40, ignore_eos=True)
+    plain = Engine(model=str(tiny(arch)), spec="none", progress=False).generate(prompt, params).tokens
+    near = models_dir / f"draft-{arch}-q5_0.gguf"
+    if not near.exists():
+        quantize_file(tiny(arch), near, "q5_0")
+    for draft in (tiny_draft(arch), near, tiny(arch)):
+        engine = Engine(model=str(tiny(arch)), spec="draft", model_draft=str(draft), draft_max=6, prefill_chunk=32,
+                        n_parallel=2, progress=False)
+        spec = SpecConfig(draft_max=6, adaptive=False, drafters=("draft",))
+        seqs = [engine.add_request(prompt, params, spec) for _ in range(2)]
+        while engine.has_work:
+            engine.step()
+        for seq in seqs:
+            assert seq.generated == plain
+            st = seq.stats.by_drafter["draft"]
+            assert st.n_draft_tokens > 0
+            if draft == near:
+                assert 0 < st.n_accepted < st.n_draft_tokens and 0 < st.accepted_per_pos[1] < st.drafted_per_pos[1]
+            if draft == tiny(arch):
+                assert st.n_accepted == st.n_draft_tokens       # the same model drafts exactly its own output
+
+
+def test_draft_model_with_ngram_and_sampling_counts_add_up(tiny, tiny_draft):
+    engine = Engine(model=str(tiny("qwen35")), spec="draft+ngram", model_draft=str(tiny_draft("qwen35")),
+                    ngram_min=1, progress=False)
+    params = SamplingParams(temperature=0.7, max_tokens=40, ignore_eos=True, seed=3)
+    a, b = (engine.generate(_repeating_prompt(seed=7), params) for _ in range(2))
+    assert a.tokens == b.tokens
+    st = a.stats
+    assert st.n_generated == 1 + st.n_steps + st.n_accepted
+    assert st.n_draft_tokens == sum(c.n_draft_tokens for c in st.by_drafter.values())
+
+
+def test_a_draft_model_with_another_vocabulary_is_refused(tiny, tiny_draft):
+    with pytest.raises(NextnError, match="vocabulary .* must share the tokenizer"):
+        Engine(model=str(tiny("qwen35")), spec="draft", model_draft=str(tiny_draft("qwen35", vocab_size=400)),
+               progress=False)
+    with pytest.raises(NextnError, match="--model-draft"):
+        Engine(model=str(tiny("qwen35")), spec="draft", progress=False)

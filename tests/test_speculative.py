@@ -137,17 +137,19 @@ def _exact_second_token_distribution(engine, prompt, params):
     return total
 
 
-@pytest.mark.parametrize("draft_vocab", [0, 64], ids=["full-vocab", "draft-vocab-64"])
-def test_speculative_sampling_reproduces_the_target_distribution(tiny, draft_vocab):
-    """Chi-square of the second token against the exact target distribution; with a reduced draft
-    vocabulary the drafts come from the distribution over 64 of 320 ids and must still be corrected exactly."""
+@pytest.mark.parametrize("drafter", ["mtp", "mtp-vocab-64", "draft-model"])
+def test_speculative_sampling_reproduces_the_target_distribution(tiny, tiny_draft, drafter):
+    """Chi-square of the second token against the exact target distribution, drafts from the MTP head, from
+    the MTP head over 64 of 320 ids (the draft distribution is over that subset), or from a draft model."""
     params = dict(temperature=1.0, max_tokens=3, ignore_eos=True)
-    engine = Engine(model=str(tiny("qwen35")), spec="mtp", n_parallel=16, draft_vocab=draft_vocab, progress=False)
+    kw = {"mtp": {}, "mtp-vocab-64": {"draft_vocab": 64},
+          "draft-model": {"spec": "draft", "model_draft": str(tiny_draft("qwen35"))}}[drafter]
+    engine = Engine(model=str(tiny("qwen35")), **{"spec": "mtp", **kw}, n_parallel=16, progress=False)
     prompt = _prompt(24, seed=3)
     exact = _exact_second_token_distribution(engine, prompt, SamplingParams(**params))
     n = 1600
-    seqs = [engine.add_request(prompt, SamplingParams(**params, seed=i), SpecConfig(draft_max=1, adaptive=False))
-            for i in range(n)]
+    spec = SpecConfig(draft_max=1, adaptive=False, drafters=engine.drafters)
+    seqs = [engine.add_request(prompt, SamplingParams(**params, seed=i), spec) for i in range(n)]
     while engine.has_work:
         engine.step()
     second = torch.tensor([s.generated[1] for s in seqs])

@@ -31,6 +31,10 @@ class Drafter:
     model_based = False          # runs a forward per draft token (its cost is measured per step)
     capture_seconds = 0.0
 
+    def nbytes(self) -> int:
+        """Memory the drafter holds beside the model's (a draft model's weights and caches)."""
+        return 0
+
     def start(self, seq: Sequence) -> None:
         """A sequence took a slot: forget what the slot held."""
 

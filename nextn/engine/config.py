@@ -13,6 +13,7 @@ from .sequence import MODEL_DRAFTERS, parse_spec
 class EngineConfig:
     model: str | None = None          # None: the bundled demo model
     mtp_model: str | None = None
+    model_draft: str | None = None    # a smaller model with the same vocabulary, for --spec draft
     spec: str = "mtp"                 # mtp, ngram, mtp+ngram or none
     draft_max: int = 3                # the model drafter's most draft tokens per step
     ngram_min: int = 3                # n-gram drafts need a match of at least this many tokens
@@ -36,8 +37,9 @@ class EngineConfig:
             parse_spec(self.spec)
         except ValueError as e:
             raise NextnError(f"--spec: {e}") from None
-        if "draft" in self.drafters:
-            raise NextnError("--spec draft needs --model-draft (a smaller model with the same vocabulary)")
+        if ("draft" in self.drafters) != (self.model_draft is not None):
+            raise NextnError("--spec draft (or draft+ngram) and --model-draft SMALL.gguf go together: the draft model "
+                             "is a smaller model with the same vocabulary")
         if self.draft_vocab < 0 or (self.draft_vocab and "mtp" not in self.drafters):
             raise NextnError("--draft-vocab N (N > 0) restricts the MTP head: it needs --spec mtp or mtp+ngram")
         if not 1 <= self.ngram_min <= 64 or not 1 <= self.ngram_max <= 16:
@@ -71,11 +73,14 @@ class EngineConfig:
     def add_args(p: argparse.ArgumentParser, spec_flag: bool = True) -> None:
         p.add_argument("-m", "--model", default=None, help="GGUF model (default: the bundled demo model)")
         p.add_argument("--mtp-model", default=None, help="separate MTP head GGUF (head-only, like mmproj)")
+        p.add_argument("-md", "--model-draft", default=None,
+                       help="a smaller model with the same vocabulary as draft model (with --spec draft)")
         if spec_flag:
             p.add_argument("--spec", default="mtp", metavar="DRAFTERS",
                            help="speculative decoding: mtp (the model's own head, default), ngram (prompt lookup), "
-                                "mtp+ngram (n-gram drafts where the context repeats, MTP elsewhere) or none")
-        p.add_argument("--draft-max", type=int, default=3, help="most MTP draft tokens per step (default 3)")
+                                "draft (--model-draft), mtp+ngram / draft+ngram (n-gram drafts where the context "
+                                "repeats, the model drafter elsewhere) or none")
+        p.add_argument("--draft-max", type=int, default=3, help="most MTP / draft-model tokens per step (default 3, up to 16)")
         p.add_argument("--draft-vocab", type=int, default=0, metavar="N",
                        help="MTP drafts over the N most frequent token ids only (cheaper draft steps, same output; "
                             "ranked by a list in or beside the model, see nextn gguf draft-vocab)")

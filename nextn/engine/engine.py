@@ -9,6 +9,7 @@ import random
 import time
 from dataclasses import dataclass
 
+from ..drafters.draft_model import DraftModelDrafter
 from ..drafters.mtp import MTPDrafter
 from ..drafters.ngram import NGramDrafter
 from ..drafters.router import DraftRouter
@@ -70,7 +71,8 @@ class Engine:
         max_draft = max(config.draft_max if config.model_drafter else 0, config.ngram_max if ngram else 0)
         self.runner = ModelRunner(self.model, config.n_parallel, config.ctx_size, use_mtp=config.use_mtp,
                                   max_draft=max_draft, compile=config.compile, threads=config.threads)
-        model_drafter = MTPDrafter(self.runner, compile=config.compile) if self.use_mtp else None
+        model_drafter = (MTPDrafter(self.runner, compile=config.compile) if self.use_mtp else
+                         self._draft_model(config) if config.model_drafter == "draft" else None)
         self.tuner = tuner or KTuner(config.draft_max if model_drafter else 0, config.draft_min,
                                      ngram_max=config.ngram_max)
         self.drafter = (DraftRouter(model_drafter, NGramDrafter(config.ngram_min, config.ngram_max) if ngram else None,
@@ -79,6 +81,21 @@ class Engine:
         self.stats = SpecStats()      # cumulative over all requests, updated every step
         self.streams: dict[int, _TextStream] = {}
         self.generators: dict[int, object] = {}
+
+    def _draft_model(self, config: EngineConfig) -> DraftModelDrafter:
+        """The --model-draft model on the trunk's device with its own runner; refused unless its vocabulary
+        is the trunk's, token for token."""
+        cfg, model, tokenizer, gf = loader.load(config.model_draft, use_mtp=False, device=config.device,
+                                                dtype=config.dtype, progress=config.progress, kernels=config.kernels)
+        if cfg.n_vocab != self.model_config.n_vocab or tokenizer.tokens != self.tokenizer.tokens:
+            where = next((i for i, (a, b) in enumerate(zip(tokenizer.tokens, self.tokenizer.tokens)) if a != b),
+                         min(len(tokenizer.tokens), len(self.tokenizer.tokens)))
+            raise NextnError(f"--model-draft {gf.path.name}: its vocabulary ({cfg.n_vocab} tokens) is not the model's "
+                             f"({self.model_config.n_vocab} tokens; first difference at id {where}): a draft model "
+                             f"must share the tokenizer")
+        runner = ModelRunner(model, config.n_parallel, config.ctx_size, use_mtp=False, max_draft=16,
+                             compile=config.compile, threads=config.threads)
+        return DraftModelDrafter(runner)
 
     @staticmethod
     def load(config: EngineConfig):
@@ -97,8 +114,11 @@ class Engine:
         return tuple(d.name for d in self.drafter.all) if self.drafter is not None else ()
 
     def memory_bytes(self) -> int:
-        """Weights as held in memory plus the preallocated caches and decode buffers."""
-        return self.model.nbytes() + self.runner.state_nbytes()
+        """Weights as held in memory plus the preallocated caches and decode buffers (a draft model's too)."""
+        return self.model.nbytes() + self.runner.state_nbytes() + self._drafter_bytes()
+
+    def _drafter_bytes(self) -> int:
+        return sum(d.nbytes() for d in self.drafter.all) if self.drafter is not None else 0
 
     def kernels(self) -> str:
         """How the CPU products run: 'int8 activations for Q4_K, Q6_K' or 'exact'."""
@@ -107,8 +127,11 @@ class Engine:
 
     def memory(self) -> dict:
         """MB of weights (as held: quantized weights stay in their GGUF type) and of caches + decode buffers."""
-        return {"weights_mb": round(self.model.nbytes() / 2**20, 1),
-                "caches_mb": round(self.runner.state_nbytes() / 2**20, 1)}
+        out = {"weights_mb": round(self.model.nbytes() / 2**20, 1),
+               "caches_mb": round(self.runner.state_nbytes() / 2**20, 1)}
+        if self._drafter_bytes():
+            out["draft_model_mb"] = round(self._drafter_bytes() / 2**20, 1)
+        return out
 
     @property
     def capture_seconds(self) -> float:

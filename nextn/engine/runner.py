@@ -53,9 +53,9 @@ class ModelRunner:
         return self.buf.hidden[self.row0[b]:self.row0[b] + n]
 
     @torch.inference_mode()
-    def prefill(self, seqs: list[Sequence], ns: list[int], generators: dict) -> list[int | None]:
-        """Run the next ns[b] prompt tokens of each sequence through the trunk in one batch. Returns, per
-        sequence, its first generated token if this chunk finished its prompt, else None."""
+    def extend(self, seqs: list[Sequence], ns: list[int]) -> torch.Tensor:
+        """Run the next ns[b] tokens of each sequence through the trunk in one batch (the torch forward, any
+        length) and advance num_cached. Returns each sequence's last hidden state [B, D]."""
         T = max(ns)
         rows = [s.tokens[s.num_cached:s.num_cached + n] for s, n in zip(seqs, ns)]
         tokens = torch.tensor([r + [0] * (T - len(r)) for r in rows], device=self.device)
@@ -63,10 +63,18 @@ class ModelRunner:
                           chunked=True)
         self.hidden = self.model.forward(tokens, step, self.cache)
         last = self.hidden[torch.arange(len(seqs), device=self.device), torch.tensor(ns, device=self.device) - 1]
-        firsts = []
         for b, (seq, n) in enumerate(zip(seqs, ns)):
             seq.num_cached += n
             self.last_hidden[seq.slot] = last[b]
+        return last
+
+    @torch.inference_mode()
+    def prefill(self, seqs: list[Sequence], ns: list[int], generators: dict) -> list[int | None]:
+        """Run the next ns[b] prompt tokens of each sequence through the trunk in one batch. Returns, per
+        sequence, its first generated token if this chunk finished its prompt, else None."""
+        last = self.extend(seqs, ns)
+        firsts = []
+        for b, seq in enumerate(seqs):
             if seq.num_cached < seq.n_prompt:
                 firsts.append(None)
                 continue

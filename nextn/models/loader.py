@@ -109,26 +109,34 @@ def load(model_path: str | Path | None = None, *, mtp_path: str | Path | None = 
                        int8=kernels == "int8")
     tokenizer = Tokenizer.from_gguf(trunk)
     if use_mtp:
-        model.draft_vocab_source = _draft_vocab(model, trunk, head, draft_vocab, tokenizer)
+        model = with_draft_vocab((cfg, model, tokenizer, trunk), n=draft_vocab, head=head)[1]
     return cfg, model, tokenizer, trunk
 
 
-def _draft_vocab(model: Model, trunk: GGUFFile, head: GGUFFile | None, n: int, tokenizer: Tokenizer) -> str | None:
-    """Restrict the MTP head to n token ids (a trimmed head file: to the ids its rows hold, or fewer)."""
-    src = head or trunk
-    rows = model.mtp_head().shape[0]
-    if rows != trunk.n_vocab:           # a head written by `nextn gguf trim-head`
+def with_draft_vocab(loaded: tuple, config=None, *, n: int | None = None, head: GGUFFile | None = None) -> tuple:
+    """`loaded` (as `load` returns it) with MTP heads restricted to n token ids (`config.draft_vocab`): a
+    view of the model sharing every other weight. A head written by `nextn gguf trim-head` is always
+    restricted to the ids its rows hold (or fewer)."""
+    cfg, model, tokenizer, trunk = loaded
+    if config is not None:
+        n = config.draft_vocab
+        head = find_head(trunk, config.mtp_model) if model.use_mtp else None
+    if not model.use_mtp:
+        return loaded
+    src, rows = head or trunk, model.mtp_head().shape[0]
+    if model.draft_ids is None and rows != trunk.n_vocab:       # a trimmed head, as loaded
         ids = src.meta(draft_vocab.KEY)
         if ids is None or len(ids) != rows:
             raise ModelFileError(f"{src.path}: the MTP output head has {rows} rows for a vocabulary of "
                                  f"{trunk.n_vocab} and no matching {draft_vocab.KEY} list")
         model.draft_ids = [int(t) for t in ids]
-        if not n or n == rows:
-            return f"{rows} token ids of the trimmed head {src.path.name}"
-        if n > rows:
-            raise NextnError(f"--draft-vocab {n}: the trimmed head {src.path.name} holds {rows} token ids")
-    if not n or n >= trunk.n_vocab:
-        return None
+        model.draft_vocab_source = f"{rows} token ids of the trimmed head {src.path.name}"
+    held = len(model.draft_ids) if model.draft_ids is not None else trunk.n_vocab
+    if not n or n == held or (n >= trunk.n_vocab and held == trunk.n_vocab):
+        return loaded
+    if n > held:
+        raise NextnError(f"--draft-vocab {n}: the trimmed head {src.path.name} holds {held} token ids")
     ranked, where = draft_vocab.ranked_ids([src, trunk], trunk.path, trunk.n_vocab)
-    model.restrict_draft_vocab(draft_vocab.choose(ranked, n, set(tokenizer.eog_ids)))
-    return f"{n} token ids, ranked by {where}"
+    view = model.with_draft_vocab(draft_vocab.choose(ranked, n, set(tokenizer.eog_ids)))
+    view.draft_vocab_source = f"{n} token ids, ranked by {where}"
+    return cfg, view, tokenizer, trunk

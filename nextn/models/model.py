@@ -10,6 +10,8 @@ CUDA weights are dequantized at load. Two forms of the forward:
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -152,8 +154,15 @@ class Model:
         """MTP block i's output head: its own, else the trunk's (rows: `draft_ids`, or every token)."""
         return self.layers[self.cfg.n_layer + i].get("nextn.shared_head_head.weight", self.head)
 
-    def restrict_draft_vocab(self, ids: list[int]) -> None:
-        """Keep only the rows of `ids` in every MTP head (a subset of the rows held now)."""
+    def with_draft_vocab(self, ids: list[int]) -> "Model":
+        """A view of this model whose MTP heads hold only the rows of `ids` (a subset of those held now);
+        every other weight is shared."""
+        view = copy.copy(self)
+        view.layers = [dict(w) for w in self.layers]
+        view._restrict(ids)
+        return view
+
+    def _restrict(self, ids: list[int]) -> None:
         held = {t: r for r, t in enumerate(self.draft_ids)} if self.draft_ids is not None else None
         missing = [t for t in ids if held is not None and t not in held]
         if missing:
