@@ -81,6 +81,7 @@ class Engine:
         self.stats = SpecStats()      # cumulative over all requests, updated every step
         self.streams: dict[int, _TextStream] = {}
         self.generators: dict[int, object] = {}
+        self._shapes_seen: set[tuple[int, int, int]] = set()     # (batch, drafts, draft steps) decoded so far
 
     def _draft_model(self, config: EngineConfig) -> DraftModelDrafter:
         """The --model-draft model on the trunk's device with its own runner; refused unless its vocabulary
@@ -249,12 +250,19 @@ class Engine:
     def _decode(self, seqs: list[Sequence]) -> list[Output]:
         t0 = time.perf_counter()
         ks, rooms = self._choose_ks(seqs)
+        captured = self.capture_seconds
         res = decode_step(self.runner, self.drafter, seqs, ks, rooms, self.generators)
         costs = self.tuner.costs
-        costs.observe_trunk(len(seqs), max(res.n_drafted) + 1, res.verify_seconds + res.commit_seconds)
-        costs.observe_draft(len(seqs), res.draft_steps, res.draft_seconds)
-        if res.draft_steps and res.caught_up <= self.tuner.k_max + 1:     # steady state, not a long backlog
-            costs.observe_catch_up(len(seqs), res.catch_up_seconds)
+        # the first step of a shape (weights and cache pages touched for the first time) and a step that
+        # recorded a plan are no measure of what the next ones cost
+        shape = (len(seqs), max(res.n_drafted), res.draft_steps)
+        timed = shape in self._shapes_seen and self.capture_seconds == captured
+        self._shapes_seen.add(shape)
+        if timed:
+            costs.observe_trunk(len(seqs), max(res.n_drafted) + 1, res.verify_seconds + res.commit_seconds)
+            costs.observe_draft(len(seqs), res.draft_steps, res.draft_seconds)
+            if res.draft_steps and res.caught_up <= self.tuner.k_max + 1:     # steady state, not a long backlog
+                costs.observe_catch_up(len(seqs), res.catch_up_seconds)
         outputs = []
         for b, seq in enumerate(seqs):
             by = res.by[b] if res.by else None
@@ -266,7 +274,7 @@ class Engine:
                 self.tuner.observe(res.n_drafted[b], res.n_accepted[b], ngram=ngram)
             outputs.append(self._emit(seq, res.new_tokens[b]))
         seconds = time.perf_counter() - t0      # wall time of the whole step: tok/s is never flattered
-        if "ngram" not in (res.by or ()):       # whole-step timings are the model drafter's k's
+        if timed and "ngram" not in (res.by or ()):       # whole-step timings are the model drafter's k's
             costs.observe_step(len(seqs), max(ks), seconds)
         for st in [self.stats] + [seq.stats for seq in seqs]:   # a batched step counts whole for each sequence
             st.add_step(seconds, res.draft_seconds, res.catch_up_seconds, res.verify_seconds, res.commit_seconds)
