@@ -154,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _convert(args) -> int:
+    from .gguf import tools as gguf_tools
     from .gguf.convert import convert
 
     mode = "mtp" if args.mtp else "no-mtp" if args.no_mtp else "bundled"

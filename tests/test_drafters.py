@@ -238,3 +238,25 @@ def test_a_draft_model_with_another_vocabulary_is_refused(tiny, tiny_draft):
                progress=False)
     with pytest.raises(NextnError, match="--model-draft"):
         Engine(model=str(tiny("qwen35")), spec="draft", progress=False)
+
+
+def test_command_line_draft_vocab_trim_head_and_convert(tiny, tmp_path, capsys):
+    import shutil
+
+    from nextn.cli import main
+    from nextn.gguf.reader import open_gguf
+
+    model = tmp_path / "m.gguf"
+    shutil.copy(tiny("qwen35"), model)
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("def f(x):\n    return x\n" * 10)
+    assert main(["gguf", "draft-vocab", str(model), str(corpus)]) == 0
+    assert "most frequent ids cover" in capsys.readouterr().out
+    assert main(["gguf", "trim-head", str(model), "--draft-vocab", "32", "-o", str(tmp_path / "h.gguf")]) == 0
+    assert open_gguf(tmp_path / "mtp-h.gguf").meta("nextn.draft_vocab.ids") is not None
+    assert main(["gguf", "trim-head", str(model), "--draft-vocab", "0"]) != 0          # one-line error
+    assert "--draft-vocab must be in" in capsys.readouterr().err
+    assert main(["gguf", "draft-vocab", str(model), str(tmp_path / "missing.txt")]) != 0
+    hf = tiny("qwen35").parent / "qwen35.hf"
+    assert main(["convert", str(hf), "-o", str(tmp_path / "c.gguf")]) == 0
+    assert "form:" in capsys.readouterr().out

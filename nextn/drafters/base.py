@@ -24,6 +24,25 @@ class Proposal:
     by: list[str | None] = field(default_factory=list)   # per sequence, the drafter that proposed its drafts
 
 
+def keep_pick(seq: Sequence, draft: list[int], qs: list, tok: int, q, confidence: float, k: int) -> bool:
+    """Add a drafted token unless it is below the sequence's --draft-p-min; True while more are wanted."""
+    if confidence < seq.spec.p_min:
+        return False
+    draft.append(tok)
+    qs.append(q)
+    return len(draft) < k
+
+
+def finish(name: str, seqs: list[Sequence], drafts: list[list[int]], qs: list[list], steps: int,
+           catch_up_seconds: float = 0.0, caught_up: int = 0) -> Proposal:
+    """The proposal: drafts shorter than a sequence's --draft-min dropped, draft distributions stacked."""
+    for i, seq in enumerate(seqs):
+        if 0 < len(drafts[i]) < seq.spec.draft_min:
+            drafts[i], qs[i] = [], []
+    q = [torch.stack(x) if x and x[0] is not None else None for x in qs]
+    return Proposal(drafts, q, steps, catch_up_seconds, caught_up, [name if d else None for d in drafts])
+
+
 class Drafter:
     """The hooks default to nothing: a drafter that keeps no state (n-gram lookup) overrides only `propose`."""
 

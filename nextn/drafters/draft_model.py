@@ -19,7 +19,7 @@ import torch
 from ..engine.runner import ModelRunner
 from ..engine.sampling import draw
 from ..engine.sequence import Sequence
-from .base import Drafter, Proposal
+from .base import Drafter, Proposal, finish, keep_pick
 
 
 class DraftModelDrafter(Drafter):
@@ -83,13 +83,7 @@ class DraftModelDrafter(Drafter):
         while True:
             still = []
             for i, row in zip(active, rows):
-                seq = seqs[i]
-                tok, q, p = self._pick(row, generators.get(seq.id))
-                if p < seq.spec.p_min:
-                    continue
-                drafts[i].append(tok)
-                qs[i].append(q)
-                if len(drafts[i]) < ks[i]:
+                if keep_pick(seqs[i], drafts[i], qs[i], *self._pick(row, generators.get(seqs[i].id)), ks[i]):
                     still.append(i)
             if not still:
                 break
@@ -102,11 +96,7 @@ class DraftModelDrafter(Drafter):
                 self.fed[seqs[i].slot] += 1
             active = still
             steps += 1
-        for i, seq in enumerate(seqs):
-            if 0 < len(drafts[i]) < seq.spec.draft_min:
-                drafts[i], qs[i] = [], []
-        q = [torch.stack(x) if x and x[0] is not None else None for x in qs]
-        return Proposal(drafts, q, steps, 0.0, caught_up, [self.name if d else None for d in drafts])
+        return finish(self.name, seqs, drafts, qs, steps, 0.0, caught_up)
 
     def _catch_up(self, seqs: list[Sequence]) -> tuple[int, list]:
         """Run each sequence's committed tokens the draft model has not seen; returns the most of them and the

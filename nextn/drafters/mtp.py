@@ -19,7 +19,7 @@ from ..engine.sampling import draw, penalised, target
 from ..engine.sequence import Sequence
 from ..kernels.native import Graph
 from ..models.step import Step
-from .base import Drafter, Proposal
+from .base import Drafter, Proposal, finish, keep_pick
 
 FLUSH_EVERY = 256   # queued pairs that force a flush even when not drafting (bounds memory; pairs of a
                     # sequence that never drafts again are never computed)
@@ -161,13 +161,8 @@ class MTPDrafter(Drafter):
         while True:
             still, rows = [], []
             picks = self._picks(logits, ids, [seqs[i] for i in active], [drafts[i] for i in active], generators)
-            for r, (i, (tok, q, confidence)) in enumerate(zip(active, picks)):
-                seq = seqs[i]
-                if confidence < seq.spec.p_min:
-                    continue
-                drafts[i].append(tok)
-                qs[i].append(q)
-                if len(drafts[i]) < ks[i]:
+            for r, (i, pick) in enumerate(zip(active, picks)):
+                if keep_pick(seqs[i], drafts[i], qs[i], *pick, ks[i]):
                     still.append(i)
                     rows.append(r)
             if not still:
@@ -178,11 +173,7 @@ class MTPDrafter(Drafter):
             logits, ids = self._logits(hidden)
             active = still
             steps += 1
-        for i, seq in enumerate(seqs):
-            if 0 < len(drafts[i]) < seq.spec.draft_min:
-                drafts[i], qs[i] = [], []
-        q = [torch.stack(x) if x and x[0] is not None else None for x in qs]
-        return Proposal(drafts, q, steps, catch_up, pairs, [self.name if d else None for d in drafts])
+        return finish(self.name, seqs, drafts, qs, steps, catch_up, pairs)
 
     def _picks(self, logits: torch.Tensor, ids: list[int] | None, seqs: list[Sequence], so_far: list[list[int]],
                generators: dict):

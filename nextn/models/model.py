@@ -174,7 +174,6 @@ class Model:
         self.draft_ids = list(ids)
 
     def mtp_logits(self, g: torch.Tensor, i: int = 0) -> torch.Tensor:
-        w = self.layers[self.cfg.n_layer + i]
         return linear(g, self.mtp_head(i)).float()
 
     # ---- native decode forward ------------------------------------------------------------------
