@@ -46,18 +46,18 @@ def bytes_per_token(path: Path) -> int:
 
 
 def run_nextn(path: Path, threads: int, n: int, spec: str) -> tuple[float, float, dict]:
-    """(decode tok/s, peak RSS in MB, timings) of one `nextn generate` process. `spec`: none, mtp:K or
-    mtp:auto, optionally with @int8 (`--kernels int8`)."""
+    """(decode tok/s, peak RSS in MB, timings) of one `nextn generate` process. `spec`: none, mtp:K, mtp:auto,
+    ngram or mtp+ngram[:K], optionally with @int8 / @exact (`--kernels`)."""
     spec, _, kernels = spec.partition("@")
     cmd = [sys.executable, "-m", "nextn", "generate", "-m", str(path), "-p", PROMPT, "-n", str(n), "--ignore-eos",
            "--temp", "0", "--repeat-penalty", "1",   # greedy as llama.cpp here, not the file's recommended sampling
            "--json", "-q", "-t", str(threads), "-c", "4096"]
     if kernels:
         cmd += ["--kernels", kernels]
-    if spec == "none":
-        cmd += ["--spec", "none"]
-    elif spec != "mtp:auto":
-        cmd += ["--draft-max", spec.split(":")[1], "--no-adaptive"]
+    drafters, _, k = spec.partition(":")
+    cmd += ["--spec", drafters]
+    if k and k != "auto":
+        cmd += ["--draft-max", k, "--no-adaptive"]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
         _, status, usage = os.wait4(proc.pid, 0)      # this child's own resource usage
@@ -118,7 +118,8 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("-n", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--nextn", default="none", help="nextn configurations: none, mtp:K, mtp:auto, each optionally @int8 (comma list)")
+    ap.add_argument("--nextn", default="none", help="nextn configurations: none, mtp:K, mtp:auto, ngram, mtp+ngram[:K], each optionally "
+                                           "@int8 / @exact (comma list)")
     ap.add_argument("--llama-mtp", action="store_true", help="also llama.cpp's own MTP speculation")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
