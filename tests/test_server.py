@@ -15,6 +15,7 @@ from nextn.engine.params import SamplingParams
 from nextn.server.app import create_app
 
 KEY = "test-key"
+ORIGIN = "http://chat.example.test"
 PROMPTS = [f"def function_{i}(x):\n    return" for i in range(10)]
 
 
@@ -30,8 +31,8 @@ def server(tiny):
     engine = Engine(model=model, spec="mtp+ngram", ngram_min=1, n_parallel=8, ctx_size=192, prefill_chunk=64,
                     progress=False)
     port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(engine, api_key=KEY), host="127.0.0.1", port=port,
-                                        log_level="warning"))
+    app = create_app(engine, api_key=KEY, cors_origins=[ORIGIN])
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     while not srv.started:
@@ -189,6 +190,44 @@ def test_bad_input_gets_an_openai_style_error(server, body, status, needle):
     assert r.status_code == status
     err = r.json()["error"]
     assert needle in err["message"] and err["type"]
+
+
+def test_routes_answer_without_the_v1_prefix_too(server, reference):
+    auth = {"Authorization": f"Bearer {KEY}"}
+    body = {"prompt": PROMPTS[1], "max_tokens": 24, "temperature": 0, "ignore_eos": True}
+    r = httpx.post(server["url"] + "/completions", json=body, headers=auth)
+    assert r.status_code == 200 and r.json()["choices"][0]["text"] == reference[PROMPTS[1]]
+    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    assert httpx.post(server["url"] + "/chat/completions", json=chat, headers=auth).status_code == 200
+    assert httpx.get(server["url"] + "/models", headers=auth).json()["data"][0]["id"] == "qwen35-bundled"
+    assert httpx.post(server["url"] + "/completions", json=body).status_code == 401      # the key guards them too
+
+
+def test_cors_preflight_and_headers_for_the_allowed_origin_only(server):
+    pre = {"Origin": ORIGIN, "Access-Control-Request-Method": "POST",
+           "Access-Control-Request-Headers": "authorization,content-type"}
+    r = httpx.options(server["url"] + "/v1/chat/completions", headers=pre)
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == ORIGIN
+    assert "authorization" in r.headers["access-control-allow-headers"].lower()
+    r = httpx.get(server["url"] + "/v1/models", headers={"Origin": ORIGIN, "Authorization": f"Bearer {KEY}"})
+    assert r.headers["access-control-allow-origin"] == ORIGIN
+    r = httpx.get(server["url"] + "/v1/models", headers={"Origin": ORIGIN})            # 401 still readable
+    assert r.status_code == 401 and r.headers["access-control-allow-origin"] == ORIGIN
+    other = httpx.get(server["url"] + "/v1/models", headers={"Origin": "http://evil.test", "Authorization": f"Bearer {KEY}"})
+    assert "access-control-allow-origin" not in other.headers
+
+
+@pytest.mark.parametrize("extra,param", [
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"logit_bias": {"5": 10}}, "logit_bias"),
+    ({"top_logprobs": 3}, "top_logprobs"),
+])
+def test_unsupported_parameters_are_refused_not_ignored(client, extra, param):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=_model_id(client), messages=[{"role": "user", "content": "x"}],
+                                       max_tokens=2, extra_body=extra)
+    assert err.value.body["param"] == param and "not supported" in err.value.body["message"]
 
 
 def test_invalid_json_and_missing_messages(server):

@@ -1,6 +1,7 @@
 """`nextn serve`: an OpenAI-compatible HTTP server (FastAPI + uvicorn) over the continuous-batching engine.
 
-/v1/completions and /v1/chat/completions (streaming over SSE or not), /v1/models, /health, /metrics.
+/v1/completions and /v1/chat/completions (streaming over SSE or not), /v1/models (each also without
+/v1, as llama-server answers them), /health, /metrics; CORS for --cors-origins.
 Each response carries `usage` and `timings` (tokens/s, draft and accepted counts); a request may opt
 out of speculation (`"speculative": false`), pick among the server's drafters (`"speculative": "ngram"`)
 or set its own `draft_max`.
@@ -18,6 +19,7 @@ import time
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -30,7 +32,16 @@ from .metrics import Metrics
 from .protocol import ApiError
 
 
-def create_app(engine: Engine, api_key: str | None = None, model_name: str | None = None) -> FastAPI:
+API_ROUTES = ("/completions", "/chat/completions", "/models")   # answered with and without /v1, as llama-server
+
+
+def _is_api(path: str) -> bool:
+    bare = path[3:] if path.startswith("/v1/") else path
+    return path.startswith("/v1/") or bare in API_ROUTES or bare.startswith("/models/")
+
+
+def create_app(engine: Engine, api_key: str | None = None, model_name: str | None = None,
+               cors_origins: list[str] | None = None) -> FastAPI:
     loop = EngineLoop(engine)
 
     @contextlib.asynccontextmanager
@@ -60,7 +71,7 @@ def create_app(engine: Engine, api_key: str | None = None, model_name: str | Non
 
     @app.middleware("http")
     async def _auth(request: Request, call_next):
-        if api_key and request.url.path.startswith("/v1/"):
+        if api_key and _is_api(request.url.path) and request.method != "OPTIONS":
             got = request.headers.get("authorization", "")
             if not hmac.compare_digest(got.encode(), f"Bearer {api_key}".encode()):
                 err = ApiError(401, "invalid API key", code="invalid_api_key", kind="authentication_error")
@@ -81,10 +92,12 @@ def create_app(engine: Engine, api_key: str | None = None, model_name: str | Non
         return {"id": model_id, "object": "model", "created": int(time.time()), "owned_by": "nextn"}
 
     @app.get("/v1/models")
+    @app.get("/models")
     def models():
         return {"object": "list", "data": [model_card()]}
 
     @app.get("/v1/models/{name:path}")
+    @app.get("/models/{name:path}")
     def model(name: str):
         if name not in aliases:
             raise ApiError(404, f"model '{name}' does not exist (this server serves '{model_id}')", "model",
@@ -181,13 +194,18 @@ def create_app(engine: Engine, api_key: str | None = None, model_name: str | Non
                 metrics.requests.labels(endpoint, "cancelled").inc()
 
     @app.post("/v1/completions")
+    @app.post("/completions")
     async def completions(request: Request):
         return await handle(request, chat=False)
 
     @app.post("/v1/chat/completions")
+    @app.post("/chat/completions")
     async def chat_completions(request: Request):
         return await handle(request, chat=True)
 
+    if cors_origins:      # outermost: preflights are answered before the key check, every answer carries the headers
+        app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["GET", "POST", "OPTIONS"],
+                           allow_headers=["Authorization", "Content-Type"])
     return app
 
 
@@ -201,6 +219,8 @@ def add_args(p) -> None:
     p.add_argument("-np", "--parallel", type=int, default=4, help="concurrent sequences (slots)")
     p.add_argument("--api-key", default=None)
     p.add_argument("--alias", default=None, help="model name served by /v1/models")
+    p.add_argument("--cors-origins", default=None, metavar="ORIGINS",
+                   help="let browser pages from these origins call the API (comma list, or *; default: none)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -236,7 +256,8 @@ def main(args) -> int:
     engine = Engine(EngineConfig.from_args(args, n_parallel=args.parallel))
     engine.generate([engine.tokenizer.bos_id or 0], engine.sampling_params(max_tokens=2, temperature=0))  # it runs
     engine.stats = type(engine.stats)()
-    app = create_app(engine, api_key=args.api_key, model_name=args.alias)
+    origins = [o.strip() for o in args.cors_origins.split(",") if o.strip()] if args.cors_origins else None
+    app = create_app(engine, api_key=args.api_key, model_name=args.alias, cors_origins=origins)
     print(f"nextn: serving {engine.model_name} on http://{args.host}:{args.port} "
           f"({args.parallel} slots, speculation: {'+'.join(engine.drafters) or 'none'})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)

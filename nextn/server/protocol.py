@@ -52,6 +52,11 @@ ROLES = ("system", "developer", "user", "assistant", "tool")
 
 OPENAI_DEFAULTS = {"temperature": 1.0}
 
+# parameters nextn does not implement, and the values that ask for nothing (accepted); anything else is a 400
+UNSUPPORTED = {"tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []), "function_call": (None, "none"),
+               "response_format": (None, {"type": "text"}), "top_logprobs": (None, 0), "logit_bias": (None, {}),
+               "suffix": (None, ""), "parallel_tool_calls": (None, False, True)}
+
 
 def parse(body, chat: bool, default_spec: SpecConfig, recommended: dict | None = None) -> Request:
     """A request's parameters: those it gives, else the model's recommended ones, else OpenAI's defaults."""
@@ -62,6 +67,9 @@ def parse(body, chat: bool, default_spec: SpecConfig, recommended: dict | None =
         _get(body, key, int, 1, ok, "1 (only one choice per request is supported)")
     if body.get("logprobs") not in (None, False, 0) or body.get("echo"):
         raise ApiError(400, "logprobs and echo are not supported", "logprobs")
+    for key, off in UNSUPPORTED.items():
+        if key in body and body[key] not in off:
+            raise ApiError(400, f"'{key}' is not supported by this server", key)
     stop = body.get("stop")
     if isinstance(stop, str):
         stop = [stop]
