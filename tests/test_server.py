@@ -221,7 +221,7 @@ def test_cors_preflight_and_headers_for_the_allowed_origin_only(server):
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
     ({"response_format": {"type": "json_object"}}, "response_format"),
     ({"logit_bias": {"5": 10}}, "logit_bias"),
-    ({"top_logprobs": 3}, "top_logprobs"),
+    ({"suffix": "end"}, "suffix"),
 ])
 def test_unsupported_parameters_are_refused_not_ignored(client, extra, param):
     with pytest.raises(openai.BadRequestError) as err:
@@ -272,3 +272,45 @@ def test_deeply_nested_json_and_unknown_routes_get_openai_errors(server):
         assert r.status_code == status and r.json()["error"]["message"] and r.json()["error"]["type"]
     model = httpx.get(server["url"] + "/v1/models", headers=headers).json()["data"][0]["id"]
     assert httpx.get(server["url"] + f"/v1/models/{model}", headers=headers).json()["id"] == model
+
+
+def test_logprobs_are_the_same_with_and_without_speculation(client):
+    model = _model_id(client)
+    kw = dict(model=model, prompt=PROMPTS[6], max_tokens=24, temperature=0, logprobs=3)
+    spec = client.completions.create(**kw, extra_body={"ignore_eos": True, "speculative": "mtp", "draft_max": 3})
+    plain = client.completions.create(**kw, extra_body={"ignore_eos": True, "speculative": False})
+    a, b = spec.choices[0].logprobs, plain.choices[0].logprobs
+    # (whether this random model's drafts are tried depends on the adaptive tuner; the trained demo model's
+    # accepted drafts are checked in test_speculative.py)
+    assert a.token_logprobs == b.token_logprobs and a.tokens == b.tokens and a.top_logprobs == b.top_logprobs
+    assert len(a.tokens) == 24 and "".join(a.tokens) == spec.choices[0].text
+    for lp, top in zip(a.token_logprobs, a.top_logprobs):        # greedy: the chosen token is the most likely
+        assert 1 <= len(top) <= 3 and lp <= 0 and abs(max(top.values()) - lp) < 1e-6   # keys: token text, may collide
+
+
+def test_chat_logprobs_streaming_and_not(client):
+    model = _model_id(client)
+    kw = dict(model=model, messages=[{"role": "user", "content": "write a loop"}], max_tokens=16, temperature=0,
+              logprobs=True, top_logprobs=2, extra_body={"ignore_eos": True})
+    whole = client.chat.completions.create(**kw)
+    content = whole.choices[0].logprobs.content
+    assert len(content) == 16 and all(len(c.top_logprobs) == 2 for c in content)
+    raw = bytes(b for c in content for b in c.bytes)        # a random model's text may hold broken UTF-8
+    assert raw.decode("utf-8", errors="replace") == whole.choices[0].message.content
+    streamed = [c for chunk in client.chat.completions.create(**kw, stream=True) if chunk.choices
+                for c in (chunk.choices[0].logprobs.content if chunk.choices[0].logprobs else [])]
+    assert [(c.token, c.logprob) for c in streamed] == [(c.token, c.logprob) for c in content]
+    plain = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}], max_tokens=2)
+    assert plain.choices[0].logprobs is None
+
+
+@pytest.mark.parametrize("body,needle", [
+    ({"prompt": "x", "logprobs": 50}, "'logprobs' must be an integer in [0, 20]"),
+    ({"prompt": "x", "echo": True}, "'echo' is not supported"),
+])
+def test_bad_logprobs_requests(server, body, needle):
+    r = httpx.post(server["url"] + "/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 400 and needle in r.json()["error"]["message"]
+    r = httpx.post(server["url"] + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                   json={"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2})
+    assert r.status_code == 400 and "needs 'logprobs': true" in r.json()["error"]["message"]

@@ -184,6 +184,18 @@ def test_trained_demo_model_accepts_drafts_and_stats_add_up(demo_model):
     assert all(st.accepted_per_pos[i + 1] <= st.accepted_per_pos[i] for i in range(len(st.accepted_per_pos) - 1))
 
 
+def test_logprobs_of_accepted_drafts_equal_plain_decoding(demo_model):
+    """Log-probabilities come from the verifier's rows: with MTP (tokens accepted from drafts) they are the
+    plain decode's, bit for bit, as are the top alternatives."""
+    params = SamplingParams(max_tokens=48, ignore_eos=True, logprobs=4)
+    engine = Engine(model=str(demo_model), spec="mtp", progress=False)
+    spec = engine.generate("class Stack:\n    def __init__(self):\n", params, spec=SpecConfig(draft_max=3, adaptive=False))
+    plain = engine.generate("class Stack:\n    def __init__(self):\n", params, spec=SpecConfig(draft_max=0))
+    assert spec.stats.n_accepted > 10 and spec.tokens == plain.tokens
+    assert spec.logprobs == plain.logprobs and len(spec.logprobs) == 48
+    assert all(t == top[0][0] and lp == top[0][1] for t, lp, top in spec.logprobs)     # greedy: the argmax
+
+
 def test_long_greedy_runs_are_batch_invariant_on_the_trained_model(demo_model):
     """Several hundred tokens of a trained model, where near-ties between the top logits do occur: MTP
     verification (k+1 rows per sequence) and a batch of sequences decoding together must reproduce plain

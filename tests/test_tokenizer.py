@@ -55,3 +55,11 @@ def test_stream_decoder_yields_whole_characters(pair):
     pieces = [dec.push([t]) for t in pair.encode(text)] + [dec.flush()]
     assert "".join(pieces) == text
     assert all("\ufffd" not in p for p in pieces)
+
+
+def test_token_bytes_join_to_the_text(pair, demo_model):
+    ours = pair[0] if isinstance(pair, tuple) else pair
+    for tk in (ours, Tokenizer.from_gguf(open_gguf(demo_model))):
+        for text in ("héllo wörld\n\tdef f():  ✓ 日本", "x = {'a': [1, 2]}\r\n"):
+            ids = tk.encode(text, add_bos=False)
+            assert b"".join(tk.token_bytes(i) for i in ids) == text.encode()

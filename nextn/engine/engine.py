@@ -34,6 +34,7 @@ class Output:
     tokens: list[int]
     text: str
     finished: bool
+    logprobs: list = dataclasses.field(default_factory=list)   # (token, logprob, top alternatives) per kept token
 
 
 @dataclass
@@ -44,6 +45,7 @@ class Completion:
     finish_reason: str
     stats: SpecStats
     params: SamplingParams | None = None    # as used: the request's values over the model's recommended ones
+    logprobs: list | None = None            # (token, logprob, [(id, logprob)]) per token, when asked for
 
     @property
     def timings(self) -> dict:
@@ -227,7 +229,8 @@ class Engine:
                 self.drafter.on_first_token(seq, token)
             seq.status = Status.DECODE
             self.stats.prompt_tokens += seq.n_prompt
-            outputs.append(self._emit(seq, [token]))
+            first = self.runner.first_logprobs.pop(seq.id, None)
+            outputs.append(self._emit(seq, [token], [first] if first is not None else None))
         dt = time.perf_counter() - t0
         for seq, n in zip(seqs, ns):
             seq.stats.prefill_seconds += dt * n / sum(ns)
@@ -272,7 +275,7 @@ class Engine:
                 ngram = by == "ngram"
                 (seq.ngram_acceptance if ngram else seq.acceptance).update(res.n_drafted[b], res.n_accepted[b])
                 self.tuner.observe(res.n_drafted[b], res.n_accepted[b], ngram=ngram)
-            outputs.append(self._emit(seq, res.new_tokens[b]))
+            outputs.append(self._emit(seq, res.new_tokens[b], res.logprobs[b] if res.logprobs else None))
         seconds = time.perf_counter() - t0      # wall time of the whole step: tok/s is never flattered
         if timed and "ngram" not in (res.by or ()):       # whole-step timings are the model drafter's k's
             costs.observe_step(len(seqs), max(ks), seconds)
@@ -280,8 +283,9 @@ class Engine:
             st.add_step(seconds, res.draft_seconds, res.catch_up_seconds, res.verify_seconds, res.commit_seconds)
         return outputs
 
-    def _emit(self, seq: Sequence, tokens: list[int]) -> Output:
-        """Append tokens, apply EOS / length / stop-string rules, and produce the text delta."""
+    def _emit(self, seq: Sequence, tokens: list[int], logprobs: list | None = None) -> Output:
+        """Append tokens, apply EOS / length / stop-string rules, and produce the text delta (and the kept
+        tokens' logprobs, when the request asked for them)."""
         stream = self.streams[seq.id]
         kept = []
         for tok in tokens:
@@ -293,6 +297,8 @@ class Engine:
             if seq.remaining <= 0 or len(seq.tokens) >= self.config.ctx_size:
                 seq.finish("length")
                 break
+        kept_logprobs = logprobs[:len(kept)] if logprobs is not None else []
+        seq.logprobs.extend(kept_logprobs)
         seq.stats.n_generated = seq.n_generated
         self.stats.n_generated += len(kept)
         stream.text += stream.decoder.push([t for t in kept if t not in self.tokenizer.eog_ids])
@@ -307,7 +313,7 @@ class Engine:
         hold = 0 if seq.is_finished else max((len(s) - 1 for s in seq.params.stop), default=0)
         upto = max(stream.sent, len(stream.text) - hold)
         delta, stream.sent = stream.text[stream.sent:upto], upto
-        return Output(seq, kept, delta, seq.is_finished)
+        return Output(seq, kept, delta, seq.is_finished, kept_logprobs)
 
     # ---- convenience API ------------------------------------------------------------------------
     def generate(self, prompt: str | list[int] | None = None, params: SamplingParams | None = None, *,
@@ -322,4 +328,5 @@ class Engine:
                         on_text(out.text)
         while self.has_work and seq in self.scheduler.active:
             self.step()
-        return Completion("".join(text), seq.generated, seq.n_prompt, seq.finish_reason, seq.stats, seq.params)
+        return Completion("".join(text), seq.generated, seq.n_prompt, seq.finish_reason, seq.stats, seq.params,
+                          seq.logprobs if seq.params.logprobs is not None else None)

@@ -25,6 +25,7 @@ class SamplingParams:
     max_tokens: int = 128
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
+    logprobs: int | None = None       # None: off; n >= 0: each token's log-probability and the n most likely
 
     def __post_init__(self):
         checks = [
@@ -38,6 +39,7 @@ class SamplingParams:
             (self.max_tokens >= 1, "max_tokens must be >= 1"),
             (self.penalty_last_n >= -1, "penalty_last_n (repeat_last_n) must be >= -1"),
             (self.seed is None or 0 <= self.seed < 2**64, "seed must be an integer in [0, 2^64)"),
+            (self.logprobs is None or 0 <= self.logprobs <= 20, "logprobs (top_logprobs) must be in [0, 20]"),
         ]
         for ok, message in checks:
             if not ok:

@@ -38,6 +38,8 @@ class ModelRunner:
         self.last_hidden = torch.zeros(n_slots, model.cfg.n_embd, dtype=model.dtype, device=model.device)
         self.hidden: torch.Tensor | None = None      # torch path: [B, T, D] of the last forward
         self.row0: list[int] = []                    # native path: each sequence's first row in buf
+        self.verified: tuple = (None, [])           # the last verify's logits and each sequence's first row
+        self.first_logprobs: dict[int, tuple] = {}  # sequence id -> its first token's logprobs (prefill)
         if self.native:
             self.buf = Buffers(model.cfg, model.layers, model.cfg.n_vocab, max(self.max_step_rows, n_slots), n_slots)
             self.trunk = Graph(lambda: model.emit_trunk(self.cache, self.buf), compile)
@@ -78,8 +80,11 @@ class ModelRunner:
             if seq.num_cached < seq.n_prompt:
                 firsts.append(None)
                 continue
-            t = target(self.model.logits(last[b:b + 1]), seq.params, seq.tokens)
+            logits = self.model.logits(last[b:b + 1])
+            t = target(logits, seq.params, seq.tokens)
             firsts.append(draw(t[0], generators.get(seq.id)))
+            if seq.params.logprobs is not None:
+                self.first_logprobs[seq.id] = logprob_entries(logits, firsts[-1:], seq.params.logprobs)[0]
         return firsts
 
     @torch.inference_mode()
@@ -97,10 +102,19 @@ class ModelRunner:
         if greedy and ids is None:
             ids = logits.argmax(-1).tolist()
         out, r = [], 0
+        self.verified = (logits, [])
         for s, x, d in zip(seqs, inputs, drafts):
             out.append(ids[r:r + len(x)] if greedy else target(logits[r:r + len(x)], s.params, s.tokens, d))
+            self.verified[1].append(r)
             r += len(x)
         return out
+
+    def token_logprobs(self, b: int, tokens: list[int], top: int) -> list[tuple]:
+        """(token, log-probability, [(id, log-probability)] * top) of each of `tokens`, the rows of sequence b in
+        the last verify (before anything else overwrites them): the model's own distribution, no sampling
+        transforms, so speculative and plain decoding report the same numbers."""
+        logits, starts = self.verified
+        return logprob_entries(logits[starts[b]:starts[b] + len(tokens)], tokens, top)
 
     def _verify_native(self, seqs, inputs):
         lens = [len(x) for x in inputs]
@@ -140,3 +154,15 @@ class ModelRunner:
     @property
     def capture_seconds(self) -> float:
         return self.trunk.capture_seconds + self.rollback.capture_seconds if self.native else 0.0
+
+
+def logprob_entries(logits: torch.Tensor, tokens: list[int], top: int) -> list[tuple]:
+    """Per row j: (tokens[j], its log-probability, the `top` most likely (id, log-probability))."""
+    lp = logits[:len(tokens)].float().log_softmax(-1)
+    chosen = lp[torch.arange(len(tokens)), torch.tensor(tokens)].tolist()
+    if top:
+        vals, ids = lp.topk(top, dim=-1)
+        alts = [list(zip(i, v)) for i, v in zip(ids.tolist(), vals.tolist())]
+    else:
+        alts = [[] for _ in tokens]
+    return list(zip(tokens, chosen, alts))

@@ -74,6 +74,7 @@ class Sequence:
     acceptance: Acceptance | None = None          # of the model drafter's drafts
     ngram_acceptance: Acceptance | None = None    # of n-gram drafts
     cancelled: bool = False
+    logprobs: list = field(default_factory=list)  # (token, logprob, top alternatives) per generated token, if asked
 
     def __post_init__(self):
         self.tokens = list(self.prompt)

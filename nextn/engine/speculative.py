@@ -27,6 +27,7 @@ class StepResult:
     caught_up: int = 0              # how many (most per sequence)
     commit_seconds: float = 0.0     # acceptance, cache commit / rollback, queueing the new pairs
     by: list[str | None] = field(default_factory=list)   # per sequence, the drafter of its drafts
+    logprobs: list[list | None] = field(default_factory=list)   # per sequence asking for them: per new token
 
 
 def decode_step(runner: ModelRunner, drafter, seqs: list[Sequence], ks: list[int], rooms: list[int],
@@ -45,12 +46,15 @@ def decode_step(runner: ModelRunner, drafter, seqs: list[Sequence], ks: list[int
         m, y = accept(drafts[b], targets[b], q, generators.get(seq.id))
         accepted.append(m)
         new_tokens.append(drafts[b][:m] + [y])
+    logprobs = [runner.token_logprobs(b, toks, seq.params.logprobs) if seq.params.logprobs is not None else None
+                for b, (seq, toks) in enumerate(zip(seqs, new_tokens))]     # before anything reuses the logits
     keep = [m + 1 for m in accepted]
     runner.commit(seqs, keep)
     if drafter is not None:
         drafter.on_commit(seqs, new_tokens, keep)
     t3 = time.perf_counter()
     if proposal is None:
-        return StepResult(new_tokens, [0] * len(seqs), accepted, t1 - t0, t2 - t1, 0, commit_seconds=t3 - t2)
+        return StepResult(new_tokens, [0] * len(seqs), accepted, t1 - t0, t2 - t1, 0, commit_seconds=t3 - t2,
+                          logprobs=logprobs)
     return StepResult(new_tokens, [len(d) for d in drafts], accepted, t1 - t0 - proposal.catch_up_seconds, t2 - t1,
-                      proposal.n_steps, proposal.catch_up_seconds, proposal.caught_up, t3 - t2, proposal.by)
+                      proposal.n_steps, proposal.catch_up_seconds, proposal.caught_up, t3 - t2, proposal.by, logprobs)

@@ -161,7 +161,8 @@ def create_app(engine: Engine, api_key: str | None = None, model_name: str | Non
         metrics.latency.observe(time.perf_counter() - t0)
         metrics.requests.labels(endpoint, seq.finish_reason or "stop").inc()
         body = protocol.completion_body(rid, model_id, chat, "".join(parts), _reason(seq),
-                                        protocol.usage(seq.n_prompt, seq.n_generated), seq.stats.to_dict())
+                                        protocol.usage(seq.n_prompt, seq.n_generated), seq.stats.to_dict(),
+                                        logprobs=_logprobs(seq, seq.logprobs, chat))
         return JSONResponse(body)
 
     async def _stream(request, seq, queue, rid, chat, include_usage, t0, endpoint):
@@ -174,10 +175,11 @@ def create_app(engine: Engine, api_key: str | None = None, model_name: str | Non
                 if first:
                     metrics.ttft.observe(time.perf_counter() - t0)
                 finished = out.finished
-                if out.text or first or finished:
+                if out.text or first or finished or out.logprobs:
                     chunk = protocol.completion_body(rid, model_id, chat, out.text, _reason(seq) if finished else None,
                                                      None, seq.stats.to_dict() if finished else None,
-                                                     delta=True, first=first)
+                                                     delta=True, first=first,
+                                                     logprobs=_logprobs(seq, out.logprobs, chat))
                     yield f"data: {json.dumps(chunk)}\n\n"
                     first = False
             if include_usage:
@@ -192,6 +194,12 @@ def create_app(engine: Engine, api_key: str | None = None, model_name: str | Non
             if not finished:   # client went away mid-stream: free the slot now
                 loop.cancel(seq)
                 metrics.requests.labels(endpoint, "cancelled").inc()
+
+    def _piece(token: int) -> tuple[str, bytes]:
+        return engine.tokenizer.decode([token], skip_special=False), engine.tokenizer.token_bytes(token)
+
+    def _logprobs(seq, entries: list, chat: bool) -> dict | None:
+        return protocol.logprobs_body(entries, chat, _piece) if seq.params.logprobs is not None else None
 
     @app.post("/v1/completions")
     @app.post("/completions")

@@ -54,7 +54,7 @@ OPENAI_DEFAULTS = {"temperature": 1.0}
 
 # parameters nextn does not implement, and the values that ask for nothing (accepted); anything else is a 400
 UNSUPPORTED = {"tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []), "function_call": (None, "none"),
-               "response_format": (None, {"type": "text"}), "top_logprobs": (None, 0), "logit_bias": (None, {}),
+               "response_format": (None, {"type": "text"}), "logit_bias": (None, {}),
                "suffix": (None, ""), "parallel_tool_calls": (None, False, True)}
 
 
@@ -65,8 +65,9 @@ def parse(body, chat: bool, default_spec: SpecConfig, recommended: dict | None =
     num = (int, float)
     for key, ok in (("n", lambda v: v == 1), ("best_of", lambda v: v == 1)):
         _get(body, key, int, 1, ok, "1 (only one choice per request is supported)")
-    if body.get("logprobs") not in (None, False, 0) or body.get("echo"):
-        raise ApiError(400, "logprobs and echo are not supported", "logprobs")
+    if body.get("echo"):
+        raise ApiError(400, "'echo' is not supported by this server", "echo")
+    logprobs = _logprobs(body, chat)
     for key, off in UNSUPPORTED.items():
         if key in body and body[key] not in off:
             raise ApiError(400, f"'{key}' is not supported by this server", key)
@@ -92,6 +93,7 @@ def parse(body, chat: bool, default_spec: SpecConfig, recommended: dict | None =
             max_tokens=_get(body, max_key, int, 16 if not chat else 4096, lambda v: v >= 1, "a positive integer"),
             stop=stop or [],
             ignore_eos=bool(_get(body, "ignore_eos", bool, False)),
+            logprobs=logprobs,
         )
     except ValueError as e:
         raise ApiError(400, str(e)) from None
@@ -126,6 +128,43 @@ def parse(body, chat: bool, default_spec: SpecConfig, recommended: dict | None =
         else:
             raise ApiError(400, "'prompt' must be a string or a list of token ids (one prompt per request)", "prompt")
     return req
+
+
+def _logprobs(body: dict, chat: bool) -> int | None:
+    """How many alternatives per token a request wants with its logprobs (None: no logprobs). Chat:
+    `logprobs: true` and `top_logprobs: n`; completions: `logprobs: n`."""
+    if not chat:
+        if body.get("logprobs") is False:
+            return None
+        return _get(body, "logprobs", int, None, lambda v: 0 <= v <= 20, "an integer in [0, 20]")
+    top = _get(body, "top_logprobs", int, None, lambda v: 0 <= v <= 20, "an integer in [0, 20]")
+    if not _get(body, "logprobs", bool, False):
+        if top:
+            raise ApiError(400, "'top_logprobs' needs 'logprobs': true", "top_logprobs")
+        return None
+    return top or 0
+
+
+def logprobs_body(entries: list, chat: bool, piece) -> dict:
+    """OpenAI's logprobs object for (token, logprob, [(id, logprob)]) entries; piece(id) -> (text, bytes)."""
+    if chat:
+        def one(t, lp):
+            text, raw = piece(t)
+            return {"token": text, "logprob": lp, "bytes": list(raw)}
+        return {"content": [{**one(t, lp), "top_logprobs": [one(a, alp) for a, alp in alts]} for t, lp, alts in entries],
+                "refusal": None}
+    texts = [piece(t)[0] for t, _, _ in entries]
+    offsets = [sum(len(x) for x in texts[:i]) for i in range(len(texts))]
+    return {"tokens": texts, "token_logprobs": [lp for _, lp, _ in entries],
+            "top_logprobs": [_by_text(alts, piece) for _, _, alts in entries], "text_offset": offsets}
+
+
+def _by_text(alts: list, piece) -> dict:
+    """{token text: logprob}, most likely first; tokens with the same text (partial UTF-8) keep the likelier."""
+    out: dict = {}
+    for token, lp in alts:
+        out.setdefault(piece(token)[0], lp)
+    return out
 
 
 def _drafters(value: bool | str, available: tuple[str, ...]) -> tuple[str, ...]:
@@ -170,17 +209,17 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
 
 
 def completion_body(rid: str, model: str, chat: bool, text: str, finish: str | None, usage_: dict | None,
-                    timings: dict | None, delta: bool = False, first: bool = False) -> dict:
+                    timings: dict | None, delta: bool = False, first: bool = False, logprobs: dict | None = None) -> dict:
     if chat:
         if delta:
             choice = {"index": 0, "delta": ({"role": "assistant", "content": text} if first else {"content": text}),
-                      "finish_reason": finish, "logprobs": None}
+                      "finish_reason": finish, "logprobs": logprobs}
         else:
             choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
-                      "logprobs": None}
+                      "logprobs": logprobs}
         obj = "chat.completion.chunk" if delta else "chat.completion"
     else:
-        choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+        choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": logprobs}
         obj = "text_completion"
     body = {"id": rid, "object": obj, "created": int(time.time()), "model": model, "choices": [choice]}
     if usage_ is not None:

@@ -103,6 +103,30 @@ class Tokenizer:
     def token_text(self, token_id: int) -> str:
         return self.tokens[token_id]
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes a token stands for (byte-level BPE: each character of its text is one byte)."""
+        text = self.tokens[token_id]
+        if token_id in self.special_ids or any(c not in _UNICODE_TO_BYTE for c in text):
+            return text.encode("utf-8")
+        return bytes(_UNICODE_TO_BYTE[c] for c in text)
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """Byte-level BPE's printable stand-ins: printable Latin-1 bytes stand for themselves, the other bytes
+    (controls, space, ...) for the characters from U+0100 on, in byte order."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    out, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            out[chr(b)] = b
+        else:
+            out[chr(256 + extra)] = b
+            extra += 1
+    return out
+
+
+_UNICODE_TO_BYTE = _byte_level_alphabet()
+
 
 class StreamDecoder:
     """Turns a growing list of token ids into text deltas, holding back incomplete UTF-8 sequences."""
