@@ -170,7 +170,8 @@ def test_metrics_expose_speculative_counters(server, client):
 
 @pytest.mark.parametrize("body,status,needle", [
     ({"prompt": "x", "temperature": -1}, 400, "temperature"),
-    ({"prompt": "x", "n": 2}, 400, "'n'"),
+    ({"prompt": "x", "n": 17}, 400, "'n' must be an integer in [1, 16]"),
+    ({"prompt": "x", "n": 2, "best_of": 3}, 400, "'best_of' must be equal to 'n'"),
     ({"prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
     ({"prompt": {"a": 1}}, 400, "prompt"),
     ({"prompt": [1, 2, 10**9]}, 400, "token ids"),
@@ -306,7 +307,7 @@ def test_chat_logprobs_streaming_and_not(client):
 
 @pytest.mark.parametrize("body,needle", [
     ({"prompt": "x", "logprobs": 50}, "'logprobs' must be an integer in [0, 20]"),
-    ({"prompt": "x", "echo": True}, "'echo' is not supported"),
+    ({"prompt": "x", "echo": True, "logprobs": 1}, "'echo' together with 'logprobs' is not supported"),
 ])
 def test_bad_logprobs_requests(server, body, needle):
     r = httpx.post(server["url"] + "/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"})
@@ -314,3 +315,45 @@ def test_bad_logprobs_requests(server, body, needle):
     r = httpx.post(server["url"] + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
                    json={"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2})
     assert r.status_code == 400 and "needs 'logprobs': true" in r.json()["error"]["message"]
+
+
+def test_several_choices_per_request(client, reference):
+    model = _model_id(client)
+    greedy = client.completions.create(model=model, prompt=PROMPTS[2], max_tokens=24, temperature=0, n=2,
+                                       extra_body={"ignore_eos": True})
+    assert [c.index for c in greedy.choices] == [0, 1]
+    assert [c.text for c in greedy.choices] == [reference[PROMPTS[2]]] * 2
+    assert greedy.usage.completion_tokens == 48 and greedy.model_extra["timings"]["generated_tokens"] == 48
+    kw = dict(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=12, temperature=1.0, seed=5, n=3)
+    sampled = client.chat.completions.create(**kw)
+    texts = [c.message.content for c in sampled.choices]
+    assert len(set(texts)) > 1                          # each choice its own seed (5, 6, 7)
+    assert [c.message.content for c in client.chat.completions.create(**kw).choices] == texts
+    streamed = ["", "", ""]
+    for chunk in client.chat.completions.create(**kw, stream=True):
+        for c in chunk.choices:
+            streamed[c.index] += c.delta.content or ""
+    assert streamed == texts
+
+
+def test_echo_puts_the_prompt_before_the_completion(client, reference):
+    out = client.completions.create(model=_model_id(client), prompt=PROMPTS[3], max_tokens=24, temperature=0,
+                                    echo=True, extra_body={"ignore_eos": True})
+    assert out.choices[0].text == PROMPTS[3] + reference[PROMPTS[3]]
+
+
+def test_stream_chunks_say_which_tokens_were_accepted_drafts(server):
+    body = {"prompt": PROMPTS[4], "max_tokens": 24, "temperature": 0, "ignore_eos": True, "stream": True,
+            "speculative": "mtp+ngram"}
+    chunks = []
+    with httpx.stream("POST", server["url"] + "/v1/completions", json=body,
+                      headers={"Authorization": f"Bearer {KEY}"}) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                chunks.append(__import__("json").loads(line[6:]))
+    marks = [c["nextn"] for c in chunks]
+    timings = chunks[-1]["timings"]
+    assert sum(m["tokens"] for m in marks) == 24
+    assert sum(m["accepted"] for m in marks) == timings["accepted_tokens"]
+    assert sum(m["drafted"] for m in marks) == timings["draft_tokens"]
+    assert all(m["accepted"] <= m["drafted"] and m["tokens"] <= m["accepted"] + 1 for m in marks)

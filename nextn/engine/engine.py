@@ -35,6 +35,9 @@ class Output:
     text: str
     finished: bool
     logprobs: list = dataclasses.field(default_factory=list)   # (token, logprob, top alternatives) per kept token
+    drafted: int = 0                # the step's draft tokens for this sequence; the first `accepted` of
+    accepted: int = 0               # `tokens` were accepted drafts, the last one the trunk's own
+    drafter: str | None = None      # who drafted them (mtp, ngram, draft)
 
 
 @dataclass
@@ -275,7 +278,9 @@ class Engine:
                 ngram = by == "ngram"
                 (seq.ngram_acceptance if ngram else seq.acceptance).update(res.n_drafted[b], res.n_accepted[b])
                 self.tuner.observe(res.n_drafted[b], res.n_accepted[b], ngram=ngram)
-            outputs.append(self._emit(seq, res.new_tokens[b], res.logprobs[b] if res.logprobs else None))
+            out = self._emit(seq, res.new_tokens[b], res.logprobs[b] if res.logprobs else None)
+            out.drafted, out.accepted, out.drafter = res.n_drafted[b], res.n_accepted[b], by
+            outputs.append(out)
         seconds = time.perf_counter() - t0      # wall time of the whole step: tok/s is never flattered
         if timed and "ngram" not in (res.by or ()):       # whole-step timings are the model drafter's k's
             costs.observe_step(len(seqs), max(ks), seconds)

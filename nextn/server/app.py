@@ -126,73 +126,101 @@ def create_app(engine: Engine, api_key: str | None = None, model_name: str | Non
             if len(ids) >= engine.config.ctx_size:
                 raise ApiError(400, f"the prompt has {len(ids)} tokens; this server's context holds "
                                     f"{engine.config.ctx_size}", "prompt", "context_length_exceeded")
-            seq, queue = loop.submit(ids, req.params, req.spec)
+            queue: asyncio.Queue = asyncio.Queue()
+            seqs = [loop.submit(ids, req.choice_params(i), req.spec, queue)[0] for i in range(req.n)]
         except NextnError as e:
             raise ApiError(400, str(e)) from None
 
         rid = protocol.new_id("chatcmpl" if chat else "cmpl")
+        echo = engine.tokenizer.decode(ids) if req.echo else ""
         t0 = time.perf_counter()
         if req.stream:
-            return StreamingResponse(_stream(request, seq, queue, rid, chat, req.include_usage, t0, endpoint),
+            return StreamingResponse(_stream(request, seqs, queue, rid, chat, req.include_usage, t0, endpoint, echo),
                                      media_type="text/event-stream")
-        return await _collect(request, seq, queue, rid, chat, t0, endpoint)
+        return await _collect(request, seqs, queue, rid, chat, t0, endpoint, echo)
 
-    async def _next(request: Request, seq, queue: asyncio.Queue):
+    async def _next(request: Request, seqs, queue: asyncio.Queue):
         while True:
             try:
                 return await asyncio.wait_for(queue.get(), timeout=0.25)
             except asyncio.TimeoutError:
                 if await request.is_disconnected():
-                    loop.cancel(seq)
+                    for seq in seqs:
+                        loop.cancel(seq)
                     return None
 
-    async def _collect(request, seq, queue, rid, chat, t0, endpoint):
-        parts, first = [], None
-        while True:
-            out = await _next(request, seq, queue)
+    def _usage(seqs) -> dict:
+        return protocol.usage(seqs[0].n_prompt, sum(s.n_generated for s in seqs))
+
+    def _timings(seqs) -> dict:
+        if len(seqs) == 1:
+            return seqs[0].stats.to_dict()
+        merged = type(seqs[0].stats)()
+        for s in seqs:
+            merged.merge(s.stats)
+        merged.prompt_tokens = seqs[0].n_prompt
+        return merged.to_dict()
+
+    async def _collect(request, seqs, queue, rid, chat, t0, endpoint, echo):
+        index = {s.id: i for i, s in enumerate(seqs)}
+        parts, first, done = [[echo] for _ in seqs], None, set()
+        while len(done) < len(seqs):
+            out = await _next(request, seqs, queue)
             if out is None:
                 metrics.requests.labels(endpoint, "cancelled").inc()
                 return Response(status_code=499)
             first = first or time.perf_counter()
-            parts.append(out.text)
+            parts[index[out.seq.id]].append(out.text)
             if out.finished:
-                break
+                done.add(out.seq.id)
         metrics.ttft.observe(first - t0)
         metrics.latency.observe(time.perf_counter() - t0)
-        metrics.requests.labels(endpoint, seq.finish_reason or "stop").inc()
-        body = protocol.completion_body(rid, model_id, chat, "".join(parts), _reason(seq),
-                                        protocol.usage(seq.n_prompt, seq.n_generated), seq.stats.to_dict(),
-                                        logprobs=_logprobs(seq, seq.logprobs, chat))
+        metrics.requests.labels(endpoint, seqs[0].finish_reason or "stop").inc()
+        body = None
+        for i, seq in enumerate(seqs):
+            one = protocol.completion_body(rid, model_id, chat, "".join(parts[i]), _reason(seq), _usage(seqs),
+                                           _timings(seqs), logprobs=_logprobs(seq, seq.logprobs, chat), index=i)
+            if body is None:
+                body = one
+            else:
+                body["choices"] += one["choices"]
         return JSONResponse(body)
 
-    async def _stream(request, seq, queue, rid, chat, include_usage, t0, endpoint):
-        first, finished = True, False
+    async def _stream(request, seqs, queue, rid, chat, include_usage, t0, endpoint, echo):
+        index = {s.id: i for i, s in enumerate(seqs)}
+        started, done = set(), set()
         try:
-            while not finished:
-                out = await _next(request, seq, queue)
+            while len(done) < len(seqs):
+                out = await _next(request, seqs, queue)
                 if out is None:
                     return
-                if first:
+                seq, i = out.seq, index[out.seq.id]
+                first = seq.id not in started
+                if first and not started:
                     metrics.ttft.observe(time.perf_counter() - t0)
-                finished = out.finished
-                if out.text or first or finished or out.logprobs:
-                    chunk = protocol.completion_body(rid, model_id, chat, out.text, _reason(seq) if finished else None,
-                                                     None, seq.stats.to_dict() if finished else None,
-                                                     delta=True, first=first,
-                                                     logprobs=_logprobs(seq, out.logprobs, chat))
+                if out.finished:
+                    done.add(seq.id)
+                if out.text or first or out.finished or out.tokens:     # every step's tokens carry their marks
+                    chunk = protocol.completion_body(rid, model_id, chat, (echo if first else "") + out.text,
+                                                     _reason(seq) if out.finished else None, None,
+                                                     seq.stats.to_dict() if out.finished else None,
+                                                     delta=True, first=first, logprobs=_logprobs(seq, out.logprobs, chat),
+                                                     index=i)
+                    chunk["nextn"] = {"tokens": len(out.tokens), "drafted": out.drafted, "accepted": out.accepted,
+                                      "drafter": out.drafter}
                     yield f"data: {json.dumps(chunk)}\n\n"
-                    first = False
+                    started.add(seq.id)
             if include_usage:
-                chunk = protocol.completion_body(rid, model_id, chat, "", None,
-                                                 protocol.usage(seq.n_prompt, seq.n_generated), None, delta=True)
+                chunk = protocol.completion_body(rid, model_id, chat, "", None, _usage(seqs), None, delta=True)
                 chunk["choices"] = []
                 yield f"data: {json.dumps(chunk)}\n\n"
             yield "data: [DONE]\n\n"
             metrics.latency.observe(time.perf_counter() - t0)
-            metrics.requests.labels(endpoint, seq.finish_reason or "stop").inc()
+            metrics.requests.labels(endpoint, seqs[0].finish_reason or "stop").inc()
         finally:
-            if not finished:   # client went away mid-stream: free the slot now
-                loop.cancel(seq)
+            if len(done) < len(seqs):   # client went away mid-stream: free the slots now
+                for seq in seqs:
+                    loop.cancel(seq)
                 metrics.requests.labels(endpoint, "cancelled").inc()
 
     def _piece(token: int) -> tuple[str, bytes]:

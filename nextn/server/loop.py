@@ -23,8 +23,10 @@ class EngineLoop:
         self.thread = threading.Thread(target=self._run, name="nextn-engine", daemon=True)
         self.thread.start()
 
-    def submit(self, prompt_ids: list[int], params: SamplingParams, spec: SpecConfig | None) -> tuple[Sequence, asyncio.Queue]:
-        queue: asyncio.Queue = asyncio.Queue()
+    def submit(self, prompt_ids: list[int], params: SamplingParams, spec: SpecConfig | None,
+               queue: asyncio.Queue | None = None) -> tuple[Sequence, asyncio.Queue]:
+        """Add a request; its outputs arrive on `queue` (a new one by default; several sequences may share one)."""
+        queue = queue if queue is not None else asyncio.Queue()
         with self.lock:
             seq = self.engine.add_request(prompt_ids, params, spec)
             self.queues[seq.id] = (asyncio.get_running_loop(), queue)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from dataclasses import dataclass
@@ -28,6 +29,13 @@ class Request:
     include_usage: bool
     prompt: str | list[int] | None = None
     messages: list[dict] | None = None
+    n: int = 1                      # choices, each its own sequence (a seed s gives choice i the seed s + i)
+    echo: bool = False              # completions: the prompt's text before the completion
+
+    def choice_params(self, i: int) -> SamplingParams:
+        if self.params.seed is None or i == 0:
+            return self.params
+        return dataclasses.replace(self.params, seed=(self.params.seed + i) % 2**64)
 
 
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "a boolean (true or false)", dict: "an object",
@@ -51,6 +59,7 @@ ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
 OPENAI_DEFAULTS = {"temperature": 1.0}
+MAX_CHOICES = 16
 
 # parameters nextn does not implement, and the values that ask for nothing (accepted); anything else is a 400
 UNSUPPORTED = {"tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []), "function_call": (None, "none"),
@@ -63,11 +72,12 @@ def parse(body, chat: bool, default_spec: SpecConfig, recommended: dict | None =
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object")
     num = (int, float)
-    for key, ok in (("n", lambda v: v == 1), ("best_of", lambda v: v == 1)):
-        _get(body, key, int, 1, ok, "1 (only one choice per request is supported)")
-    if body.get("echo"):
-        raise ApiError(400, "'echo' is not supported by this server", "echo")
+    n = _get(body, "n", int, 1, lambda v: 1 <= v <= MAX_CHOICES, f"an integer in [1, {MAX_CHOICES}]")
+    _get(body, "best_of", int, n, lambda v: v == n, "equal to 'n' (every choice is returned)")
     logprobs = _logprobs(body, chat)
+    echo = not chat and bool(_get(body, "echo", bool, False))
+    if echo and logprobs is not None:
+        raise ApiError(400, "'echo' together with 'logprobs' is not supported (the prompt is not scored)", "echo")
     for key, off in UNSUPPORTED.items():
         if key in body and body[key] not in off:
             raise ApiError(400, f"'{key}' is not supported by this server", key)
@@ -107,7 +117,7 @@ def parse(body, chat: bool, default_spec: SpecConfig, recommended: dict | None =
                           adaptive=default_spec.adaptive, drafters=drafters)
     options = _get(body, "stream_options", dict, {}) or {}
     req = Request(stream=bool(_get(body, "stream", bool, False)), params=params, spec=spec,
-                  include_usage=bool(options.get("include_usage", False)))
+                  include_usage=bool(options.get("include_usage", False)), n=n, echo=echo)
     if chat:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages or not all(
@@ -209,17 +219,18 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
 
 
 def completion_body(rid: str, model: str, chat: bool, text: str, finish: str | None, usage_: dict | None,
-                    timings: dict | None, delta: bool = False, first: bool = False, logprobs: dict | None = None) -> dict:
+                    timings: dict | None, delta: bool = False, first: bool = False, logprobs: dict | None = None,
+                    index: int = 0) -> dict:
     if chat:
         if delta:
-            choice = {"index": 0, "delta": ({"role": "assistant", "content": text} if first else {"content": text}),
+            choice = {"index": index, "delta": ({"role": "assistant", "content": text} if first else {"content": text}),
                       "finish_reason": finish, "logprobs": logprobs}
         else:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
+            choice = {"index": index, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
                       "logprobs": logprobs}
         obj = "chat.completion.chunk" if delta else "chat.completion"
     else:
-        choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": logprobs}
+        choice = {"index": index, "text": text, "finish_reason": finish, "logprobs": logprobs}
         obj = "text_completion"
     body = {"id": rid, "object": obj, "created": int(time.time()), "model": model, "choices": [choice]}
     if usage_ is not None:
