@@ -114,6 +114,12 @@ class Engine:
     def use_mtp(self) -> bool:
         return self.runner.use_mtp
 
+    def model_form(self) -> str:
+        """bundled (MTP head in the model file), trunk + MTP file, or no MTP (not loaded, or absent)."""
+        if not self.use_mtp:
+            return "no MTP"
+        return "bundled" if self.config.mtp_model is None and self.file.n_mtp else "trunk + MTP file"
+
     @property
     def drafters(self) -> tuple[str, ...]:
         """The drafters this engine runs ('mtp', 'ngram'), in the order --spec names them."""

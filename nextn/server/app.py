@@ -1,7 +1,8 @@
 """`nextn serve`: an OpenAI-compatible HTTP server (FastAPI + uvicorn) over the continuous-batching engine.
 
 /v1/completions and /v1/chat/completions (streaming over SSE or not), /v1/models (each also without
-/v1, as llama-server answers them), /health, /metrics; CORS for --cors-origins.
+/v1, as llama-server answers them), /health, /metrics; CORS for --cors-origins. `/` is a chat page
+(static/index.html, no network) that marks which tokens came from accepted drafts; `/info` feeds it.
 Each response carries `usage` and `timings` (tokens/s, draft and accepted counts); a request may opt
 out of speculation (`"speculative": false`), pick among the server's drafters (`"speculative": "ngram"`)
 or set its own `draft_max`.
@@ -16,11 +17,12 @@ import hmac
 import json
 import socket
 import time
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..engine.config import EngineConfig
@@ -77,6 +79,18 @@ def create_app(engine: Engine, api_key: str | None = None, model_name: str | Non
                 err = ApiError(401, "invalid API key", code="invalid_api_key", kind="authentication_error")
                 return JSONResponse(err.body(), status_code=401)
         return await call_next(request)
+
+    page = (Path(__file__).parent / "static" / "index.html").read_text(encoding="utf-8")
+
+    @app.get("/")
+    def index():
+        return HTMLResponse(page)
+
+    @app.get("/info")
+    def info():
+        """What the page shows: the model, its publishing form, the drafters, whether a key is needed."""
+        return {"model": model_id, "form": engine.model_form(), "drafters": list(engine.drafters),
+                "api_key": bool(api_key)}
 
     @app.get("/health")
     def health():
