@@ -21,6 +21,7 @@ from ..kernels.native import Graph
 from ..models.step import Step
 from .base import Drafter, Proposal, finish, keep_pick
 
+NATIVE_BACKLOG = 64  # queued pairs up to which a flush runs native forwards (beyond: the torch forward's GEMMs)
 FLUSH_EVERY = 256   # queued pairs that force a flush even when not drafting (bounds memory; pairs of a
                     # sequence that never drafts again are never computed)
 
@@ -85,8 +86,12 @@ class MTPDrafter(Drafter):
 
     @torch.inference_mode()
     def _flush(self, seqs: list[Sequence], chunk: int = 256) -> None:
-        """Run every queued pair of these slots through the MTP block."""
+        """Run every queued pair of these slots through the MTP block: a short backlog (what a few steps
+        without drafting leave) in native forwards of as many rows as the decode buffers hold, a long one
+        (a prompt) through the torch forward in chunks of `chunk`."""
         while todo := [s for s in seqs if self.queued(s.slot)]:
+            if self.runner.native and max(self.queued(s.slot) for s in todo) <= NATIVE_BACKLOG:
+                chunk = max(1, self.runner.buf.rows.max_rows // len(todo))
             n = [min(self.queued(s.slot), chunk) for s in todo]
             tokens, hidden = [], []
             for s, k in zip(todo, n):
