@@ -22,7 +22,7 @@ from tqdm import tqdm
 from .engine.config import EngineConfig
 from .engine.engine import Engine
 from .engine.params import SamplingParams
-from .engine.sequence import MODEL_DRAFTERS, SpecConfig, parse_spec
+from .engine.sequence import SpecConfig, model_drafter_of, parse_spec
 from .engine.stats import SpecStats
 from .engine.tuner import KTuner
 from .errors import NextnError
@@ -50,7 +50,7 @@ def parse_configs(text: str, draft_max: int = 3) -> list[BenchConfig]:
             names = parse_spec(drafters)
         except ValueError:
             raise bad from None
-        model = next((d for d in names if d in MODEL_DRAFTERS), None)
+        model = model_drafter_of(names, 1)
         if (k and (model is None or not (k == "auto" or k.isdigit() and 0 < int(k) <= 16))
                 or vocab and (not vocab.isdigit() or "mtp" not in names)):
             raise bad

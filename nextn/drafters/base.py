@@ -47,7 +47,6 @@ class Drafter:
     """The hooks default to nothing: a drafter that keeps no state (n-gram lookup) overrides only `propose`."""
 
     name = "drafter"
-    model_based = False          # runs a forward per draft token (its cost is measured per step)
     capture_seconds = 0.0
 
     def nbytes(self) -> int:

@@ -24,7 +24,6 @@ from .base import Drafter, Proposal, finish, keep_pick
 
 class DraftModelDrafter(Drafter):
     name = "draft"
-    model_based = True
 
     def __init__(self, runner: ModelRunner):
         self.runner, self.model = runner, runner.model

@@ -28,7 +28,6 @@ FLUSH_EVERY = 256   # queued pairs that force a flush even when not drafting (bo
 
 class MTPDrafter(Drafter):
     name = "mtp"
-    model_based = True
 
     def __init__(self, runner: ModelRunner, compile: bool = True):
         self.runner, self.model = runner, runner.model

@@ -6,7 +6,7 @@ import argparse
 from dataclasses import dataclass, fields
 
 from ..errors import NextnError
-from .sequence import MODEL_DRAFTERS, parse_spec
+from .sequence import model_drafter_of, parse_spec
 
 
 @dataclass
@@ -63,7 +63,7 @@ class EngineConfig:
 
     @property
     def model_drafter(self) -> str | None:
-        return next((d for d in self.drafters if d in MODEL_DRAFTERS), None) if self.draft_max > 0 else None
+        return model_drafter_of(self.drafters, self.draft_max)
 
     @property
     def use_mtp(self) -> bool:

@@ -33,6 +33,11 @@ def parse_spec(text: str) -> tuple[str, ...]:
     return parts
 
 
+def model_drafter_of(drafters: tuple[str, ...], draft_max: int) -> str | None:
+    """The model drafter ('mtp' or 'draft') among `drafters`, None when there is none or draft_max is 0."""
+    return next((d for d in drafters if d in MODEL_DRAFTERS), None) if draft_max > 0 else None
+
+
 @dataclass(slots=True)
 class SpecConfig:
     """`draft_max` = 0 disables speculation; `adaptive` lets the tuner pick k in {0} U [draft_min, draft_max]
@@ -56,7 +61,7 @@ class SpecConfig:
 
     @property
     def model_drafter(self) -> str | None:
-        return next((d for d in self.drafters if d in MODEL_DRAFTERS), None) if self.draft_max > 0 else None
+        return model_drafter_of(self.drafters, self.draft_max)
 
 
 @dataclass(eq=False)

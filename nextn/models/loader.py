@@ -120,7 +120,9 @@ def with_draft_vocab(loaded: tuple, config=None, *, n: int | None = None, head: 
     cfg, model, tokenizer, trunk = loaded
     if config is not None:
         n = config.draft_vocab
-        head = find_head(trunk, config.mtp_model) if model.use_mtp else None
+        if not n or not model.use_mtp:      # `load` has already taken in a trimmed head
+            return loaded
+        head = find_head(trunk, config.mtp_model)
     if not model.use_mtp:
         return loaded
     src, rows = head or trunk, model.mtp_head().shape[0]
