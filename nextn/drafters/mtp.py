@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 import torch
 
+from ..engine.cuda_graphs import MAX_T, ShortForwards
 from ..engine.runner import ModelRunner
 from ..engine.sampling import draw, penalised, target
 from ..engine.sequence import Sequence
@@ -39,6 +40,11 @@ class MTPDrafter(Drafter):
         ids = self.model.draft_ids          # a reduced draft vocabulary: head row -> token id
         self.vocab = ids
         self.vocab_t = torch.tensor(ids, device=self.model.device) if ids is not None else None
+        self.graphs = self.head_graphs = None
+        if runner.graphs is not None:     # CUDA: the block's short forwards and the output head as graphs
+            self.graphs = ShortForwards(lambda tok, step, hid: (self.model.mtp_forward(tok, hid, step, runner.cache),),
+                                        runner.cache, runner.rows, shift=1, pool=runner.graph_pool)
+            self.head_graphs = ShortForwards(self._head, runner.cache, runner.rows, pool=runner.graph_pool)
         if runner.native:
             buf, cache = runner.buf, runner.cache
             self.block = Graph(lambda: self.model.emit_mtp_block(cache, buf), compile)
@@ -46,6 +52,8 @@ class MTPDrafter(Drafter):
 
     @property
     def capture_seconds(self) -> float:
+        if self.graphs is not None:
+            return self.graphs.capture_seconds + self.head_graphs.capture_seconds
         return self.block.capture_seconds + self.head.capture_seconds if self.runner.native else 0.0
 
     # ---- keeping the head's cache in step with the trunk ------------------------------------------
@@ -118,14 +126,22 @@ class MTPDrafter(Drafter):
                 return buf.hidden[:n].clone()
             return buf.hidden[[sum(lens[:b + 1]) - 1 for b in range(len(lens))]]
         T = max(lens)
-        tok = torch.tensor([t + [0] * (T - len(t)) for t in tokens], device=self.model.device)
         hid = torch.stack([torch.nn.functional.pad(h, (0, 0, 0, T - h.shape[0])) for h in hidden])
+        if self.graphs is not None and T <= MAX_T:
+            out = self.graphs([s.slot for s in seqs], starts, tokens, hid)[0]
+            return out[torch.arange(len(seqs)), torch.tensor(lens) - 1]
+        tok = torch.tensor([t + [0] * (T - len(t)) for t in tokens], device=self.model.device)
         step = Step.build([s.slot for s in seqs], starts, lens, self.model.device, self.runner.rows, chunked=False, shift=1)
         out = self.model.mtp_forward(tok, hid, step, self.runner.cache)
         return out[torch.arange(len(seqs)), torch.tensor(lens) - 1]
 
     def _logits(self, hidden: torch.Tensor) -> tuple[torch.Tensor, list[int] | None]:
         """Draft logits [B, head rows] (and their argmax as token ids, on CPU) for hidden states [B, D]."""
+        if self.head_graphs is not None:
+            B = hidden.shape[0]
+            logits, rows = self.head_graphs([0] * B, [0] * B, [[0]] * B, hidden[:, None])
+            rows = rows.tolist()
+            return logits, [self.vocab[r] for r in rows] if self.vocab else rows
         if not self.runner.native:
             return self.model.mtp_logits(hidden), None
         buf, B = self.runner.buf, hidden.shape[0]
@@ -135,6 +151,11 @@ class MTPDrafter(Drafter):
         rows = buf.ids_np[:B].tolist()
         return buf.logits[:B, :len(self.vocab) if self.vocab else None], \
             [self.vocab[r] for r in rows] if self.vocab else rows
+
+    def _head(self, _tokens, _step, hidden: torch.Tensor) -> tuple:
+        """The output head on hidden [B, 1, D]: logits [B, head rows] and their argmax (head row numbers)."""
+        logits = self.model.mtp_logits(hidden[:, 0])
+        return logits, logits.argmax(-1)
 
     def _full(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits over the whole vocabulary [1, V]: tokens outside a draft vocabulary get -inf (probability 0),

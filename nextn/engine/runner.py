@@ -4,7 +4,8 @@ It owns the cache and each slot's last trunk hidden state. Prefill runs prompt c
 torch forward; `verify` runs each sequence's last token plus its drafts in one forward and returns,
 per sequence, the decision each row asks for (sampling.target); `commit` keeps what the acceptance
 rule kept. On CPU, verify and commit run the native decode forward: its plan is recorded on first
-use and replayed in one call per step (`compile=False`: op by op, the same kernels).
+use and replayed in one call per step (`compile=False`: op by op, the same kernels). On CUDA they are
+CUDA graphs captured per shape (engine.cuda_graphs; `compile=False`: the same forward, eagerly).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ..models.buffers import Buffers
 from ..models.cache import Cache
 from ..models.model import Model
 from ..models.step import Step
+from .cuda_graphs import MAX_T, ShortForwards
 from .sampling import draw, target
 from .sequence import Sequence
 
@@ -33,8 +35,12 @@ class ModelRunner:
         self.native = self.device.type == "cpu"
         self.rows = max_len + SLACK
         self.max_step_rows = n_slots * (max_draft + 1)
-        self.cache = Cache.allocate(model.cfg, n_slots, self.rows, model.dtype, model.device, self.use_mtp,
-                                    rollback=self.native and max_draft > 0)
+        # CUDA: short forwards as graphs (not for MoE: routing reads expert counts on the host)
+        graphs = self.device.type == "cuda" and compile and not model.cfg.n_expert
+        self.cache = Cache.allocate(model.cfg, n_slots, self.rows + int(graphs), model.dtype, model.device,
+                                    self.use_mtp, rollback=self.native and max_draft > 0)
+        self.graph_pool = torch.cuda.graph_pool_handle() if graphs else None
+        self.graphs = ShortForwards(self._trunk_step, self.cache, self.rows, pool=self.graph_pool) if graphs else None
         self.last_hidden = torch.zeros(n_slots, model.cfg.n_embd, dtype=model.dtype, device=model.device)
         self.hidden: torch.Tensor | None = None      # torch path: [B, T, D] of the last forward
         self.row0: list[int] = []                    # native path: each sequence's first row in buf
@@ -95,18 +101,15 @@ class ModelRunner:
         inputs = [[s.last_token] + d for s, d in zip(seqs, drafts)]
         if self.native:
             logits, ids = self._verify_native(seqs, inputs)
+            starts = self.row0
         else:
-            logits = self._verify_torch(seqs, inputs)
-            ids = None
+            logits, ids = self._verify_torch(seqs, inputs)
+            starts = [b * self.hidden.shape[1] for b in range(len(seqs))]
         greedy = all(s.params.greedy and not s.params.has_penalties for s in seqs)
-        if greedy and ids is None:
-            ids = logits.argmax(-1).tolist()
-        out, r = [], 0
-        self.verified = (logits, [])
-        for s, x, d in zip(seqs, inputs, drafts):
+        out = []
+        self.verified = (logits, starts)
+        for s, x, d, r in zip(seqs, inputs, drafts, starts):
             out.append(ids[r:r + len(x)] if greedy else target(logits[r:r + len(x)], s.params, s.tokens, d))
-            self.verified[1].append(r)
-            r += len(x)
         return out
 
     def token_logprobs(self, b: int, tokens: list[int], top: int) -> list[tuple]:
@@ -127,13 +130,23 @@ class ModelRunner:
         return self.buf.logits[:n], self.buf.ids_np[:n].tolist()
 
     def _verify_torch(self, seqs, inputs):
+        """Logits [B * T, V] (sequence b's rows from b * T) and their argmax ids, as a list."""
         T = max(len(x) for x in inputs)
-        tokens = torch.tensor([x + [0] * (T - len(x)) for x in inputs], device=self.device)
-        step = Step.build([s.slot for s in seqs], [s.num_cached for s in seqs], [len(x) for x in inputs],
-                          self.device, self.rows, chunked=False)
-        self.hidden = self.model.forward(tokens, step, self.cache)
-        logits = self.model.logits(self.hidden)
-        return torch.cat([logits[b, :len(x)] for b, x in enumerate(inputs)])
+        slots, starts = [s.slot for s in seqs], [s.num_cached for s in seqs]
+        if self.graphs is not None and T <= MAX_T:
+            self.hidden, logits, ids = self.graphs(slots, starts, inputs)
+        else:
+            tokens = torch.tensor([x + [0] * (T - len(x)) for x in inputs], device=self.device)
+            step = Step.build(slots, starts, [len(x) for x in inputs], self.device, self.rows, chunked=False)
+            if self.graphs is not None:
+                self.graphs.last = None          # the next commit runs eagerly too
+            self.hidden, logits, ids = self._trunk_step(tokens, step, None)
+        return logits.flatten(0, 1), ids.flatten().tolist()
+
+    def _trunk_step(self, tokens: torch.Tensor, step: Step, _extra) -> tuple:
+        hidden = self.model.forward(tokens, step, self.cache)
+        logits = self.model.logits(hidden)
+        return hidden, logits, logits.argmax(-1)
 
     def commit(self, seqs: list[Sequence], keep: list[int]) -> None:
         """Keep keep[b] of the verified inputs: roll recurrent state to that point, advance the KV length."""
@@ -141,6 +154,8 @@ class ModelRunner:
             if self.cfg.recurrent_layers and any(k < n for k, n in zip(keep, self.lens)):
                 self.buf.rows.seq_keep[:len(seqs)] = keep
                 self.rollback.run()
+        elif self.graphs is not None:
+            self.graphs.commit(keep)
         else:
             self.cache.commit(keep)
         for b, (seq, n) in enumerate(zip(seqs, keep)):
@@ -153,6 +168,8 @@ class ModelRunner:
 
     @property
     def capture_seconds(self) -> float:
+        if self.graphs is not None:
+            return self.graphs.capture_seconds
         return self.trunk.capture_seconds + self.rollback.capture_seconds if self.native else 0.0
 
 

@@ -1,9 +1,11 @@
-"""A weight kept in its GGUF type: the file's bytes (memory-mapped, never copied) and what to do with them.
+"""A weight kept in its GGUF type: the file's bytes (memory-mapped on CPU, copied as they are to a GPU)
+and what to do with them.
 
-Model code calls `linear` and never knows the format. On CPU a product of a few rows (decode, MTP
-drafts, verification) runs the native kernel straight from the quantized bytes; a product of many
-rows (prefill) dequantizes tiles of the weight and hands them to torch's GEMM. Dequantization is the
-native kernel's, equal bit for bit to gguf-py's reference.
+Model code calls `linear` and never knows the format or the device. On CPU a product of a few rows
+(decode, MTP drafts, verification) runs the native kernel straight from the quantized bytes; a product
+of many rows (prefill) dequantizes tiles of the weight and hands them to torch's GEMM. Dequantization
+is the native kernel's, equal bit for bit to gguf-py's reference. On CUDA the Triton kernels of
+`kernels.gpu` do the same from the bytes in GPU memory.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ FEW_ROWS = 16          # products of up to this many rows use the native kernel,
 TILE_BYTES = 8 << 20   # float32 bytes of one dequantized tile
 INT8 = 0x100           # flag on a matmul's type id: int8 activations (csrc/kernels.inc, mm_int8)
 INT8_TYPES = (Q.Q4_K, Q.Q6_K, Q.Q8_0)   # the types that have an int8-activation kernel (rows of 256k)
+GPU_TYPES = (Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q4_K, Q.Q5_K, Q.Q6_K)   # kernels.gpu.TYPES
 
 
 @dataclass
@@ -59,8 +62,24 @@ class QWeight:
     def expert(self, e: int) -> "QWeight":
         return QWeight(self.data[e], self.qtype, self.shape[1:], self.int8)
 
+    def to(self, device: torch.device) -> "QWeight":
+        return QWeight(self.data.to(device), self.qtype, self.shape, self.int8)
+
+    def rows(self, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The decoded rows `ids` [n] -> [n, K] in `dtype` (embedding lookups)."""
+        if self.data.is_cuda:
+            from . import gpu
+            return gpu.rows(self.data, self.qtype, self.K, ids.to(torch.int32).contiguous(), dtype)
+        ids = ids.to(torch.int32).contiguous()
+        out = torch.empty(ids.numel(), self.K, dtype=torch.float32)
+        native.run("embed", [native.p(ids), native.p(self.data), int(self.qtype), self.row_bytes, self.K,
+                             native.p(out), out.stride(0), 0, ids.numel()])
+        return out if dtype == torch.float32 else out.to(dtype)
+
     def dequantize(self, rows: slice | None = None) -> torch.Tensor:
         """Float32 rows [n, K] (all of them by default), bit for bit gguf-py's dequantization."""
+        if self.data.is_cuda:
+            return self.rows(torch.arange(self.N, device=self.data.device)[rows or slice(None)], torch.float32)
         start, stop, _ = (rows or slice(None)).indices(self.N)
         out = torch.empty(stop - start, self.K, dtype=torch.float32)
         native.run("dequant", [native.p(self.data), int(self.qtype), self.row_bytes, self.K, start, stop, native.p(out)])
@@ -69,6 +88,12 @@ class QWeight:
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """x [..., K] @ W^T (+ bias): the native kernel for few rows, dequantized tiles + GEMM for many."""
         lead = x.shape[:-1]
+        if self.data.is_cuda:
+            from . import gpu
+            y = gpu.linear(x.reshape(-1, self.K).contiguous(), self.data, self.qtype, self.N, self.K)
+            if bias is not None:
+                y += bias.to(y.dtype)
+            return y.reshape(*lead, self.N)
         x2 = x.reshape(-1, self.K).float().contiguous()
         M = x2.shape[0]
         if M <= FEW_ROWS:
@@ -115,5 +140,5 @@ def _to_float(raw: torch.Tensor, qtype: Q, shape) -> torch.Tensor:
 def take_rows(w, rows: torch.Tensor):
     """The given rows of a weight matrix, in order (a QWeight's rows stay in their type)."""
     if isinstance(w, QWeight):
-        return QWeight(w.data[rows].contiguous(), w.qtype, (len(rows), w.K), w.int8)
+        return QWeight(w.data[rows.to(w.data.device)].contiguous(), w.qtype, (len(rows), w.K), w.int8)
     return w[rows.to(w.device)].contiguous()

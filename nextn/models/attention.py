@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from ..kernels import ops
 from .cache import Cache
 from .config import ModelConfig
+from . import layers
 from .layers import apply_rope, linear, rms_norm
 from .step import Step
 
@@ -37,6 +38,13 @@ def attention(x: torch.Tensor, w: dict, cfg: ModelConfig, step: Step, cache: Cac
     rows = step.write_rows
     kc[step.write_slots, step.write_pos] = k.reshape(B * T, cfg.n_head_kv, hd)[rows].to(kc.dtype)
     vc[step.write_slots, step.write_pos] = v.reshape(B * T, cfg.n_head_kv, hd)[rows].to(vc.dtype)
+    if layers.fused_short(x, step) and hd & (hd - 1) == 0:
+        from ..kernels import gpu_attention
+        out = gpu_attention.attend(q, kc, vc, step.slot_index, step.key_end)
+        out = out.reshape(B, T, cfg.n_head * hd)
+        if gate is not None:
+            out = out * torch.sigmoid(gate)
+        return linear(out, w["attn_output.weight"])
     keys, values = kc[step.sel, :step.kv_len], vc[step.sel, :step.kv_len]
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2), keys.transpose(1, 2).to(q.dtype), values.transpose(1, 2).to(q.dtype),

@@ -28,8 +28,9 @@ def _zeros(shape, dtype, device) -> torch.Tensor:
 @dataclass
 class PendingState:
     slot_index: torch.Tensor | slice   # the slots (a slice when contiguous)
-    conv_buf: torch.Tensor       # [B, C, K-1+T]: old conv window followed by this step's inputs
-    states: torch.Tensor         # [B, H, T, dk, dv]: recurrent state after each token
+    conv_buf: torch.Tensor | None  # [B, C, K-1+T]: old conv window followed by this step's inputs
+    states: torch.Tensor | None  # [B, H, T, dk, dv]: recurrent state after each token (torch path), or
+    replay: object = None        # keep [B] -> None: the fused CUDA layer advancing window and state itself
 
 
 @dataclass
@@ -76,16 +77,20 @@ class Cache:
         for t in (*self.conv.values(), *self.ssm.values()):
             t[slot].zero_()
 
-    def commit(self, keep: list[int]) -> None:
-        """Install, per sequence of the last short forward, the recurrent state after keep[b] tokens."""
+    def commit(self, keep: list[int] | torch.Tensor) -> None:
+        """Install, per sequence of the last short forward, the recurrent state after keep[b] tokens
+        (`keep` may be a tensor already on the device: a CUDA graph captures this with static inputs)."""
         if not self.pending:
             return
-        first = next(iter(self.pending.values()))
-        b_idx = torch.arange(len(keep), device=first.states.device)
-        keep_t = torch.tensor(keep, device=first.states.device)
+        device = self.ssm[next(iter(self.pending))].device
+        keep_t = keep if isinstance(keep, torch.Tensor) else torch.tensor(keep, device=device)
+        b_idx = torch.arange(keep_t.shape[0], device=device)
         for il, p in self.pending.items():
+            if p.replay is not None:
+                p.replay(keep_t)
+                continue
             width = self.conv[il].shape[-1]
-            window = keep_t[:, None] + torch.arange(width, device=keep_t.device)[None, :]
+            window = keep_t[:, None] + torch.arange(width, device=device)[None, :]
             conv = p.conv_buf.gather(2, window[:, None, :].expand(-1, p.conv_buf.shape[1], -1))
             self.conv[il][p.slot_index] = conv.to(self.conv[il].dtype)
             self.ssm[il][p.slot_index] = p.states[b_idx, :, keep_t - 1]

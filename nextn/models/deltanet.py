@@ -1,8 +1,8 @@
 """Gated DeltaNet (Qwen3.5 / Qwen3-Next linear-attention blocks): causal conv1d + gated delta rule.
 
 Torch form: one closed-form routine handles a chunk of up to `CHUNK` tokens; prefill walks the prompt
-chunk by chunk, and short forwards (CUDA decode, draft verification) keep the state after every token
-so a partially accepted draft is rolled back by picking a snapshot. Native form (CPU decode): the
+chunk by chunk. Short forwards on CUDA (decode, draft verification) run the fused recurrence of
+kernels.gpu_delta, which leaves the state as it was; the commit replays the kept tokens into it. Native form (CPU decode): the
 recurrence token by token in the kernel, which saves what rolling back needs and replays the kept
 tokens from the state before the step on `commit`.
 """
@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from ..kernels import ops
 from .cache import Cache, PendingState
 from .config import ModelConfig
-from .layers import l2_norm, linear, rms_norm
+from . import layers
+from .layers import cuda_ops, l2_norm, linear, rms_norm
 from .step import Step
 
 CHUNK = 64
@@ -54,9 +55,39 @@ def delta_rule_chunk(q, k, v, g, beta, s0, all_states: bool):
 
 def gated_deltanet(x: torch.Tensor, w: dict, cfg: ModelConfig, step: Step, cache: Cache, il: int) -> torch.Tensor:
     B, T, _ = x.shape
-    hk, hv, dk, dv = cfg.ssm_n_k_heads, cfg.ssm_n_v_heads, cfg.ssm_head_k_dim, cfg.ssm_head_v_dim
+    hv, dv = cfg.ssm_n_v_heads, cfg.ssm_head_v_dim
     qkv, z, b, a = _projections(x, w, cfg)
+    if layers.fused_short(x, step) and _pow2(cfg.ssm_head_k_dim) and _pow2(cfg.ssm_head_v_dim):
+        out = _fused(qkv, b, a, w, cfg, step, cache, il)
+    else:
+        out = _torch_rule(qkv, b, a, w, cfg, step, cache, il)
+    if ops_ := cuda_ops(x):
+        out = ops_.rms_norm(out, w["ssm_norm.weight"], cfg.rms_eps, gate=z.view(B, T, hv, dv), out_dtype=x.dtype)
+    else:
+        out = (rms_norm(out, w["ssm_norm.weight"], cfg.rms_eps) * F.silu(z.float().view(B, T, hv, dv))).to(x.dtype)
+    return linear(out.reshape(B, T, hv * dv), w["ssm_out.weight"])
 
+
+def _pow2(n: int) -> bool:
+    """Head sizes the fused kernels take (their tiles are powers of two)."""
+    return n & (n - 1) == 0
+
+
+def _fused(qkv, b, a, w: dict, cfg: ModelConfig, step: Step, cache: Cache, il: int) -> torch.Tensor:
+    """kernels.gpu_delta: conv and recurrence read the cache and leave it; the commit replays the kept tokens."""
+    from ..kernels import gpu_delta       # Triton: imported only where it runs
+    layer = gpu_delta.Step(qkv, b, a, cache.conv[il], w["ssm_conv1d.weight"], cache.ssm[il], w["ssm_a"],
+                           w["ssm_dt.bias"], step.slot_index, cfg.ssm_n_k_heads, cfg.ssm_n_v_heads, cfg.ssm_head_k_dim,
+                           cfg.ssm_head_v_dim, cfg.ssm_v_tiled)
+    out = layer.run()
+    cache.pending[il] = PendingState(step.sel, None, None, replay=layer.commit)
+    return out
+
+
+def _torch_rule(qkv, b, a, w: dict, cfg: ModelConfig, step: Step, cache: Cache, il: int) -> torch.Tensor:
+    """Conv, normalisation and gates in torch ops, then the closed-form rule; outputs [B, T, hv, dv]."""
+    B, T, _ = qkv.shape
+    hk, hv, dk, dv = cfg.ssm_n_k_heads, cfg.ssm_n_v_heads, cfg.ssm_head_k_dim, cfg.ssm_head_v_dim
     # causal depthwise conv over [old window | new inputs]
     conv_state = cache.conv[il][step.sel]
     buf = torch.cat((conv_state, qkv.transpose(1, 2).to(conv_state.dtype)), dim=2)
@@ -69,6 +100,13 @@ def gated_deltanet(x: torch.Tensor, w: dict, cfg: ModelConfig, step: Step, cache
     beta = heads.scalars(torch.sigmoid(b.float()) * step.valid_f[..., None])               # padding: no write
     g = heads.scalars(w["ssm_a"].float() * F.softplus(a.float() + w["ssm_dt.bias"].float())
                       * step.valid_f[..., None])                                            # padding: no decay
+    return heads.merge(_delta_torch(q, k, v, beta, g, heads, step, cache, il, buf, qkv.device))
+
+
+def _delta_torch(q, k, v, beta, g, heads, step: Step, cache: Cache, il: int, buf, device) -> torch.Tensor:
+    """The closed-form chunked rule: prefill (final state written), or a short forward keeping the state
+    after every token as pending (CPU torch path). Returns outputs [B, a, b, T, dv]."""
+    T = heads.T
     s0 = heads.state(cache.ssm[il][step.sel])
     if step.chunked:
         outs = []
@@ -78,17 +116,14 @@ def gated_deltanet(x: torch.Tensor, w: dict, cfg: ModelConfig, step: Step, cache
                                      s0, False)
             outs.append(o)
         out = torch.cat(outs, dim=-2)
-        n = torch.tensor(step.n_tokens, device=x.device)
-        window = n[:, None] + torch.arange(buf.shape[2] - T, device=x.device)[None, :]
+        n = torch.tensor(step.n_tokens, device=device)
+        window = n[:, None] + torch.arange(buf.shape[2] - T, device=device)[None, :]
         cache.conv[il][step.sel] = buf.gather(2, window[:, None, :].expand(-1, buf.shape[1], -1))
-        cache.ssm[il][step.sel] = s0.reshape(B, hv, dk, dv)
-    else:
-        out, states = delta_rule_chunk(q, k, v, g, beta, s0, True)
-        cache.pending[il] = PendingState(step.sel, buf, heads.flat_states(states))
-
-    out = heads.merge(out)                                                         # [B, T, hv, dv]
-    out = rms_norm(out, w["ssm_norm.weight"], cfg.rms_eps) * F.silu(z.float().view(B, T, hv, dv))
-    return linear(out.reshape(B, T, hv * dv).to(x.dtype), w["ssm_out.weight"])
+        cache.ssm[il][step.sel] = s0.reshape(cache.ssm[il][step.sel].shape)
+        return out
+    out, states = delta_rule_chunk(q, k, v, g, beta, s0, True)
+    cache.pending[il] = PendingState(step.sel, buf, heads.flat_states(states))
+    return out
 
 
 class _Heads:

@@ -10,7 +10,21 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels import ops
-from ..kernels.weights import QWeight
+from ..kernels.weights import FEW_ROWS, QWeight
+
+
+def cuda_ops(x: torch.Tensor):
+    """The fused CUDA ops module (kernels.gpu_ops) when x is on a GPU, else None (Triton is imported only there)."""
+    if not x.is_cuda:
+        return None
+    from ..kernels import gpu_ops
+    return gpu_ops
+
+
+def fused_short(x: torch.Tensor, step) -> bool:
+    """Whether a forward runs the fused CUDA kernels of attention and Gated DeltaNet (kernels.gpu_attention,
+    kernels.gpu_delta): a few tokens per sequence (decode, drafts, verification) on a GPU."""
+    return x.is_cuda and not step.chunked
 
 
 def linear(x: torch.Tensor, w, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -27,6 +41,8 @@ def expert(w, e: int):
 
 def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     """llama.cpp-convention RMSNorm: x / rms(x) * w (zero-centred weights already have +1 folded in)."""
+    if ops_ := cuda_ops(x):
+        return ops_.rms_norm(x, w, eps)
     xf = x.float()
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return (xf * w.float()).to(x.dtype)
@@ -46,6 +62,8 @@ def rope_tables(positions: torch.Tensor, n_rot: int, theta: float, dtype: torch.
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate the first n_rot dims of x [B, T, H, hd]; the rest pass through (partial RoPE)."""
+    if ops_ := cuda_ops(x):
+        return ops_.rope(x, cos, sin)
     n_rot = cos.shape[-1]
     x_rot, x_pass = x[..., :n_rot], x[..., n_rot:]
     half = n_rot // 2
@@ -55,6 +73,11 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 def swiglu(x: torch.Tensor, gate, up, down) -> torch.Tensor:
+    if x.is_cuda and isinstance(gate, QWeight) and isinstance(up, QWeight) and gate.qtype == up.qtype \
+            and gate.shape == up.shape and x.shape[:-1].numel() <= FEW_ROWS:
+        from ..kernels import gpu                      # gate and up in one launch, silu(g) * u in its epilogue
+        h = gpu.few_rows(x.reshape(-1, gate.K).contiguous(), gate.data, gate.qtype, gate.N, gate.K, up=up.data)
+        return linear(h.reshape(*x.shape[:-1], gate.N), down)
     return linear(F.silu(linear(x, gate)) * linear(x, up), down)
 
 

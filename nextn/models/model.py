@@ -1,8 +1,8 @@
 """The network: trunk forward (hybrid or attention-only decoder stack) and the MTP (NextN) head forward.
 
 Weights live in plain dicts keyed by their GGUF names, one dict per block, so the code reads like the
-file. On CPU every weight stays in its GGUF type, memory-mapped from the file (kernels.weights); on
-CUDA weights are dequantized at load. Two forms of the forward:
+file. Every weight stays in its GGUF type (kernels.weights): on CPU memory-mapped from the file, on CUDA
+copied as it is (types the GPU kernels do not decode are dequantized at load). Two forms of the forward:
 - torch (`forward`, `mtp_forward`): prefill chunks, the MTP head's catch-up on long queues, and CUDA;
 - native (`emit_trunk`, `emit_commit`, `emit_mtp_block`, `emit_mtp_head`): a few tokens per sequence on
   the CPU kernels, over static buffers, emitted as ops that a plan records once and replays every step.
@@ -19,7 +19,7 @@ from tqdm import tqdm
 from ..errors import ModelFileError
 from ..gguf.reader import GGUFFile, block_index
 from ..kernels import ops
-from ..kernels.weights import INT8_TYPES, QWeight, from_gguf, take_rows
+from ..kernels.weights import GPU_TYPES, INT8_TYPES, QWeight, from_gguf, take_rows
 from .attention import attention, attention_native
 from .buffers import Buffers
 from .cache import Cache
@@ -110,10 +110,7 @@ class Model:
 
     def embed(self, tokens: torch.Tensor, table) -> torch.Tensor:
         if isinstance(table, QWeight):
-            rows = tokens.flatten().to(torch.int32).contiguous()
-            out = torch.empty(rows.numel(), table.K, dtype=torch.float32)
-            ops.embed(rows, table, out, rows.numel())
-            return out.reshape(*tokens.shape, table.K)
+            return table.rows(tokens.flatten(), self.dtype).reshape(*tokens.shape, table.K)
         return F.embedding(tokens, table)
 
     def forward(self, tokens: torch.Tensor, step: Step, cache: Cache) -> torch.Tensor:
@@ -231,7 +228,9 @@ class Model:
 
 def _place(t, name: str, device: torch.device, dtype: torch.dtype):
     """A loaded tensor where it is used: on CPU as in the file (kernel-read tensors made plain floats);
-    on CUDA dequantized to `dtype`."""
+    on CUDA the matrices of the types kernels.gpu decodes copied as they are, others dequantized to `dtype`."""
+    if device.type == "cuda" and isinstance(t, QWeight) and t.qtype in GPU_TYPES and not name.endswith(DENSE):
+        return t.to(device)
     dense = name.endswith(DENSE) or device.type != "cpu"
     if isinstance(t, QWeight) and dense:
         t = t.data.view(torch.float32).reshape(t.shape) if t.qtype == 0 else t.dequantize().reshape(t.shape)

@@ -30,6 +30,7 @@ class Step:
     sel: slice | torch.Tensor = None  # the slots, as a slice (a view, no copy) when they are contiguous
     valid_f: torch.Tensor = None     # valid as float, for masking
     rope: tuple[torch.Tensor, torch.Tensor] | None = None
+    key_end: torch.Tensor | None = None   # [B, T] the last cache row each row attends to (its own)
 
     @property
     def B(self) -> int:
@@ -59,4 +60,23 @@ class Step:
                    write_pos=rows_idx.flatten()[rows], write_rows=rows, kv_len=kv_len, mask=mask,
                    chunked=(T > 16) if chunked is None else chunked,
                    sel=slice(slots[0], slots[0] + B) if list(slots) == list(range(slots[0], slots[0] + B))
-                   else slot_index, valid_f=valid.to(torch.float32))
+                   else slot_index, valid_f=valid.to(torch.float32), key_end=rows_idx)
+
+    @classmethod
+    def static(cls, slots: torch.Tensor, starts: torch.Tensor, n_tokens: torch.Tensor, T: int, kv_len: int,
+               max_len: int, shift: int = 0) -> "Step":
+        """The same from tensors alone (no host reads, so a CUDA graph can capture it): every one of the B*T
+        rows is written, padding rows to the spare cache row `max_len`, and keys are the first kv_len rows,
+        masked per query, so one captured graph serves every step whose sequences end within kv_len."""
+        B, device = slots.shape[0], slots.device
+        t = torch.arange(T, device=device)
+        positions = starts[:, None] + t[None, :]
+        rows_idx = (positions - shift).clamp(0, max_len - 1)
+        valid = t[None, :] < n_tokens[:, None]
+        keys = torch.arange(kv_len, device=device)
+        return cls(slots=[0] * B, starts=[0] * B, n_tokens=[T] * B, T=T, positions=positions, valid=valid,
+                   slot_index=slots, write_slots=slots[:, None].expand(B, T).reshape(-1),
+                   write_pos=torch.where(valid, rows_idx, max_len).reshape(-1),
+                   write_rows=torch.arange(B * T, device=device), kv_len=kv_len,
+                   mask=(keys[None, None, :] <= rows_idx[:, :, None])[:, None], chunked=False, sel=slots,
+                   valid_f=valid.to(torch.float32), key_end=rows_idx)
