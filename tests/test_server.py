@@ -218,8 +218,34 @@ def test_cors_preflight_and_headers_for_the_allowed_origin_only(server):
     assert "access-control-allow-origin" not in other.headers
 
 
+TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+TOOLS_TEMPLATE = ("{% if tools %}<|im_start|>system\n{% for t in tools %}{{ t | tojson }}\n{% endfor %}<|im_end|>\n"
+                  "{% endif %}{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                  "{% endfor %}<|im_start|>assistant\n")
+
+
+def test_tools_reach_the_template_or_are_refused(server, client):
+    msgs = [{"role": "user", "content": "weather?"}]
+    with pytest.raises(openai.BadRequestError) as err:          # the tiny model's template never mentions tools
+        client.chat.completions.create(model=_model_id(client), messages=msgs, max_tokens=2, tools=[TOOL])
+    assert "does not take tools" in err.value.body["message"]
+    tk = server["engine"].tokenizer
+    saved, tk.chat_template = tk.chat_template, TOOLS_TEMPLATE
+    try:
+        plain = client.chat.completions.create(model=_model_id(client), messages=msgs, max_tokens=2)
+        offered = client.chat.completions.create(model=_model_id(client), messages=msgs, max_tokens=2, tools=[TOOL])
+        declined = client.chat.completions.create(model=_model_id(client), messages=msgs, max_tokens=2, tools=[TOOL],
+                                                  tool_choice="none")
+        chunks = list(client.chat.completions.create(model=_model_id(client), messages=msgs, max_tokens=4,
+                                                     tools=[TOOL], stream=True))
+    finally:
+        tk.chat_template = saved
+    assert offered.usage.prompt_tokens > plain.usage.prompt_tokens == declined.usage.prompt_tokens
+    assert offered.choices[0].message.tool_calls is None         # a random model calls nothing: text as usual
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
 @pytest.mark.parametrize("extra,param", [
-    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
     ({"response_format": {"type": "json_object"}}, "response_format"),
     ({"logit_bias": {"5": 10}}, "logit_bias"),
     ({"suffix": "end"}, "suffix"),

@@ -161,12 +161,19 @@ class Engine:
         return SpecConfig(draft_max=c.draft_max if self.drafters else 0, draft_min=c.draft_min,
                           p_min=c.draft_p_min, adaptive=c.adaptive, drafters=self.drafters)
 
-    def encode_prompt(self, prompt: str | list[int] | None = None, messages: list[dict] | None = None) -> list[int]:
+    def encode_prompt(self, prompt: str | list[int] | None = None, messages: list[dict] | None = None,
+                      tools: list[dict] | None = None) -> list[int]:
+        """Token ids of a prompt, or of chat messages through the model's template (with `tools`, the
+        functions offered: the template must know how to show them)."""
         if messages is not None:
             tk = self.tokenizer
+            if tools and "tools" not in (tk.chat_template or ""):
+                raise NextnError("this model's chat template does not take tools (it never mentions them), so "
+                                 "the model cannot be offered functions")
             text = render_chat(tk.chat_template, messages,
                                bos_token=tk.token_text(tk.bos_id) if tk.bos_id is not None else "",
-                               eos_token=tk.token_text(tk.eos_id) if tk.eos_id is not None else "")
+                               eos_token=tk.token_text(tk.eos_id) if tk.eos_id is not None else "",
+                               **({"tools": tools} if tools else {}))
             return tk.encode(text)
         return list(prompt) if isinstance(prompt, list) else self.tokenizer.encode(prompt or "")
 

@@ -168,6 +168,17 @@ def _groups(row, row2, kb, QT: tl.constexpr, G: tl.constexpr, E: tl.constexpr):
 
 
 @triton.jit
+def _group_dot(x, xs, row, row2, kb, QT: tl.constexpr, G: tl.constexpr, E: tl.constexpr, IEEE: tl.constexpr):
+    """x [G, BM, E] times superblock kb of rows `row`: [BM, BN]."""
+    q, scale, mn = _groups(row, row2, kb, QT, G, E)
+    if IEEE:
+        part = tl.dot(x.to(tl.float32), q, input_precision="ieee")
+    else:
+        part = tl.dot(x, q.to(x.dtype))
+    return tl.sum(part * scale[:, None, :] - xs * mn[:, None, :], 0)
+
+
+@triton.jit
 def _grouped_kernel(x_ptr, w_ptr, w2_ptr, y_ptr, M, N, stride_x, stride_y, row_bytes, NB: tl.constexpr,
                     QT: tl.constexpr, G: tl.constexpr, E: tl.constexpr, BN: tl.constexpr, BM_: tl.constexpr,
                     IEEE: tl.constexpr, GLU: tl.constexpr):
@@ -184,19 +195,9 @@ def _grouped_kernel(x_ptr, w_ptr, w2_ptr, y_ptr, M, N, stride_x, stride_y, row_b
     for kb in range(NB):
         x = tl.load(x_ptr + kb * 256 + xoff, mask=m < M, other=0.0)          # [G, BM, E]
         xs = tl.sum(x.to(tl.float32), 2)[:, :, None]                         # [G, BM, 1]
-        q, scale, mn = _groups(row, row_2, kb, QT, G, E)
-        if IEEE:
-            part = tl.dot(x.to(tl.float32), q, input_precision="ieee")
-        else:
-            part = tl.dot(x, q.to(x.dtype))
-        acc += tl.sum(part * scale[:, None, :] - xs * mn[:, None, :], 0)
+        acc += _group_dot(x, xs, row, row_2, kb, QT, G, E, IEEE)
         if GLU:
-            q, scale, mn = _groups(up, up_2, kb, QT, G, E)
-            if IEEE:
-                part = tl.dot(x.to(tl.float32), q, input_precision="ieee")
-            else:
-                part = tl.dot(x, q.to(x.dtype))
-            acc2 += tl.sum(part * scale[:, None, :] - xs * mn[:, None, :], 0)
+            acc2 += _group_dot(x, xs, up, up_2, kb, QT, G, E, IEEE)
     if GLU:
         acc = acc / (1.0 + tl.exp(-acc)) * acc2
     rm = tl.arange(0, BM_)

@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..engine.config import EngineConfig
 from ..engine.engine import Engine
 from ..errors import NextnError
+from ..text.tools import ToolStream, parse as parse_tool_calls
 from . import protocol
 from .loop import EngineLoop
 from .metrics import Metrics
@@ -134,7 +135,7 @@ def create_app(engine: Engine, api_key: str | None = None, model_name: str | Non
                            "model", "model_not_found")
         req = protocol.parse(body, chat, engine.default_spec(), engine.recommended)
         try:
-            ids = engine.encode_prompt(req.prompt, req.messages)
+            ids = engine.encode_prompt(req.prompt, req.messages, req.tools)
             if any(not 0 <= t < engine.model_config.n_vocab for t in ids):
                 raise ApiError(400, f"token ids must be in [0, {engine.model_config.n_vocab})", "prompt")
             if len(ids) >= engine.config.ctx_size:
@@ -148,10 +149,11 @@ def create_app(engine: Engine, api_key: str | None = None, model_name: str | Non
         rid = protocol.new_id("chatcmpl" if chat else "cmpl")
         echo = engine.tokenizer.decode(ids) if req.echo else ""
         t0 = time.perf_counter()
+        tools = bool(req.tools)
         if req.stream:
-            return StreamingResponse(_stream(request, seqs, queue, rid, chat, req.include_usage, t0, endpoint, echo),
-                                     media_type="text/event-stream")
-        return await _collect(request, seqs, queue, rid, chat, t0, endpoint, echo)
+            return StreamingResponse(_stream(request, seqs, queue, rid, chat, req.include_usage, t0, endpoint, echo,
+                                             tools), media_type="text/event-stream")
+        return await _collect(request, seqs, queue, rid, chat, t0, endpoint, echo, tools)
 
     async def _next(request: Request, seqs, queue: asyncio.Queue):
         while True:
@@ -175,7 +177,7 @@ def create_app(engine: Engine, api_key: str | None = None, model_name: str | Non
         merged.prompt_tokens = seqs[0].n_prompt
         return merged.to_dict()
 
-    async def _collect(request, seqs, queue, rid, chat, t0, endpoint, echo):
+    async def _collect(request, seqs, queue, rid, chat, t0, endpoint, echo, tools):
         index = {s.id: i for i, s in enumerate(seqs)}
         parts, first, done = [[echo] for _ in seqs], None, set()
         while len(done) < len(seqs):
@@ -192,17 +194,23 @@ def create_app(engine: Engine, api_key: str | None = None, model_name: str | Non
         metrics.requests.labels(endpoint, seqs[0].finish_reason or "stop").inc()
         body = None
         for i, seq in enumerate(seqs):
-            one = protocol.completion_body(rid, model_id, chat, "".join(parts[i]), _reason(seq), _usage(seqs),
-                                           _timings(seqs), logprobs=_logprobs(seq, seq.logprobs, chat), index=i)
+            text, calls = "".join(parts[i]), None
+            if tools:
+                content, calls = parse_tool_calls(text)
+                text = content or "" if calls else text
+            one = protocol.completion_body(rid, model_id, chat, text, _reason(seq), _usage(seqs),
+                                           _timings(seqs), logprobs=_logprobs(seq, seq.logprobs, chat), index=i,
+                                           tool_calls=calls)
             if body is None:
                 body = one
             else:
                 body["choices"] += one["choices"]
         return JSONResponse(body)
 
-    async def _stream(request, seqs, queue, rid, chat, include_usage, t0, endpoint, echo):
+    async def _stream(request, seqs, queue, rid, chat, include_usage, t0, endpoint, echo, tools):
         index = {s.id: i for i, s in enumerate(seqs)}
         started, done = set(), set()
+        held = {s.id: ToolStream() for s in seqs} if tools else {}    # tool calls: sent whole, at the end
         try:
             while len(done) < len(seqs):
                 out = await _next(request, seqs, queue)
@@ -215,11 +223,17 @@ def create_app(engine: Engine, api_key: str | None = None, model_name: str | Non
                 if out.finished:
                     done.add(seq.id)
                 if out.text or first or out.finished or out.tokens:     # every step's tokens carry their marks
-                    chunk = protocol.completion_body(rid, model_id, chat, (echo if first else "") + out.text,
+                    text, calls = out.text, None
+                    if tools:
+                        text = held[seq.id].feed(text)
+                        if out.finished:
+                            rest, calls = held[seq.id].finish()
+                            text += rest
+                    chunk = protocol.completion_body(rid, model_id, chat, (echo if first else "") + text,
                                                      _reason(seq) if out.finished else None, None,
                                                      seq.stats.to_dict() if out.finished else None,
                                                      delta=True, first=first, logprobs=_logprobs(seq, out.logprobs, chat),
-                                                     index=i)
+                                                     index=i, tool_calls=calls)
                     chunk["nextn"] = {"tokens": len(out.tokens), "drafted": out.drafted, "accepted": out.accepted,
                                       "drafter": out.drafter}
                     yield f"data: {json.dumps(chunk)}\n\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 import uuid
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ class Request:
     include_usage: bool
     prompt: str | list[int] | None = None
     messages: list[dict] | None = None
+    tools: list[dict] | None = None   # chat: functions offered to the model (tool_choice "auto"); None: no tools
     n: int = 1                      # choices, each its own sequence (a seed s gives choice i the seed s + i)
     echo: bool = False              # completions: the prompt's text before the completion
 
@@ -62,7 +64,7 @@ OPENAI_DEFAULTS = {"temperature": 1.0}
 MAX_CHOICES = 16
 
 # parameters nextn does not implement, and the values that ask for nothing (accepted); anything else is a 400
-UNSUPPORTED = {"tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []), "function_call": (None, "none"),
+UNSUPPORTED = {"functions": (None, []), "function_call": (None, "none"),
                "response_format": (None, {"type": "text"}), "logit_bias": (None, {}),
                "suffix": (None, ""), "parallel_tool_calls": (None, False, True)}
 
@@ -127,7 +129,8 @@ def parse(body, chat: bool, default_spec: SpecConfig, recommended: dict | None =
             if m["role"] not in ROLES:
                 raise ApiError(400, f"messages[{i}].role is '{m['role'][:40]}'; expected one of {', '.join(ROLES)}",
                                "messages")
-        req.messages = [{**m, "content": _content(m.get("content"))} for m in messages]
+        req.messages = [_message(m, i) for i, m in enumerate(messages)]
+        req.tools = _tools(body)
     else:
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
@@ -138,6 +141,53 @@ def parse(body, chat: bool, default_spec: SpecConfig, recommended: dict | None =
         else:
             raise ApiError(400, "'prompt' must be a string or a list of token ids (one prompt per request)", "prompt")
     return req
+
+
+def _tools(body: dict) -> list[dict] | None:
+    """The request's functions, checked; None when it offers none or says tool_choice "none"."""
+    tools = body.get("tools")
+    choice = body.get("tool_choice", "auto")
+    if choice not in ("auto", "none"):
+        raise ApiError(400, "'tool_choice' must be \"auto\" or \"none\" (this server does not force a call)",
+                       "tool_choice")
+    if tools is None or tools == [] or choice == "none":
+        return None
+    if not isinstance(tools, list) or not all(
+            isinstance(t, dict) and t.get("type") == "function" and isinstance(t.get("function"), dict)
+            and isinstance(t["function"].get("name"), str) and t["function"]["name"]
+            and isinstance(t["function"].get("parameters", {}), dict) for t in tools):
+        raise ApiError(400, "'tools' must be a list of {\"type\": \"function\", \"function\": {\"name\": ..., "
+                            "\"parameters\": {...}}}", "tools")
+    return tools
+
+
+def _message(m: dict, i: int) -> dict:
+    """A message as chat templates read it: text content; an assistant's tool calls with their arguments
+    as objects (templates iterate them)."""
+    out = {**m, "content": _content(m.get("content"))}
+    calls = m.get("tool_calls")
+    if calls is not None:
+        if m["role"] != "assistant" or not isinstance(calls, list) or not all(
+                isinstance(c, dict) and isinstance(c.get("function"), dict)
+                and isinstance(c["function"].get("name"), str) for c in calls):
+            raise ApiError(400, f"messages[{i}].tool_calls must be an assistant's list of "
+                                f"{{\"function\": {{\"name\": ..., \"arguments\": ...}}}}", "messages")
+        out["tool_calls"] = [{**c, "function": {**c["function"], "arguments": _arguments(c["function"].get("arguments"), i)}}
+                             for c in calls]
+    return out
+
+
+def _arguments(args, i: int) -> dict:
+    if isinstance(args, str):
+        try:
+            args = json.loads(args) if args.strip() else {}
+        except ValueError:
+            raise ApiError(400, f"messages[{i}].tool_calls: 'arguments' is not valid JSON", "messages") from None
+    if args is None:
+        return {}
+    if not isinstance(args, dict):
+        raise ApiError(400, f"messages[{i}].tool_calls: 'arguments' must be a JSON object", "messages")
+    return args
 
 
 def _logprobs(body: dict, chat: bool) -> int | None:
@@ -220,14 +270,21 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
 
 def completion_body(rid: str, model: str, chat: bool, text: str, finish: str | None, usage_: dict | None,
                     timings: dict | None, delta: bool = False, first: bool = False, logprobs: dict | None = None,
-                    index: int = 0) -> dict:
+                    index: int = 0, tool_calls: list | None = None) -> dict:
+    """tool_calls (chat): ToolCall objects; the message's content is then the text before them, or null."""
     if chat:
         if delta:
-            choice = {"index": index, "delta": ({"role": "assistant", "content": text} if first else {"content": text}),
-                      "finish_reason": finish, "logprobs": logprobs}
+            d = {"role": "assistant", "content": text} if first else {"content": text}
+            if tool_calls:
+                d["tool_calls"] = [c.body(j) for j, c in enumerate(tool_calls)]
+                finish = "tool_calls" if finish == "stop" else finish
+            choice = {"index": index, "delta": d, "finish_reason": finish, "logprobs": logprobs}
         else:
-            choice = {"index": index, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
-                      "logprobs": logprobs}
+            message = {"role": "assistant", "content": text}
+            if tool_calls:
+                message = {"role": "assistant", "content": text or None, "tool_calls": [c.body() for c in tool_calls]}
+                finish = "tool_calls" if finish == "stop" else finish
+            choice = {"index": index, "message": message, "finish_reason": finish, "logprobs": logprobs}
         obj = "chat.completion.chunk" if delta else "chat.completion"
     else:
         choice = {"index": index, "text": text, "finish_reason": finish, "logprobs": logprobs}
