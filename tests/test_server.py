@@ -333,7 +333,7 @@ def test_chat_logprobs_streaming_and_not(client):
 
 @pytest.mark.parametrize("body,needle", [
     ({"prompt": "x", "logprobs": 50}, "'logprobs' must be an integer in [0, 20]"),
-    ({"prompt": "x", "echo": True, "logprobs": 1}, "'echo' together with 'logprobs' is not supported"),
+    ({"prompt": "x", "max_tokens": 0}, "0 only with 'echo' and 'logprobs'"),
 ])
 def test_bad_logprobs_requests(server, body, needle):
     r = httpx.post(server["url"] + "/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"})
@@ -366,6 +366,28 @@ def test_echo_puts_the_prompt_before_the_completion(client, reference):
     out = client.completions.create(model=_model_id(client), prompt=PROMPTS[3], max_tokens=24, temperature=0,
                                     echo=True, extra_body={"ignore_eos": True})
     assert out.choices[0].text == PROMPTS[3] + reference[PROMPTS[3]]
+
+
+def test_echo_with_logprobs_scores_the_prompt(server, client):
+    import torch
+
+    engine, model = server["engine"], _model_id(client)
+    ids = engine.encode_prompt(PROMPTS[3])
+    alone = client.completions.create(model=model, prompt=PROMPTS[3], max_tokens=0, echo=True, logprobs=2)
+    lp = alone.choices[0].logprobs
+    assert alone.choices[0].text == PROMPTS[3] and alone.usage.completion_tokens == 0
+    assert len(lp.token_logprobs) == len(ids) and lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    with torch.inference_mode():                      # teacher-forced logits of the same weights
+        ref = engine.model.score(torch.tensor([ids]), chunk=64)[0].log_softmax(-1)
+    assert lp.token_logprobs[1:] == pytest.approx([ref[j, ids[j + 1]].item() for j in range(len(ids) - 1)], abs=1e-4)
+    assert all(1 <= len(top) <= 2 for top in lp.top_logprobs[1:])     # same-text tokens merge
+    kw = dict(model=model, prompt=PROMPTS[3], max_tokens=5, echo=True, logprobs=1, temperature=0,
+              extra_body={"ignore_eos": True})
+    full = client.completions.create(**kw).choices[0].logprobs
+    assert len(full.token_logprobs) == len(ids) + 5 and full.token_logprobs[1:len(ids)] == pytest.approx(lp.token_logprobs[1:])
+    streamed = [x for chunk in client.completions.create(**kw, stream=True) if chunk.choices and chunk.choices[0].logprobs
+                for x in chunk.choices[0].logprobs.token_logprobs]
+    assert streamed[1:] == pytest.approx(full.token_logprobs[1:]) and streamed[0] is None
 
 
 def test_stream_chunks_say_which_tokens_were_accepted_drafts(server):

@@ -49,6 +49,7 @@ class Completion:
     stats: SpecStats
     params: SamplingParams | None = None    # as used: the request's values over the model's recommended ones
     logprobs: list | None = None            # (token, logprob, [(id, logprob)]) per token, when asked for
+    prompt_logprobs: list | None = None     # the same for prompt tokens 1.. (SamplingParams.prompt_logprobs)
 
     @property
     def timings(self) -> dict:
@@ -246,6 +247,10 @@ class Engine:
             seq.status = Status.DECODE
             self.stats.prompt_tokens += seq.n_prompt
             first = self.runner.first_logprobs.pop(seq.id, None)
+            if seq.params.max_tokens == 0:            # the prompt scored, nothing to generate
+                seq.finish("length")
+                outputs.append(Output(seq, [], "", True, []))
+                continue
             outputs.append(self._emit(seq, [token], [first] if first is not None else None))
         dt = time.perf_counter() - t0
         for seq, n in zip(seqs, ns):
@@ -347,4 +352,5 @@ class Engine:
         while self.has_work and seq in self.scheduler.active:
             self.step()
         return Completion("".join(text), seq.generated, seq.n_prompt, seq.finish_reason, seq.stats, seq.params,
-                          seq.logprobs if seq.params.logprobs is not None else None)
+                          seq.logprobs if seq.params.logprobs is not None else None,
+                          seq.prompt_logprobs if seq.params.prompt_logprobs else None)

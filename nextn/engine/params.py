@@ -26,6 +26,7 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
     logprobs: int | None = None       # None: off; n >= 0: each token's log-probability and the n most likely
+    prompt_logprobs: bool = False     # also score the prompt's tokens (echo with logprobs); max_tokens may be 0
 
     def __post_init__(self):
         checks = [
@@ -36,7 +37,9 @@ class SamplingParams:
             (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
             (-2 <= self.presence_penalty <= 2, "presence_penalty must be in [-2, 2]"),
             (-2 <= self.frequency_penalty <= 2, "frequency_penalty must be in [-2, 2]"),
-            (self.max_tokens >= 1, "max_tokens must be >= 1"),
+            (self.max_tokens >= 1 or (self.max_tokens == 0 and self.prompt_logprobs),
+             "max_tokens must be >= 1 (0 only to score the prompt: echo with logprobs)"),
+            (not self.prompt_logprobs or self.logprobs is not None, "prompt_logprobs needs logprobs"),
             (self.penalty_last_n >= -1, "penalty_last_n (repeat_last_n) must be >= -1"),
             (self.seed is None or 0 <= self.seed < 2**64, "seed must be an integer in [0, 2^64)"),
             (self.logprobs is None or 0 <= self.logprobs <= 20, "logprobs (top_logprobs) must be in [0, 20]"),

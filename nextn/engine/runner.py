@@ -82,7 +82,9 @@ class ModelRunner:
         sequence, its first generated token if this chunk finished its prompt, else None."""
         last = self.extend(seqs, ns)
         firsts = []
-        for b, seq in enumerate(seqs):
+        for b, (seq, n) in enumerate(zip(seqs, ns)):
+            if seq.params.prompt_logprobs:
+                self._score_prompt(seq, b, n)
             if seq.num_cached < seq.n_prompt:
                 firsts.append(None)
                 continue
@@ -92,6 +94,17 @@ class ModelRunner:
             if seq.params.logprobs is not None:
                 self.first_logprobs[seq.id] = logprob_entries(logits, firsts[-1:], seq.params.logprobs)[0]
         return firsts
+
+    def _score_prompt(self, seq: Sequence, b: int, n: int, rows: int = 32) -> None:
+        """Log-probabilities of the prompt tokens this chunk predicts (row j predicts token j + 1), from the
+        prefill's hidden states, `rows` at a time (a row of logits spans the whole vocabulary)."""
+        start = seq.num_cached - n
+        upto = min(n, seq.n_prompt - 1 - start)         # the prompt's last row predicts the first generated token
+        for r in range(0, max(upto, 0), rows):
+            m = min(rows, upto - r)
+            logits = self.model.logits(self.hidden_rows(b, r + m)[r:])
+            seq.prompt_logprobs += logprob_entries(logits, seq.tokens[start + r + 1:start + r + m + 1],
+                                                   seq.params.logprobs)
 
     @torch.inference_mode()
     def verify(self, seqs: list[Sequence], drafts: list[list[int]]) -> list:

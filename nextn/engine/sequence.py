@@ -80,6 +80,7 @@ class Sequence:
     ngram_acceptance: Acceptance | None = None    # of n-gram drafts
     cancelled: bool = False
     logprobs: list = field(default_factory=list)  # (token, logprob, top alternatives) per generated token, if asked
+    prompt_logprobs: list = field(default_factory=list)   # the same for prompt tokens 1.. (params.prompt_logprobs)
 
     def __post_init__(self):
         self.tokens = list(self.prompt)

@@ -199,8 +199,8 @@ def create_app(engine: Engine, api_key: str | None = None, model_name: str | Non
                 content, calls = parse_tool_calls(text)
                 text = content or "" if calls else text
             one = protocol.completion_body(rid, model_id, chat, text, _reason(seq), _usage(seqs),
-                                           _timings(seqs), logprobs=_logprobs(seq, seq.logprobs, chat), index=i,
-                                           tool_calls=calls)
+                                           _timings(seqs), logprobs=_logprobs(seq, _echoed(seq) + seq.logprobs, chat),
+                                           index=i, tool_calls=calls)
             if body is None:
                 body = one
             else:
@@ -232,7 +232,9 @@ def create_app(engine: Engine, api_key: str | None = None, model_name: str | Non
                     chunk = protocol.completion_body(rid, model_id, chat, (echo if first else "") + text,
                                                      _reason(seq) if out.finished else None, None,
                                                      seq.stats.to_dict() if out.finished else None,
-                                                     delta=True, first=first, logprobs=_logprobs(seq, out.logprobs, chat),
+                                                     delta=True, first=first,
+                                                     logprobs=_logprobs(seq, (_echoed(seq) if first else []) + out.logprobs,
+                                                                        chat),
                                                      index=i, tool_calls=calls)
                     chunk["nextn"] = {"tokens": len(out.tokens), "drafted": out.drafted, "accepted": out.accepted,
                                       "drafter": out.drafter}
@@ -253,6 +255,12 @@ def create_app(engine: Engine, api_key: str | None = None, model_name: str | Non
 
     def _piece(token: int) -> tuple[str, bytes]:
         return engine.tokenizer.decode([token], skip_special=False), engine.tokenizer.token_bytes(token)
+
+    def _echoed(seq) -> list:
+        """The prompt's entries for echo with logprobs: its first token has none (nothing predicts it)."""
+        if not seq.params.prompt_logprobs:
+            return []
+        return [(seq.prompt[0], None, [])] + seq.prompt_logprobs
 
     def _logprobs(seq, entries: list, chat: bool) -> dict | None:
         return protocol.logprobs_body(entries, chat, _piece) if seq.params.logprobs is not None else None

@@ -78,8 +78,6 @@ def parse(body, chat: bool, default_spec: SpecConfig, recommended: dict | None =
     _get(body, "best_of", int, n, lambda v: v == n, "equal to 'n' (every choice is returned)")
     logprobs = _logprobs(body, chat)
     echo = not chat and bool(_get(body, "echo", bool, False))
-    if echo and logprobs is not None:
-        raise ApiError(400, "'echo' together with 'logprobs' is not supported (the prompt is not scored)", "echo")
     for key, off in UNSUPPORTED.items():
         if key in body and body[key] not in off:
             raise ApiError(400, f"'{key}' is not supported by this server", key)
@@ -102,10 +100,13 @@ def parse(body, chat: bool, default_spec: SpecConfig, recommended: dict | None =
             presence_penalty=number("presence_penalty"),
             frequency_penalty=number("frequency_penalty"),
             seed=_get(body, "seed", int, None, lambda v: 0 <= v < 2**64, "an integer in [0, 2^64)"),
-            max_tokens=_get(body, max_key, int, 16 if not chat else 4096, lambda v: v >= 1, "a positive integer"),
+            max_tokens=_get(body, max_key, int, 16 if not chat else 4096,
+                            lambda v: v >= 1 or (v == 0 and echo and logprobs is not None),
+                            "a positive integer (0 only with 'echo' and 'logprobs': the prompt scored alone)"),
             stop=stop or [],
             ignore_eos=bool(_get(body, "ignore_eos", bool, False)),
             logprobs=logprobs,
+            prompt_logprobs=echo and logprobs is not None,
         )
     except ValueError as e:
         raise ApiError(400, str(e)) from None
@@ -215,8 +216,9 @@ def logprobs_body(entries: list, chat: bool, piece) -> dict:
                 "refusal": None}
     texts = [piece(t)[0] for t, _, _ in entries]
     offsets = [sum(len(x) for x in texts[:i]) for i in range(len(texts))]
-    return {"tokens": texts, "token_logprobs": [lp for _, lp, _ in entries],
-            "top_logprobs": [_by_text(alts, piece) for _, _, alts in entries], "text_offset": offsets}
+    return {"tokens": texts, "token_logprobs": [lp for _, lp, _ in entries],          # None: an echoed first token
+            "top_logprobs": [None if lp is None else _by_text(alts, piece) for _, lp, alts in entries],
+            "text_offset": offsets}
 
 
 def _by_text(alts: list, piece) -> dict:
