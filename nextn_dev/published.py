@@ -8,6 +8,8 @@
 - every family: a generation_config.json with the authors' recommended sampling.
 - GLM-4.5: `Glm4MoeForCausalLM`, `num_nextn_predict_layers` = 1, the NextN layer as `model.layers.{n}.*`
   with its own `embed_tokens` and `shared_head.head`.
+- DeepSeek-V3 / Kimi-K2: `DeepseekV3ForCausalLM`, `num_nextn_predict_layers` = 1 (`model.layers.{n}.*`),
+  `scoring_func` "sigmoid" in the config.
 All of them: experts one by one (`mlp.experts.{e}.gate_proj` ...), weights in `model-0000i-of-0000n`
 safetensors shards listed by `model.safetensors.index.json`, the MTP block in the last shard.
 """
@@ -46,11 +48,14 @@ def wrap(arch: str, model):
 # general.sampling.*
 GENERATION = {"qwen35": {"temperature": 0.6, "top_p": 0.95, "top_k": 20}, "qwen35moe": {"temperature": 0.6, "top_p": 0.95, "top_k": 20},
               "qwen3next": {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05},
-              "glm4moe": {"temperature": 0.6, "top_p": 0.95}}
+              "glm4moe": {"temperature": 0.6, "top_p": 0.95}, "deepseek2": {"temperature": 0.6, "top_p": 0.95},
+              "glm4moelite": {"temperature": 1.0, "top_p": 0.95}}
 
 
 def ship_config(arch: str, raw: dict) -> None:
     """Edit a saved config.json (in place) into the form the authors ship."""
+    if arch in ("deepseek2", "glm4moelite"):   # their own config.json names the router (transformers' omits it)
+        raw.update(scoring_func="sigmoid", topk_method="noaux_tc")
     if arch == "qwen3next":
         raw.pop("mtp_num_hidden_layers", None)
         types = raw.pop("layer_types", None)

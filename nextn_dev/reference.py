@@ -27,6 +27,8 @@ def mtp_head(cfg, module):
             one = copy.deepcopy(cfg)
             if hasattr(one, "layer_types"):
                 one.layer_types = ["full_attention"] * (n_trunk + 1)
+            if getattr(one, "mlp_layer_types", None) is not None:
+                one.mlp_layer_types = list(one.mlp_layer_types[:n_trunk]) + ["sparse"]
             d = cfg.hidden_size
             self.fc = nn.Linear(2 * d, d, bias=False)
             self.pre_fc_norm_embedding = norm_cls(d, eps=cfg.rms_norm_eps)
@@ -61,7 +63,7 @@ def mtp_reference(hf_dir: str | Path, hf_model, arch: str):
     cfg = getattr(hf_model.config, "text_config", hf_model.config)
     text_model = getattr(hf_model.model, "language_model", hf_model.model)
     raw = _mtp_state(Path(hf_dir), cfg.num_hidden_layers)
-    if arch == "glm4moe":
+    if arch in ("glm4moe", "deepseek2", "glm4moelite"):
         names = {"eh_proj": "fc", "enorm": "pre_fc_norm_embedding", "hnorm": "pre_fc_norm_hidden",
                  "shared_head.norm": "norm", "embed_tokens": "embed", "shared_head.head": "head"}
         state = {}

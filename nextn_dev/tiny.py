@@ -21,6 +21,8 @@ from nextn.text.tokenizer import PRE_TOKENIZER_REGEX
 from . import published as pub
 
 ARCHS = ("qwen35", "qwen35moe", "qwen3next", "glm4moe")
+MLA = ("deepseek2", "glm4moelite")     # checkpoints of the deepseek2 GGUF architecture (DeepSeek-V3, GLM-4.7-Flash)
+GLM_STYLE = ("glm4moe", "deepseek2", "glm4moelite")   # the NextN layer as model.layers.{n}.*
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # GLM-4.5's own special tokens (llama.cpp's converter looks up [gMASK], <|user|> and <|observation|>)
 GLM_SPECIALS = ["<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<|system|>", "<|user|>",
@@ -48,7 +50,7 @@ def make_tokenizer(out_dir: Path, vocab_size: int, texts: list[str] | None = Non
     and tokenizer_config.json into out_dir, as a Hugging Face checkpoint has them."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    glm = arch == "glm4moe"
+    glm = arch in ("glm4moe", "glm4moelite")
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(PRE_TOKENIZER_REGEX["glm4" if glm else "qwen2"]), behavior="isolated"),
@@ -92,7 +94,23 @@ def _config(arch: str, vocab: int, n_layer: int):
                                  use_qk_norm=True, attention_bias=True,
                                  rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                                   "partial_rotary_factor": 0.5}), tf.Glm4MoeForCausalLM)
-    raise ValueError(f"unknown arch {arch!r} (choose from {ARCHS})")
+    if arch == "deepseek2":        # DeepSeek-V3 / Kimi-K2: MLA, sigmoid-routed grouped experts, dense first layer
+        return (tf.DeepseekV3Config(**{**common, "num_key_value_heads": 4, "head_dim": 8}, intermediate_size=96,
+                                    moe_intermediate_size=32, n_routed_experts=8, num_experts_per_tok=2,
+                                    n_shared_experts=1, n_group=2, topk_group=1, first_k_dense_replace=1,
+                                    norm_topk_prob=True, routed_scaling_factor=1.5, q_lora_rank=32, kv_lora_rank=32,
+                                    qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16, rope_interleave=True,
+                                    rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
+                tf.DeepseekV3ForCausalLM)
+    if arch == "glm4moelite":      # GLM-4.7-Flash: MLA with GLM's router (one expert group)
+        return (tf.Glm4MoeLiteConfig(**{**common, "num_key_value_heads": 4, "head_dim": 8}, intermediate_size=96,
+                                     moe_intermediate_size=32, n_routed_experts=8, num_experts_per_tok=2,
+                                     n_shared_experts=1, n_group=1, topk_group=1, first_k_dense_replace=1,
+                                     norm_topk_prob=True, routed_scaling_factor=1.8, q_lora_rank=32, kv_lora_rank=32,
+                                     qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16, rope_interleave=True,
+                                     rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
+                tf.Glm4MoeLiteForCausalLM)
+    raise ValueError(f"unknown arch {arch!r} (choose from {ARCHS + MLA})")
 
 
 def _randomize(state: dict, zero_centered: bool, gen: torch.Generator) -> dict:
@@ -114,8 +132,10 @@ def _mtp_tensors(arch: str, cfg, model_cls, n_layer: int, gen: torch.Generator, 
     one.num_hidden_layers = 1
     if hasattr(one, "layer_types"):
         one.layer_types = ["full_attention"]
-    if arch == "glm4moe":
+    if arch in GLM_STYLE:
         one.first_k_dense_replace = 0
+    if hasattr(one, "mlp_layer_types"):       # GLM-4.7-Flash lists each layer's MLP kind
+        one.mlp_layer_types = ["sparse"]
     block = {k.split(".", 3)[3]: v for k, v in model_cls(one).state_dict().items() if k.startswith("model.layers.0.")}
     d = cfg.hidden_size
     head = {"eh_proj.weight": torch.randn(d, 2 * d, generator=gen) * 0.08,
@@ -123,7 +143,7 @@ def _mtp_tensors(arch: str, cfg, model_cls, n_layer: int, gen: torch.Generator, 
     if own_head:   # GLM-4.5 ships the NextN layer's own embedding and output head (GLM-4.6 does not)
         head["embed_tokens.weight"] = torch.randn(cfg.vocab_size, d, generator=gen) * 0.08
         head["shared_head.head.weight"] = torch.randn(cfg.vocab_size, d, generator=gen) * 0.08
-    if arch == "glm4moe":
+    if arch in GLM_STYLE:
         out = {f"model.layers.{n_layer}.{k}": v for k, v in {**block, **head}.items()}
     else:
         names = {"eh_proj.weight": "fc.weight", "enorm.weight": "pre_fc_norm_embedding.weight",
@@ -147,7 +167,7 @@ def make_checkpoint(out_dir: str | Path, arch: str = "qwen35", *, seed: int = 0,
     gen = torch.Generator().manual_seed(seed)
     cfg, model_cls = _config(arch, vocab_size, n_layer)
     model = model_cls(cfg)
-    zero_centered = arch != "glm4moe"
+    zero_centered = arch not in GLM_STYLE
     model.load_state_dict(_randomize(dict(model.state_dict()), zero_centered, gen))
     if published:
         model = pub.wrap(arch, model)
@@ -156,7 +176,7 @@ def make_checkpoint(out_dir: str | Path, arch: str = "qwen35", *, seed: int = 0,
     text = raw.get("text_config", raw)
     text.update(eos_token_id=0, bos_token_id=None)
     extra = _randomize(_mtp_tensors(arch, cfg, model_cls, n_layer, gen, mtp_own_head), zero_centered, gen) if mtp else {}
-    text["num_nextn_predict_layers" if arch == "glm4moe" else "mtp_num_hidden_layers"] = 1 if mtp else 0
+    text["num_nextn_predict_layers" if arch in GLM_STYLE else "mtp_num_hidden_layers"] = 1 if mtp else 0
     if published:
         pub.ship_config(arch, raw)
         pub.shard(out_dir, extra)

@@ -4,7 +4,7 @@
 
 For each architecture a tiny random checkpoint in the published shape (nextn_dev/published.py) is
 converted by llama.cpp's own `convert_hf_to_gguf.py` (through scripts/llamacpp_convert.py) in the
-bundled, --mtp and --no-mtp forms. Recorded per form: every metadata key with its value (token
+bundled, --mtp and --no-mtp forms (DeepSeek-V3: --no-mtp only, its converter drops the MTP layer). Recorded per form: every metadata key with its value (token
 lists and merges by count) and every tensor with its type, shape and a hash of its bytes. `--check` compares
 `nextn convert` of the same checkpoints with the recording and prints the differences instead.
 The tests compare nextn's converter with this recording without needing llama.cpp.
@@ -21,14 +21,18 @@ from pathlib import Path
 
 from nextn.gguf.convert import convert
 from nextn_dev.interop import RECORDING, differences, recording, summary
-from nextn_dev.tiny import ARCHS, make_checkpoint
+from nextn_dev.tiny import ARCHS, MLA, make_checkpoint
 
 FORMS = {"bundled": [], "mtp": ["--mtp"], "no-mtp": ["--no-mtp"]}
+# llama.cpp's converter drops DeepSeek-V3's MTP layer (skip_mtp) and refuses --mtp / --no-mtp for it: its plain
+# output is the trunk-only form
+ONLY = {"deepseek2": ("no-mtp",)}
+FLAGS = {("deepseek2", "no-mtp"): []}
 
 
-def llamacpp_convert(llama_dir: Path, hf: Path, out: Path, form: str) -> Path:
+def llamacpp_convert(llama_dir: Path, hf: Path, out: Path, form: str, arch: str = "") -> Path:
     cmd = [sys.executable, str(Path(__file__).with_name("llamacpp_convert.py")), "--llama-dir", str(llama_dir),
-           str(hf), "--outfile", str(out), "--outtype", "f32", *FORMS[form]]
+           str(hf), "--outfile", str(out), "--outtype", "f32", *FLAGS.get((arch, form), FORMS[form])]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"llama.cpp's converter failed on {hf} ({form}):\n{proc.stderr[-3000:]}")
@@ -47,7 +51,7 @@ def versions(llama_dir: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--llama-dir", required=True)
-    ap.add_argument("--archs", default=",".join(ARCHS))
+    ap.add_argument("--archs", default=",".join(ARCHS + MLA))
     ap.add_argument("--check", action="store_true", help="compare nextn convert with the recording")
     args = ap.parse_args()
     llama = Path(args.llama_dir).resolve()
@@ -56,14 +60,14 @@ def main() -> None:
         tmp = Path(d)
         for arch in args.archs.split(","):
             hf = make_checkpoint(tmp / arch, arch, published=True)
-            for form in FORMS:
+            for form in ONLY.get(arch, FORMS):
                 if args.check:
                     ours = summary(convert(hf, tmp / f"nx-{arch}-{form}.gguf", outtype="f32",
                                            mode=form, progress=False))
                     found = differences(record["archs"][arch][form], ours)
                     print(f"{arch} {form}: " + ("\n  ".join(["differs:"] + found) if found else "same"))
                 else:
-                    out = llamacpp_convert(llama, hf, tmp / f"ll-{arch}-{form}.gguf", form)
+                    out = llamacpp_convert(llama, hf, tmp / f"ll-{arch}-{form}.gguf", form, arch)
                     record.setdefault("archs", {}).setdefault(arch, {})[form] = summary(out)
                     print(f"{arch} {form}: recorded {len(record['archs'][arch][form]['keys'])} keys")
     if not args.check:

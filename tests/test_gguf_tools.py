@@ -163,7 +163,7 @@ def test_converted_types_load_and_stay_close(forms, tmp_path, outtype):
     assert ((got - ref).norm() / ref.norm()).item() < {"f16": 5e-3, "bf16": 3e-2, "q8_0": 6e-2}[outtype]
 
 
-@pytest.mark.parametrize("arch", ["qwen35moe", "qwen3next", "glm4moe"])
+@pytest.mark.parametrize("arch", ["qwen35moe", "qwen3next", "glm4moe", "deepseek2", "glm4moelite"])
 def test_every_family_converts_to_all_forms_that_agree(tiny, tmp_path, arch):
     hf = tiny(arch).parent / f"{arch}.hf"
     bundled = convert(hf, tmp_path / "b.gguf", outtype="f32", progress=False)

@@ -11,7 +11,7 @@ from nextn.models.step import Step
 from nextn_dev.reference import mtp_reference
 from nextn_dev.tiny import make_gguf
 
-ARCHS = ["qwen35", "qwen35moe", "qwen3next", "glm4moe"]
+ARCHS = ["qwen35", "qwen35moe", "qwen3next", "glm4moe", "deepseek2", "glm4moelite"]
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,7 @@ HF_ARCHS = {
     "Qwen3_5ForCausalLM": "qwen35", "Qwen3_5ForConditionalGeneration": "qwen35",
     "Qwen3_5MoeForCausalLM": "qwen35moe", "Qwen3_5MoeForConditionalGeneration": "qwen35moe",
     "Qwen3NextForCausalLM": "qwen3next", "Glm4MoeForCausalLM": "glm4moe",
+    "DeepseekV3ForCausalLM": "deepseek2", "Glm4MoeLiteForCausalLM": "deepseek2",
 }
 MODES = ("bundled", "no-mtp", "mtp")
 _QWEN_MTP_LAYER = re.compile(r"^(?:model\.)?mtp\.layers\.(\d+)\.")
@@ -49,6 +50,8 @@ class Checkpoint:
             raise NextnError(f"{cfg_path}: architecture {hf_arch} is not supported "
                              f"(supported: {', '.join(sorted(HF_ARCHS))})")
         self.arch = HF_ARCHS[hf_arch]
+        # GLM-4.7-Flash is a deepseek2 file with GLM's tokenizer conventions
+        self.vocab_style = "glm4moelite" if hf_arch == "Glm4MoeLiteForCausalLM" else self.arch
         self.n_trunk = int(self.hp["num_hidden_layers"])
         files = sorted(hf_dir.glob("*.safetensors"))
         if not files:
@@ -102,7 +105,7 @@ def convert(hf_dir: str | Path, out: str | Path, *, outtype: str = "f16", mode: 
         w.add_name(_model_name(ck))
         metadata.write_sampling(w, ck.generation_config)
         metadata.write(w, ck.arch, ck.hp, ck.n_trunk, n_mtp)
-        write_vocab(w, load_vocab(ck.dir, int(ck.hp["vocab_size"]), ck.arch), _eos(ck.hp))
+        write_vocab(w, load_vocab(ck.dir, int(ck.hp["vocab_size"]), ck.vocab_style), _eos(ck.hp))
         w.add_file_type(FILE_TYPE[qtype])
         w.add_quantization_version(2)
         w.add_size_label(parameter_label(w))
@@ -183,6 +186,14 @@ def _transform(ck: Checkpoint, name: str, t: torch.Tensor) -> list[tuple[str, to
         return _split_qkvz(name, t, hp)
     if arch in ("qwen35", "qwen35moe") and "linear_attn." in suffix:
         t = _tile_v_heads(suffix, t, hp)
+    if suffix == "self_attn.kv_b_proj.weight":      # MLA: W_UK (transposed) and W_UV apart, as llama.cpp stores them
+        H, nope, dv = hp["num_attention_heads"], hp["qk_nope_head_dim"], hp["v_head_dim"]
+        k_b, v_b = t.view(H, nope + dv, t.shape[-1]).split((nope, dv), dim=1)
+        base = name.rsplit(".kv_b_proj", 1)[0]
+        return _transform(ck, base + ".k_b_proj.weight", k_b.transpose(1, 2)) + \
+            _transform(ck, base + ".v_b_proj.weight", v_b)
+    if arch == "deepseek2" and suffix == "post_attention_layernorm.weight":
+        return [(f"blk.{names.split_block(name)[0]}.ffn_norm.weight", t.contiguous())]
     if name == "lm_head.weight" and hp.get("tie_word_embeddings") and "model.embed_tokens.weight" in _canonical_names(ck):
         return []
     gguf = names.gguf_name(name)

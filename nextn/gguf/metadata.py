@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from gguf import ExpertGatingFuncType, GGUFWriter
 
+from ..errors import NextnError
+
 HYBRID = ("qwen35", "qwen35moe", "qwen3next")   # Gated DeltaNet + gated attention, zero-centred norms
 QWEN35_MROPE_SECTIONS = [11, 11, 10, 0]         # llama.cpp's default when a checkpoint omits mrope_section
 
@@ -38,9 +40,12 @@ def write(w: GGUFWriter, arch: str, hp: dict, n_trunk: int, n_mtp: int) -> None:
     if hp.get("intermediate_size"):
         w.add_feed_forward_length(int(hp["intermediate_size"]))
     w.add_head_count(n_head)
-    w.add_head_count_kv(hp.get("num_key_value_heads", n_head))
+    w.add_head_count_kv(1 if arch == "deepseek2" else hp.get("num_key_value_heads", n_head))  # MLA: one wide KV head
     w.add_rope_freq_base(float(rope.get("rope_theta", hp.get("rope_theta", 10000.0))))
     w.add_layer_norm_rms_eps(float(hp.get("rms_norm_eps", 1e-6)))
+    if arch == "deepseek2":
+        _write_deepseek2(w, hp, n_mtp)
+        return
     w.add_key_length(head_dim)
     w.add_value_length(head_dim)
     if arch == "glm4moe":
@@ -108,3 +113,41 @@ def _write_glm4moe(w: GGUFWriter, hp: dict, head_dim: int, rope: dict, n_mtp: in
         w.add_nextn_predict_layers(n_mtp)
     if hp.get("num_experts_per_tok") is not None:
         w.add_expert_used_count(int(hp["num_experts_per_tok"]))
+
+
+def _write_deepseek2(w: GGUFWriter, hp: dict, n_mtp: int) -> None:
+    """MLA written as llama.cpp does: one KV head of the latent + RoPE key, the per-head sizes as *_mla keys."""
+    kvr, rope = int(hp.get("kv_lora_rank", 512)), int(hp["qk_rope_head_dim"])
+    w.add_vocab_size(int(hp["vocab_size"]))
+    if hp.get("q_lora_rank"):
+        w.add_q_lora_rank(int(hp["q_lora_rank"]))
+    w.add_kv_lora_rank(kvr)
+    w.add_key_length(kvr + rope)
+    w.add_value_length(kvr)
+    w.add_key_length_mla(int(hp["qk_nope_head_dim"]) + rope)
+    w.add_value_length_mla(int(hp["v_head_dim"]))
+    w.add_rope_dimension_count(rope)
+    moe = hp.get("n_routed_experts") is not None
+    w.add_leading_dense_block_count(int(hp.get("first_k_dense_replace") or (0 if moe else hp["num_hidden_layers"])))
+    w.add_expert_feed_forward_length(int(hp.get("moe_intermediate_size") or hp["intermediate_size"]))
+    if moe:
+        w.add_expert_count(int(hp["n_routed_experts"]))
+        w.add_expert_used_count(int(hp["num_experts_per_tok"]))
+    w.add_expert_shared_count(int(hp.get("n_shared_experts") or 0))
+    if hp.get("routed_scaling_factor") is not None:
+        w.add_expert_weights_scale(float(hp["routed_scaling_factor"]))
+    if hp.get("norm_topk_prob"):
+        w.add_expert_weights_norm(True)
+    if hp.get("n_group") is not None:
+        w.add_expert_group_count(int(hp["n_group"]))
+    if hp.get("topk_group") is not None:
+        w.add_expert_group_used_count(int(hp["topk_group"]))
+    scoring = hp.get("scoring_func", "sigmoid" if moe else None)
+    if scoring is not None:
+        w.add_expert_gating_func(ExpertGatingFuncType.SIGMOID if scoring == "sigmoid" else ExpertGatingFuncType.SOFTMAX)
+    rope_params = hp.get("rope_parameters") or hp.get("rope_scaling") or {}
+    if rope_params.get("rope_type", rope_params.get("type", "default")) not in ("default", None):
+        raise NextnError(f"rope scaling {rope_params.get('rope_type', rope_params.get('type'))!r} is not implemented "
+                         f"for deepseek2 in nextn yet")
+    if n_mtp:
+        w.add_nextn_predict_layers(n_mtp)

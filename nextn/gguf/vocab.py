@@ -72,7 +72,7 @@ def load_vocab(hf_dir: Path, n_vocab: int, arch: str) -> dict:
         return ids.get(value) if value else None
 
     special = dict(bos=token_id("bos_token"), eos=token_id("eos_token"), pad=token_id("pad_token"))
-    if arch == "glm4moe":   # GLM's own special tokens, as llama.cpp's converter sets them
+    if arch in ("glm4moe", "glm4moelite"):   # GLM's own special tokens, as llama.cpp's converter sets them
         special.update({key: ids.get(text) for key, text in GLM_SPECIAL_TOKENS.items()})
     return dict(tokens=tokens, types=types, merges=merges, pre=pre_tokenizer_name(tj, arch), special=special,
                 add_bos=bool(tcfg.get("add_bos_token", False)), chat_template=template)

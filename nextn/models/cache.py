@@ -62,6 +62,9 @@ class Cache:
                 if rollback:
                     cache.conv_backup[il] = torch.zeros(conv, dtype=dtype, device=device)
                     cache.ssm_backup[il] = torch.zeros(ssm, dtype=torch.float32, device=device)
+            elif cfg.mla:        # the latent and the shared RoPE key (models/mla.py)
+                cache.k[il] = _zeros((n_slots, max_len, 1, cfg.kv_lora_rank), dtype, device)
+                cache.v[il] = _zeros((n_slots, max_len, 1, cfg.n_rot), dtype, device)
             else:
                 shape = (n_slots, max_len, cfg.n_head_kv, cfg.head_dim)
                 cache.k[il], cache.v[il] = _zeros(shape, dtype, device), _zeros(shape, dtype, device)

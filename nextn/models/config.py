@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from ..errors import ModelFileError
 from ..gguf.reader import GGUFFile
 
-SUPPORTED_ARCHS = ("qwen35", "qwen35moe", "qwen3next", "glm4moe")
+SUPPORTED_ARCHS = ("qwen35", "qwen35moe", "qwen3next", "glm4moe", "deepseek2")
+MLA_ARCHS = ("deepseek2",)      # Multi-head Latent Attention: DeepSeek-V3/R1, Kimi-K2
 HYBRID_ARCHS = ("qwen35", "qwen35moe", "qwen3next")
 # llama.cpp's qwen3next / qwen35moe graphs always renormalise the top-k expert weights (no key is read)
 ALWAYS_NORM_TOPK = ("qwen35moe", "qwen3next")
@@ -48,6 +49,11 @@ class ModelConfig:
     n_expert_groups: int = 1
     n_group_used: int = 1
     attn_output_gate: bool = False    # Qwen3.5/Qwen3-Next: q_proj also yields a sigmoid gate
+    # multi-head latent attention (deepseek2): head_dim is the query/key size (nope + rope)
+    q_lora_rank: int = 0              # 0: queries straight from the hidden state (attn_q)
+    kv_lora_rank: int = 0             # > 0: MLA; the cache holds this latent and the rope key per token
+    v_head_dim: int = 0
+    rope_pairs: bool = False          # RoPE on adjacent pairs (llama.cpp's "norm" type) instead of halves
 
     def __post_init__(self):
         if self.arch not in SUPPORTED_ARCHS:
@@ -70,6 +76,14 @@ class ModelConfig:
             if min(k, v, self.ssm_head_k_dim, self.ssm_inner, self.ssm_conv_kernel) <= 0 or v % k or self.ssm_inner % v:
                 raise ValueError(f"linear attention: {k} key heads of {self.ssm_head_k_dim}, {v} value heads, inner "
                                  f"size {self.ssm_inner}, conv kernel {self.ssm_conv_kernel} do not fit together")
+
+    @property
+    def mla(self) -> bool:
+        return self.kv_lora_rank > 0
+
+    @property
+    def qk_nope(self) -> int:
+        return self.head_dim - self.n_rot
 
     @property
     def ssm_v_tiled(self) -> bool:
@@ -107,6 +121,8 @@ class ModelConfig:
         n_embd = int(gf.require("embedding_length"))
         n_head = _scalar(gf, "attention.head_count")
         head_dim = int(gf.arch_meta("attention.key_length", n_embd // max(n_head, 1)))
+        if arch in MLA_ARCHS:        # llama.cpp writes MLA as one wide KV head; the per-head sizes are the _mla keys
+            head_dim = int(gf.require("attention.key_length_mla"))
         cfg = dict(
             arch=arch, n_vocab=gf.n_vocab, n_embd=n_embd, n_layer=n_layer, n_mtp=n_mtp,
             n_head=n_head, n_head_kv=_scalar(gf, "attention.head_count_kv", n_head), head_dim=head_dim,
@@ -125,8 +141,17 @@ class ModelConfig:
         gating = int(gf.arch_meta("expert_gating_func", 0) or 0)
         if arch == "glm4moe":   # llama.cpp: GLM-4.5 gates with a sigmoid unless the file says otherwise
             cfg["expert_gating"] = "softmax" if gating == 1 else "sigmoid"
-        else:
-            cfg["expert_gating"] = "softmax"
+        else:                   # deepseek2: softmax when the key is absent (DeepSeek-V2 files), as llama.cpp
+            cfg["expert_gating"] = "sigmoid" if gating == 2 else "softmax"
+        if arch in MLA_ARCHS:
+            scaling = gf.arch_meta("rope.scaling.type")
+            factor = float(gf.arch_meta("rope.scaling.factor", 1.0) or 1.0)
+            if scaling not in (None, "none") and factor != 1.0:
+                raise ModelFileError(f"{gf.path}: rope scaling '{scaling}' (factor {factor}) is not implemented in "
+                                     f"nextn yet (DeepSeek-V3's YaRN); refusing rather than decoding wrongly")
+            cfg.update(q_lora_rank=int(gf.arch_meta("attention.q_lora_rank", 0) or 0),
+                       kv_lora_rank=int(gf.require("attention.kv_lora_rank")),
+                       v_head_dim=int(gf.require("attention.value_length_mla")), rope_pairs=True)
         if arch in ALWAYS_NORM_TOPK:
             cfg["expert_weights_norm"] = True
         else:

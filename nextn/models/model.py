@@ -21,6 +21,7 @@ from ..gguf.reader import GGUFFile, block_index
 from ..kernels import ops
 from ..kernels.weights import GPU_TYPES, INT8_TYPES, QWeight, from_gguf, take_rows
 from .attention import attention, attention_native
+from .mla import mla_attention
 from .buffers import Buffers
 from .cache import Cache
 from .config import HYBRID_ARCHS, ModelConfig
@@ -33,6 +34,8 @@ ATTN_REQUIRED = ("attn_norm.weight", "attn_q.weight", "attn_k.weight", "attn_v.w
                  "post_attention_norm.weight")
 RECURRENT_REQUIRED = ("attn_norm.weight", "attn_qkv.weight", "attn_gate.weight", "ssm_conv1d.weight", "ssm_dt.bias",
                       "ssm_a", "ssm_norm.weight", "ssm_out.weight", "post_attention_norm.weight")
+MLA_REQUIRED = ("attn_norm.weight", "attn_kv_a_mqa.weight", "attn_kv_a_norm.weight", "attn_k_b.weight",
+                "attn_v_b.weight", "attn_output.weight", "ffn_norm.weight")
 MTP_REQUIRED = ("nextn.eh_proj.weight", "nextn.enorm.weight", "nextn.hnorm.weight")
 DENSE = ("ssm_conv1d.weight",)       # read elementwise by the kernels, never multiplied: plain float tensors
 
@@ -99,9 +102,9 @@ class Model:
     def block(self, il: int, x: torch.Tensor, step: Step, cache: Cache) -> torch.Tensor:
         w, cfg = self.layers[il], self.cfg
         h = rms_norm(x, w["attn_norm.weight"], cfg.rms_eps)
-        mixer = gated_deltanet if cfg.recurrent[il] else attention
+        mixer = gated_deltanet if cfg.recurrent[il] else mla_attention if cfg.mla else attention
         x = x + mixer(h, w, cfg, step, cache, il)
-        h = rms_norm(x, w["post_attention_norm.weight"], cfg.rms_eps)
+        h = rms_norm(x, w.get("post_attention_norm.weight", w.get("ffn_norm.weight")), cfg.rms_eps)
         return x + (moe_ffn(h, w, cfg) if "ffn_gate_inp.weight" in w else dense_ffn(h, w))
 
     def _prepare(self, step: Step) -> None:
@@ -240,7 +243,9 @@ def _place(t, name: str, device: torch.device, dtype: torch.dtype):
 
 
 def _check_block(gf: GGUFFile, cfg: ModelConfig, il: int, w: dict) -> None:
-    required = list(RECURRENT_REQUIRED if cfg.recurrent[il] else ATTN_REQUIRED)
+    required = list(RECURRENT_REQUIRED if cfg.recurrent[il] else MLA_REQUIRED if cfg.mla else ATTN_REQUIRED)
+    if cfg.mla:
+        required += ["attn_q_a.weight", "attn_q_a_norm.weight", "attn_q_b.weight"] if cfg.q_lora_rank else ["attn_q.weight"]
     if cfg.recurrent[il] and "ssm_ba.weight" not in w:
         required += ["ssm_beta.weight", "ssm_alpha.weight"]
     if "ffn_gate_inp.weight" in w or ("ffn_gate.weight" not in w and cfg.is_moe_layer(il)):
