@@ -156,7 +156,7 @@ def _mtp_tensors(arch: str, cfg, model_cls, n_layer: int, gen: torch.Generator, 
 
 def make_checkpoint(out_dir: str | Path, arch: str = "qwen35", *, seed: int = 0, n_layer: int = 4,
                     vocab_size: int = 320, mtp: bool = True, mtp_own_head: bool = False,
-                    published: bool = False) -> Path:
+                    published: bool = False, rope: dict | None = None) -> Path:
     """A random checkpoint of `arch`. published=True gives the layout its authors ship (published.py):
     multimodal wrapper and text_config for Qwen3.5, no MTP layer count in Qwen3-Next's config, safetensors
     shards with an index, the MTP block in the last shard."""
@@ -166,6 +166,8 @@ def make_checkpoint(out_dir: str | Path, arch: str = "qwen35", *, seed: int = 0,
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     cfg, model_cls = _config(arch, vocab_size, n_layer)
+    if rope is not None:                 # e.g. DeepSeek-V3's YaRN
+        cfg.rope_parameters = rope
     model = model_cls(cfg)
     zero_centered = arch not in GLM_STYLE
     model.load_state_dict(_randomize(dict(model.state_dict()), zero_centered, gen))

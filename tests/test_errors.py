@@ -156,3 +156,12 @@ def test_an_undecodable_prompt_is_refused_before_anything_is_printed(tmp_path):
     assert proc.returncode == 1 and proc.stdout == b""
     assert proc.stderr.decode().strip().splitlines() == [
         "nextn: error: the prompt is not valid UTF-8 (undecodable byte at character 0)"]
+
+
+def test_mla_file_with_rope_scaling_nextn_lacks_is_refused_not_decoded_wrongly(tiny, tmp_path):
+    T = _T()
+    path = _with_metadata(tiny("deepseek2"), tmp_path / "linear.gguf",
+                          {"ARCH.rope.scaling.type": ("linear", T.STRING, None),
+                           "ARCH.rope.scaling.factor": (4.0, T.FLOAT32, None)})
+    with pytest.raises(ModelFileError, match="rope scaling 'linear' .*not implemented"):
+        Engine(model=str(path), progress=False)

@@ -116,3 +116,23 @@ def test_native_decode_matches_transformers_and_is_batch_invariant(tiny, arch):
     four = native_decode_logits(model, ids, 20, 4, rollback=True)
     assert (one - ref).abs().max().item() <= 1e-4
     assert torch.equal(one, four)
+
+
+YARN = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 256,
+        "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0}
+
+
+@torch.inference_mode()
+def test_yarn_scaled_mla_matches_transformers(models_dir):
+    """DeepSeek-V3 / Kimi-K2 extend their context with YaRN: interpolated low frequencies and a larger
+    softmax scale; nextn's conversion and forward agree with transformers on them."""
+    from nextn_dev.tiny import make_gguf
+
+    path = make_gguf(models_dir / "deepseek2-yarn.gguf", "deepseek2", workdir=models_dir / "deepseek2-yarn.hf",
+                     rope=YARN)
+    cfg, model = _ours(path)
+    assert cfg.yarn is not None and cfg.yarn_log_mul == pytest.approx(0.1)
+    ids = torch.randint(0, cfg.n_vocab, (1, 300), generator=torch.Generator().manual_seed(8))
+    from transformers import AutoModelForCausalLM
+    ref = AutoModelForCausalLM.from_pretrained(models_dir / "deepseek2-yarn.hf", dtype=torch.float32).eval()(ids).logits
+    assert (model.score(ids, chunk=128) - ref).abs().max().item() <= 1e-4

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from gguf import ExpertGatingFuncType, GGUFWriter
+from gguf import ExpertGatingFuncType, GGUFWriter, RopeScalingType
 
 from ..errors import NextnError
 
@@ -146,8 +146,19 @@ def _write_deepseek2(w: GGUFWriter, hp: dict, n_mtp: int) -> None:
     if scoring is not None:
         w.add_expert_gating_func(ExpertGatingFuncType.SIGMOID if scoring == "sigmoid" else ExpertGatingFuncType.SOFTMAX)
     rope_params = hp.get("rope_parameters") or hp.get("rope_scaling") or {}
-    if rope_params.get("rope_type", rope_params.get("type", "default")) not in ("default", None):
-        raise NextnError(f"rope scaling {rope_params.get('rope_type', rope_params.get('type'))!r} is not implemented "
-                         f"for deepseek2 in nextn yet")
+    kind = rope_params.get("rope_type", rope_params.get("type", "default"))
+    if kind == "yarn" and rope_params.get("factor"):
+        w.add_rope_scaling_type(RopeScalingType.YARN)
+        w.add_rope_scaling_factor(float(rope_params["factor"]))
+        w.add_rope_scaling_orig_ctx_len(int(rope_params["original_max_position_embeddings"]))
+        for key, add in (("beta_fast", w.add_rope_scaling_yarn_beta_fast), ("beta_slow", w.add_rope_scaling_yarn_beta_slow)):
+            if rope_params.get(key) is not None:
+                add(float(rope_params[key]))
+        if rope_params.get("mscale_all_dim") is not None:   # llama.cpp's deepseek2 convention: 0.1 x mscale_all_dim
+            w.add_rope_scaling_yarn_log_mul(0.1 * float(rope_params["mscale_all_dim"]))
+        if rope_params.get("mscale") not in (None, rope_params.get("mscale_all_dim")):
+            raise NextnError("yarn with mscale != mscale_all_dim (a cos/sin factor other than 1) is not supported")
+    elif kind not in ("default", None):
+        raise NextnError(f"rope scaling {kind!r} is not implemented for deepseek2 in nextn yet")
     if n_mtp:
         w.add_nextn_predict_layers(n_mtp)

@@ -54,6 +54,13 @@ class ModelConfig:
     kv_lora_rank: int = 0             # > 0: MLA; the cache holds this latent and the rope key per token
     v_head_dim: int = 0
     rope_pairs: bool = False          # RoPE on adjacent pairs (llama.cpp's "norm" type) instead of halves
+    # YaRN context extension (DeepSeek-V3, Kimi-K2): factor 0 = none
+    yarn_factor: float = 0.0
+    yarn_orig_ctx: int = 0
+    yarn_beta_fast: float = 32.0
+    yarn_beta_slow: float = 1.0
+    yarn_log_mul: float = 0.0         # softmax scale x (1 + log_mul ln factor)^2 (DeepSeek's mscale_all_dim / 10)
+    yarn_attn_factor: float = 1.0     # cos/sin scale
 
     def __post_init__(self):
         if self.arch not in SUPPORTED_ARCHS:
@@ -80,6 +87,13 @@ class ModelConfig:
     @property
     def mla(self) -> bool:
         return self.kv_lora_rank > 0
+
+    @property
+    def yarn(self) -> tuple | None:
+        """(factor, original context, beta_fast, beta_slow, cos/sin factor) when YaRN applies."""
+        if self.yarn_factor <= 1.0:
+            return None
+        return self.yarn_factor, self.yarn_orig_ctx, self.yarn_beta_fast, self.yarn_beta_slow, self.yarn_attn_factor
 
     @property
     def qk_nope(self) -> int:
@@ -146,9 +160,15 @@ class ModelConfig:
         if arch in MLA_ARCHS:
             scaling = gf.arch_meta("rope.scaling.type")
             factor = float(gf.arch_meta("rope.scaling.factor", 1.0) or 1.0)
-            if scaling not in (None, "none") and factor != 1.0:
+            if scaling == "yarn" and factor > 1.0:
+                cfg.update(yarn_factor=factor, yarn_orig_ctx=int(gf.require("rope.scaling.original_context_length")),
+                           yarn_beta_fast=float(gf.arch_meta("rope.scaling.yarn_beta_fast", 32.0)),
+                           yarn_beta_slow=float(gf.arch_meta("rope.scaling.yarn_beta_slow", 1.0)),
+                           yarn_log_mul=float(gf.arch_meta("rope.scaling.yarn_log_multiplier", 0.0)),
+                           yarn_attn_factor=float(gf.arch_meta("rope.scaling.yarn_attn_factor", 1.0)))
+            elif scaling not in (None, "none") and factor != 1.0:
                 raise ModelFileError(f"{gf.path}: rope scaling '{scaling}' (factor {factor}) is not implemented in "
-                                     f"nextn yet (DeepSeek-V3's YaRN); refusing rather than decoding wrongly")
+                                     f"nextn for {arch}; refusing rather than decoding wrongly")
             cfg.update(q_lora_rank=int(gf.arch_meta("attention.q_lora_rank", 0) or 0),
                        kv_lora_rank=int(gf.require("attention.kv_lora_rank")),
                        v_head_dim=int(gf.require("attention.value_length_mla")), rope_pairs=True)

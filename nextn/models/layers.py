@@ -6,6 +6,8 @@ it, as native ops on the decode buffers (`*_native`).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -52,12 +54,29 @@ def l2_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + eps)
 
 
-def rope_tables(positions: torch.Tensor, n_rot: int, theta: float, dtype: torch.dtype):
-    """cos/sin tables of shape [B, T, 1, n_rot] for NeoX-style (rotate-half) RoPE."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, n_rot, 2, dtype=torch.float32, device=positions.device) / n_rot))
-    freqs = positions.float()[..., None] * inv_freq
+def rope_tables(positions: torch.Tensor, n_rot: int, theta: float, dtype: torch.dtype, yarn: tuple | None = None):
+    """cos/sin tables of shape [B, T, 1, n_rot] (each frequency twice). yarn: (factor, original context,
+    beta_fast, beta_slow, cos/sin factor) interpolates the low frequencies (YaRN)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, n_rot, 2, dtype=torch.float32) / n_rot))
+    scale = 1.0
+    if yarn is not None:
+        inv_freq, scale = yarn_inv_freq(inv_freq, n_rot, theta, *yarn[:4]), yarn[4]
+    freqs = positions.float()[..., None] * inv_freq.to(positions.device)
     emb = torch.cat((freqs, freqs), dim=-1)[:, :, None, :]
-    return emb.cos().to(dtype), emb.sin().to(dtype)
+    return (emb.cos() * scale).to(dtype), (emb.sin() * scale).to(dtype)
+
+
+def yarn_inv_freq(inv_freq: torch.Tensor, dim: int, theta: float, factor: float, orig_ctx: int, beta_fast: float,
+                  beta_slow: float) -> torch.Tensor:
+    """YaRN: frequencies that turn fewer than beta_slow times over the original context are divided by
+    `factor`, those turning more than beta_fast times are kept, a linear ramp in between."""
+    def dim_of(rotations: float) -> float:
+        return dim * math.log(orig_ctx / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = max(math.floor(dim_of(beta_fast)), 0), min(math.ceil(dim_of(beta_slow)), dim - 1)
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / max(high - low, 1e-3)).clamp(0, 1)
+    keep = 1 - ramp
+    return inv_freq / factor * (1 - keep) + inv_freq * keep
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,8 @@ rotates adjacent pairs (llama.cpp's "norm" type), on q_pe and k_pe alike.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..kernels.weights import QWeight
@@ -34,6 +36,12 @@ def per_head(x: torch.Tensor, w) -> torch.Tensor:
     if isinstance(w, QWeight):
         return torch.stack([w.expert(h).linear(x[..., h, :]).to(x.dtype) for h in range(w.shape[0])], dim=-2)
     return torch.einsum("...hk,hnk->...hn", x, w.to(x.dtype))
+
+
+def softmax_scale(cfg: ModelConfig) -> float:
+    """1/sqrt(head size), times YaRN's (1 + log_mul ln factor)^2 (DeepSeek's mscale_all_dim)."""
+    m = 1.0 + cfg.yarn_log_mul * math.log(cfg.yarn_factor) if cfg.yarn is not None else 1.0
+    return m * m * cfg.head_dim ** -0.5
 
 
 def mla_attention(x: torch.Tensor, w: dict, cfg: ModelConfig, step: Step, cache: Cache, il: int) -> torch.Tensor:
@@ -61,7 +69,7 @@ def mla_attention(x: torch.Tensor, w: dict, cfg: ModelConfig, step: Step, cache:
 
     q_lat = per_head(q_nope, w["attn_k_b.weight"]).float()           # [B, T, H, kv_lora_rank]
     scores = (torch.einsum("bthc,blc->bhtl", q_lat, keys_lat)
-              + torch.einsum("bthr,blr->bhtl", q_pe.float(), keys_pe)) * cfg.head_dim ** -0.5
+              + torch.einsum("bthr,blr->bhtl", q_pe.float(), keys_pe)) * softmax_scale(cfg)
     if step.mask is not None:
         scores = scores.masked_fill(~step.mask, float("-inf"))
     else:                                            # one sequence from its start: plain causal

@@ -109,7 +109,7 @@ class Model:
 
     def _prepare(self, step: Step) -> None:
         if step.rope is None:
-            step.rope = rope_tables(step.positions, self.cfg.n_rot, self.cfg.rope_theta, self.dtype)
+            step.rope = rope_tables(step.positions, self.cfg.n_rot, self.cfg.rope_theta, self.dtype, self.cfg.yarn)
 
     def embed(self, tokens: torch.Tensor, table) -> torch.Tensor:
         if isinstance(table, QWeight):
