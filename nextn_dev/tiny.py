@@ -94,21 +94,14 @@ def _config(arch: str, vocab: int, n_layer: int):
                                  use_qk_norm=True, attention_bias=True,
                                  rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                                   "partial_rotary_factor": 0.5}), tf.Glm4MoeForCausalLM)
-    if arch == "deepseek2":        # DeepSeek-V3 / Kimi-K2: MLA, sigmoid-routed grouped experts, dense first layer
-        return (tf.DeepseekV3Config(**{**common, "num_key_value_heads": 4, "head_dim": 8}, intermediate_size=96,
-                                    moe_intermediate_size=32, n_routed_experts=8, num_experts_per_tok=2,
-                                    n_shared_experts=1, n_group=2, topk_group=1, first_k_dense_replace=1,
-                                    norm_topk_prob=True, routed_scaling_factor=1.5, q_lora_rank=32, kv_lora_rank=32,
-                                    qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16, rope_interleave=True,
-                                    rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
-                tf.DeepseekV3ForCausalLM)
-    if arch == "glm4moelite":      # GLM-4.7-Flash: MLA with GLM's router (one expert group)
-        return (tf.Glm4MoeLiteConfig(**{**common, "num_key_value_heads": 4, "head_dim": 8}, intermediate_size=96,
-                                     moe_intermediate_size=32, n_routed_experts=8, num_experts_per_tok=2,
-                                     n_shared_experts=1, n_group=1, topk_group=1, first_k_dense_replace=1,
-                                     norm_topk_prob=True, routed_scaling_factor=1.8, q_lora_rank=32, kv_lora_rank=32,
-                                     qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16, rope_interleave=True,
-                                     rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
+    if arch in MLA:   # DeepSeek-V3 / Kimi-K2 (two expert groups) and GLM-4.7-Flash (one): MLA, dense first layer
+        mla = dict(**{**common, "num_key_value_heads": 4, "head_dim": 8}, intermediate_size=96, moe_intermediate_size=32,
+                   n_routed_experts=8, num_experts_per_tok=2, n_shared_experts=1, first_k_dense_replace=1,
+                   norm_topk_prob=True, q_lora_rank=32, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8,
+                   v_head_dim=16, rope_interleave=True, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+        if arch == "deepseek2":
+            return tf.DeepseekV3Config(**mla, n_group=2, topk_group=1, routed_scaling_factor=1.5), tf.DeepseekV3ForCausalLM
+        return (tf.Glm4MoeLiteConfig(**mla, n_group=1, topk_group=1, routed_scaling_factor=1.8),
                 tf.Glm4MoeLiteForCausalLM)
     raise ValueError(f"unknown arch {arch!r} (choose from {ARCHS + MLA})")
 
