@@ -44,25 +44,25 @@ def mtp_head(cfg, module):
     return MTPHead()
 
 
-def _mtp_state(hf_dir: Path, n_trunk: int) -> dict[str, torch.Tensor]:
-    """The MTP block's tensors from every safetensors file of a checkpoint (either shape)."""
+def _mtp_state(hf_dir: Path, n_trunk: int, layer: int = 0) -> dict[str, torch.Tensor]:
+    """MTP layer `layer`'s tensors from every safetensors file of a checkpoint (either shape)."""
     out = {}
     for f in sorted(Path(hf_dir).glob("*.safetensors")):
         with safe_open(f, "pt") as sf:
             for k in sf.keys():
-                if k.startswith(("mtp.", "model.mtp.")) or k.startswith(f"model.layers.{n_trunk}."):
+                if (layer == 0 and k.startswith(("mtp.", "model.mtp."))) or k.startswith(f"model.layers.{n_trunk + layer}."):
                     out[k] = sf.get_tensor(k).float()
     return out
 
 
-def mtp_reference(hf_dir: str | Path, hf_model, arch: str):
-    """The checkpoint's MTP head as `mtp_head` modules: an independent reference for nextn's MTP
+def mtp_reference(hf_dir: str | Path, hf_model, arch: str, layer: int = 0):
+    """The checkpoint's MTP layer `layer` as `mtp_head` modules: an independent reference for nextn's MTP
     forward (transformers does not run it). Returns (head, embedding, lm_head) modules."""
     import torch.nn as nn
 
     cfg = getattr(hf_model.config, "text_config", hf_model.config)
     text_model = getattr(hf_model.model, "language_model", hf_model.model)
-    raw = _mtp_state(Path(hf_dir), cfg.num_hidden_layers)
+    raw = _mtp_state(Path(hf_dir), cfg.num_hidden_layers, layer)
     if arch in ("glm4moe", "deepseek2", "glm4moelite"):
         names = {"eh_proj": "fc", "enorm": "pre_fc_norm_embedding", "hnorm": "pre_fc_norm_hidden",
                  "shared_head.norm": "norm", "embed_tokens": "embed", "shared_head.head": "head"}

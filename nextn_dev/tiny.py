@@ -117,8 +117,17 @@ def _randomize(state: dict, zero_centered: bool, gen: torch.Generator) -> dict:
     return state
 
 
-def _mtp_tensors(arch: str, cfg, model_cls, n_layer: int, gen: torch.Generator, own_head: bool = False) -> dict:
-    """A random MTP block in the checkpoint's own naming (Qwen: mtp.*; GLM: model.layers.{n}.*)."""
+def _mtp_tensors(arch: str, cfg, model_cls, n_layer: int, gen: torch.Generator, own_head: bool = False,
+                 n_mtp: int = 1) -> dict:
+    """Random MTP blocks in the checkpoint's own naming (Qwen: one, mtp.*; GLM / DeepSeek: model.layers.{n+j}.*,
+    n_mtp of them, DeepSeek-V3's sequential modules)."""
+    if n_mtp > 1:
+        if arch not in GLM_STYLE:
+            raise ValueError(f"several MTP layers are made for {GLM_STYLE} only")
+        out = {}
+        for j in range(n_mtp):
+            out.update(_mtp_tensors(arch, cfg, model_cls, n_layer + j, gen, own_head))
+        return out
     import copy
 
     one = copy.deepcopy(cfg)
@@ -148,7 +157,7 @@ def _mtp_tensors(arch: str, cfg, model_cls, n_layer: int, gen: torch.Generator, 
 
 
 def make_checkpoint(out_dir: str | Path, arch: str = "qwen35", *, seed: int = 0, n_layer: int = 4,
-                    vocab_size: int = 320, mtp: bool = True, mtp_own_head: bool = False,
+                    vocab_size: int = 320, mtp: bool | int = True, mtp_own_head: bool = False,
                     published: bool = False, rope: dict | None = None) -> Path:
     """A random checkpoint of `arch`. published=True gives the layout its authors ship (published.py):
     multimodal wrapper and text_config for Qwen3.5, no MTP layer count in Qwen3-Next's config, safetensors
@@ -170,8 +179,9 @@ def make_checkpoint(out_dir: str | Path, arch: str = "qwen35", *, seed: int = 0,
     raw = json.loads((out_dir / "config.json").read_text())
     text = raw.get("text_config", raw)
     text.update(eos_token_id=0, bos_token_id=None)
-    extra = _randomize(_mtp_tensors(arch, cfg, model_cls, n_layer, gen, mtp_own_head), zero_centered, gen) if mtp else {}
-    text["num_nextn_predict_layers" if arch in GLM_STYLE else "mtp_num_hidden_layers"] = 1 if mtp else 0
+    extra = _randomize(_mtp_tensors(arch, cfg, model_cls, n_layer, gen, mtp_own_head, int(mtp)), zero_centered,
+                       gen) if mtp else {}
+    text["num_nextn_predict_layers" if arch in GLM_STYLE else "mtp_num_hidden_layers"] = int(mtp)
     if published:
         pub.ship_config(arch, raw)
         pub.shard(out_dir, extra)

@@ -83,3 +83,42 @@ def test_mtp_forward_whole_sequence_matches_reference(tiny, glm_own_head, arch):
         logits = model.mtp_logits(g)
     assert (g[0] - g_ref).abs().max().item() <= 1e-4
     assert (logits[0] - logits_ref).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("arch", ["deepseek2", "glm4moe"])
+def test_second_mtp_layer_drafts_depth_two_from_the_first_layers_output(models_dir, arch):
+    """DeepSeek-V3's sequential MTP modules: layer 2 takes (x_{t+2}, g1_t) at position t + 2, its cache
+    caught up over every base whose token is known; its draft matches the chain built from the checkpoint's
+    own modules."""
+    from transformers import AutoModelForCausalLM
+
+    hf_dir = models_dir / f"{arch}-mtp2.hf"
+    path = make_gguf(models_dir / f"{arch}-mtp2.gguf", arch, workdir=hf_dir, mtp=2)
+    hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    refs = [mtp_reference(hf_dir, hf, arch, layer) for layer in (0, 1)]
+    n, z = 50, 7
+    ids = torch.randint(3, 300, (1, n), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        h = hf.model(input_ids=ids).last_hidden_state
+        (head1, embed1, _), (head2, embed2, lm2) = refs
+        g1 = head1(embed1(ids[:, 1:]), h[:, :-1], hf.model.rotary_emb(h, torch.arange(1, n)[None]))   # bases 0..n-2
+        x2 = torch.cat((ids[:, 2:], torch.tensor([[z]])), 1)                                          # x_{t+2}
+        g2 = head2(embed2(x2), g1, hf.model.rotary_emb(h, torch.arange(2, n + 1)[None]))
+        want = lm2(g2[0, -1])
+    engine = Engine(model=str(path), spec="mtp", prefill_chunk=16, progress=False)
+    seq = engine.add_request(ids[0].tolist())
+    runner, drafter = engine.runner, engine.drafter.model
+    engine.scheduler.schedule()
+    runner.start(seq)
+    drafter.start(seq)
+    for s in range(0, n, 16):
+        k = min(16, n - s)
+        runner.prefill([seq], [k], {})
+        drafter.on_prefill([seq], [k])
+    drafter._flush([seq])
+    assert drafter.base[1][seq.slot] == n - 2                  # bases 0..n-3 cached; base n-2 waits for x_n
+    g1_last = torch.cat(drafter.waiting[1][seq.slot])[-1]
+    with torch.inference_mode():
+        got = drafter._forward([seq], [n], [[z]], [g1_last[None]], layer=1)
+        logits = engine.model.mtp_logits(got, 1)[0]
+    assert (logits - want).abs().max().item() <= 1e-4

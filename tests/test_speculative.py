@@ -341,3 +341,22 @@ def test_eager_ops_and_replayed_plans_give_the_same_tokens(tiny, arch):
             out[(compile_, spec)] = res.tokens
             assert engine.runner.trunk.plan is not None if compile_ else engine.runner.trunk.plan is None
     assert len({tuple(v) for v in out.values()}) == 1
+
+
+@pytest.mark.parametrize("arch", ["deepseek2", "glm4moe"])
+def test_two_mtp_layers_at_their_own_depths_keep_greedy_output(models_dir, arch):
+    """Depth 1 through MTP layer 1, depth 2 through layer 2, depth 3 reusing layer 2; catch-up of layer 2's
+    cache across prefill chunks and commits, batched with other k: output equals plain greedy."""
+    from nextn_dev.tiny import make_gguf
+
+    path = make_gguf(models_dir / f"{arch}-mtp2-spec.gguf", arch, workdir=models_dir / f"{arch}-mtp2-spec.hf", mtp=2,
+                     seed=4)
+    prompt = _prompt(seed=9)
+    plain = Engine(model=str(path), spec="none", prefill_chunk=32, progress=False).generate(prompt, GREEDY).tokens
+    engine = Engine(model=str(path), spec="mtp", prefill_chunk=32, n_parallel=3, progress=False)
+    assert engine.drafter.model.n_layers == 2
+    seqs = [engine.add_request(prompt, GREEDY, SpecConfig(draft_max=k, adaptive=False)) for k in (1, 2, 3)]
+    while engine.has_work:
+        engine.step()
+    assert all(s.generated == plain for s in seqs)
+    assert seqs[2].stats.drafted_per_pos[2] > 0                   # depth 3 was drafted (layer 2 reused)

@@ -36,29 +36,39 @@ class MTPDrafter(Drafter):
         self.queue_tokens: dict[int, list[int]] = {}
         self.queue_hidden: dict[int, list[torch.Tensor]] = {}
         self.positions: dict[int, int] = {}          # MTP cache holds positions 1..positions[slot]
+        # several MTP layers: layer i drafts depth i + 1 from layer i - 1's output g for the same base position
+        # t (its input pair: x_{t+i+1}, g_t, at position t + i + 1); its cache is caught up over the bases whose
+        # token is known: waiting[i][slot] holds layer i - 1's outputs for bases from base[i][slot] on
+        self.n_layers = max(1, self.model.cfg.n_mtp)
+        self.waiting: list[dict[int, list[torch.Tensor]]] = [{} for _ in range(self.n_layers)]
+        self.base: list[dict[int, int]] = [{} for _ in range(self.n_layers)]
         self.last_mtp_hidden = torch.zeros(n_slots, d, dtype=self.model.dtype, device=self.model.device)
         ids = self.model.draft_ids          # a reduced draft vocabulary: head row -> token id
         self.vocab = ids
         self.vocab_t = torch.tensor(ids, device=self.model.device) if ids is not None else None
         self.graphs = self.head_graphs = None
-        if runner.graphs is not None:     # CUDA: the block's short forwards and the output head as graphs
-            self.graphs = ShortForwards(lambda tok, step, hid: (self.model.mtp_forward(tok, hid, step, runner.cache),),
-                                        runner.cache, runner.rows, shift=1, pool=runner.graph_pool)
-            self.head_graphs = ShortForwards(self._head, runner.cache, runner.rows, pool=runner.graph_pool)
+        layers = range(self.n_layers)
+        if runner.graphs is not None:     # CUDA: each layer's short forwards and output head as graphs
+            self.graphs = [ShortForwards(lambda tok, step, hid, i=i: (self.model.mtp_forward(tok, hid, step, runner.cache, i),),
+                                         runner.cache, runner.rows, shift=1 + i, pool=runner.graph_pool) for i in layers]
+            self.head_graphs = [ShortForwards(lambda tok, step, hid, i=i: self._head(hid, i), runner.cache, runner.rows,
+                                              pool=runner.graph_pool) for i in layers]
         if runner.native:
             buf, cache = runner.buf, runner.cache
-            self.block = Graph(lambda: self.model.emit_mtp_block(cache, buf), compile)
-            self.head = Graph(lambda: self.model.emit_mtp_head(buf), compile)
+            self.blocks = [Graph(lambda i=i: self.model.emit_mtp_block(cache, buf, i), compile) for i in layers]
+            self.heads = [Graph(lambda i=i: self.model.emit_mtp_head(buf, i), compile) for i in layers]
 
     @property
     def capture_seconds(self) -> float:
         if self.graphs is not None:
-            return self.graphs.capture_seconds + self.head_graphs.capture_seconds
-        return self.block.capture_seconds + self.head.capture_seconds if self.runner.native else 0.0
+            return sum(g.capture_seconds for g in self.graphs + self.head_graphs)
+        return sum(g.capture_seconds for g in self.blocks + self.heads) if self.runner.native else 0.0
 
     # ---- keeping the head's cache in step with the trunk ------------------------------------------
     def start(self, seq: Sequence) -> None:
         self.queue_tokens[seq.slot], self.queue_hidden[seq.slot], self.positions[seq.slot] = [], [], 0
+        for i in range(1, self.n_layers):
+            self.waiting[i][seq.slot], self.base[i][seq.slot] = [], 0
 
     def queued(self, slot: int) -> int:
         return len(self.queue_tokens.get(slot, ()))
@@ -107,54 +117,96 @@ class MTPDrafter(Drafter):
                 hidden.append(hid[:k])
                 self.queue_tokens[s.slot] = toks[k:]
                 self.queue_hidden[s.slot] = [hid[k:]] if len(toks) > k else []
-            last = self._forward(todo, [self.positions[s.slot] + 1 for s in todo], tokens, hidden)
+            out = self._forward(todo, [self.positions[s.slot] + 1 for s in todo], tokens, hidden,
+                                all_rows=self.n_layers > 1)
+            last = [o[-1] for o in out] if self.n_layers > 1 else out
             for i, (s, k) in enumerate(zip(todo, n)):
                 self.positions[s.slot] += k
+                if self.n_layers > 1:
+                    self.waiting[1][s.slot].append(out[i])
                 if not self.queued(s.slot):
                     self.last_mtp_hidden[s.slot] = last[i]
+        for i in range(1, self.n_layers):
+            self._catch_up(seqs, i)
 
-    def _forward(self, seqs, starts, tokens, hidden) -> torch.Tensor:
-        """The MTP block on each sequence's pairs; returns the hidden state g of each one's last pair [B, D]."""
+    def _catch_up(self, seqs: list[Sequence], i: int) -> None:
+        """Layer i over every waiting base t whose token x_{t+i+1} is committed (the newest base waits for
+        its draft); its outputs wait for layer i + 1."""
+        todo, tokens, hidden = [], [], []
+        for s in seqs:
+            waiting = self.waiting[i].get(s.slot)
+            if not waiting:
+                continue
+            hid = torch.cat(waiting)
+            t0 = self.base[i][s.slot]
+            n = min(hid.shape[0], len(s.tokens) - (t0 + i + 1))
+            if n <= 0:
+                self.waiting[i][s.slot] = [hid]
+                continue
+            todo.append(s)
+            tokens.append(s.tokens[t0 + i + 1:t0 + i + 1 + n])
+            hidden.append(hid[:n])
+            self.waiting[i][s.slot] = [hid[n:]]
+            self.base[i][s.slot] = t0 + n
+        if not todo:
+            return
+        starts = [self.base[i][s.slot] - len(t) + i + 1 for s, t in zip(todo, tokens)]
+        for c in range(0, max(len(t) for t in tokens), 256):
+            part = [(s, st + c, t[c:c + 256], h[c:c + 256]) for s, st, t, h in zip(todo, starts, tokens, hidden) if t[c:]]
+            out = self._forward([p[0] for p in part], [p[1] for p in part], [p[2] for p in part], [p[3] for p in part],
+                                layer=i, all_rows=True)
+            if i + 1 < self.n_layers:
+                for (s, *_), o in zip(part, out):
+                    self.waiting[i + 1][s.slot].append(o)
+
+    def _forward(self, seqs, starts, tokens, hidden, layer: int = 0, all_rows: bool = False):
+        """MTP layer `layer` on each sequence's pairs; returns the hidden state g of each one's last pair [B, D]
+        (all_rows: a list of each sequence's rows [n_b, D])."""
         lens = [len(t) for t in tokens]
         if self.runner.native and sum(lens) <= self.runner.buf.rows.max_rows:
             buf = self.runner.buf
             n = buf.rows.fill([s.slot for s in seqs], starts, lens)
             buf.tokens_np[:n] = [t for ts in tokens for t in ts]
             torch.cat(hidden, out=buf.mtp_in[:n])
-            self.block.run()
+            self.blocks[layer].run()
+            if all_rows:
+                return list(buf.hidden[:n].clone().split(lens))
             if n == len(seqs):
                 return buf.hidden[:n].clone()
             return buf.hidden[[sum(lens[:b + 1]) - 1 for b in range(len(lens))]]
         T = max(lens)
         hid = torch.stack([torch.nn.functional.pad(h, (0, 0, 0, T - h.shape[0])) for h in hidden])
         if self.graphs is not None and T <= MAX_T:
-            out = self.graphs([s.slot for s in seqs], starts, tokens, hid)[0]
-            return out[torch.arange(len(seqs)), torch.tensor(lens) - 1]
-        tok = torch.tensor([t + [0] * (T - len(t)) for t in tokens], device=self.model.device)
-        step = Step.build([s.slot for s in seqs], starts, lens, self.model.device, self.runner.rows, chunked=False, shift=1)
-        out = self.model.mtp_forward(tok, hid, step, self.runner.cache)
+            out = self.graphs[layer]([s.slot for s in seqs], starts, tokens, hid)[0]
+        else:
+            tok = torch.tensor([t + [0] * (T - len(t)) for t in tokens], device=self.model.device)
+            step = Step.build([s.slot for s in seqs], starts, lens, self.model.device, self.runner.rows, chunked=False,
+                              shift=1 + layer)         # layer i's cache row = position - 1 - i
+            out = self.model.mtp_forward(tok, hid, step, self.runner.cache, layer)
+        if all_rows:
+            return [out[b, :n].clone() for b, n in enumerate(lens)]
         return out[torch.arange(len(seqs)), torch.tensor(lens) - 1]
 
-    def _logits(self, hidden: torch.Tensor) -> tuple[torch.Tensor, list[int] | None]:
+    def _logits(self, hidden: torch.Tensor, layer: int = 0) -> tuple[torch.Tensor, list[int] | None]:
         """Draft logits [B, head rows] (and their argmax as token ids, on CPU) for hidden states [B, D]."""
         if self.head_graphs is not None:
             B = hidden.shape[0]
-            logits, rows = self.head_graphs([0] * B, [0] * B, [[0]] * B, hidden[:, None])
+            logits, rows = self.head_graphs[layer]([0] * B, [0] * B, [[0]] * B, hidden[:, None])
             rows = rows.tolist()
             return logits, [self.vocab[r] for r in rows] if self.vocab else rows
         if not self.runner.native:
-            return self.model.mtp_logits(hidden), None
+            return self.model.mtp_logits(hidden, layer), None
         buf, B = self.runner.buf, hidden.shape[0]
         buf.rows.set_rows(B)
         buf.hidden[:B] = hidden
-        self.head.run()
+        self.heads[layer].run()
         rows = buf.ids_np[:B].tolist()
         return buf.logits[:B, :len(self.vocab) if self.vocab else None], \
             [self.vocab[r] for r in rows] if self.vocab else rows
 
-    def _head(self, _tokens, _step, hidden: torch.Tensor) -> tuple:
-        """The output head on hidden [B, 1, D]: logits [B, head rows] and their argmax (head row numbers)."""
-        logits = self.model.mtp_logits(hidden[:, 0])
+    def _head(self, hidden: torch.Tensor, layer: int) -> tuple:
+        """Layer `layer`'s output head on hidden [B, 1, D]: logits [B, head rows] and their argmax (head rows)."""
+        logits = self.model.mtp_logits(hidden[:, 0], layer)
         return logits, logits.argmax(-1)
 
     def _full(self, logits: torch.Tensor) -> torch.Tensor:
@@ -194,8 +246,10 @@ class MTPDrafter(Drafter):
                 break
             sub = [seqs[i] for i in still]
             positions = [self.positions[s.slot] + len(drafts[i]) for s, i in zip(sub, still)]
-            hidden = self._forward(sub, positions, [[drafts[i][-1]] for i in still], [h[None] for h in hidden[rows]])
-            logits, ids = self._logits(hidden)
+            layer = min(steps, self.n_layers - 1)         # depth d through layer d; beyond the last, the last again
+            hidden = self._forward(sub, positions, [[drafts[i][-1]] for i in still], [h[None] for h in hidden[rows]],
+                                   layer)
+            logits, ids = self._logits(hidden, layer)
             active = still
             steps += 1
         return finish(self.name, seqs, drafts, qs, steps, catch_up, pairs)

@@ -209,7 +209,8 @@ class Model:
                 deltanet_native(self.layers[il], self.cfg, cache, il, buf.h, buf.mix, buf, buf.rows, True, commit=True)
 
     def emit_mtp_block(self, cache: Cache, buf: Buffers, i: int = 0) -> None:
-        """MTP block i on pairs (buf.tokens, buf.mtp_in) at the rows of buf.rows (KV row = position - 1)
+        """MTP block i on pairs (buf.tokens, buf.mtp_in) at the rows of buf.rows (KV row = position - 1 - i: block
+        i's first position is i + 1)
         -> buf.hidden: the normed MTP hidden state g of each row."""
         il, cfg = self.cfg.n_layer + i, self.cfg
         w, rows, D = self.layers[il], buf.rows, cfg.n_embd
@@ -217,7 +218,7 @@ class Model:
         ops.rmsnorm(buf.x, w["nextn.enorm.weight"], buf.cat[:, :D], cfg.rms_eps, rows)
         ops.rmsnorm(buf.mtp_in, w["nextn.hnorm.weight"], buf.cat[:, D:], cfg.rms_eps, rows)
         ops.matmul(buf.cat, w["nextn.eh_proj.weight"], buf.x, rows)
-        self._block_native(il, cache, buf, save=False, shift=1)
+        self._block_native(il, cache, buf, save=False, shift=1 + i)
         ops.rmsnorm(buf.x, w.get("nextn.shared_head_norm.weight", self.output_norm), buf.hidden, cfg.rms_eps, rows)
 
     def emit_mtp_head(self, buf: Buffers, i: int = 0) -> None:
