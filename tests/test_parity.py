@@ -136,3 +136,21 @@ def test_yarn_scaled_mla_matches_transformers(models_dir):
     from transformers import AutoModelForCausalLM
     ref = AutoModelForCausalLM.from_pretrained(models_dir / "deepseek2-yarn.hf", dtype=torch.float32).eval()(ids).logits
     assert (model.score(ids, chunk=128) - ref).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("arch", ["deepseek2", "glm4moelite"])
+@torch.inference_mode()
+def test_absorbed_and_expanded_mla_agree(tiny, arch, monkeypatch):
+    """The absorbed form (queries into latent space) and the expanded one (latents into per-head keys and
+    values) are the same attention: forced either way, prefill gives the same logits."""
+    from nextn.models import mla
+
+    cfg, model = _ours(tiny(arch))
+    real = mla.expanded_is_cheaper
+    assert real(cfg, 64, 64) and not real(cfg, 1, 64)              # prefill chunks expand, decode absorbs
+    ids = torch.randint(0, cfg.n_vocab, (1, 90), generator=torch.Generator().manual_seed(6))
+    got = {}
+    for form in (True, False):
+        monkeypatch.setattr(mla, "expanded_is_cheaper", lambda *a, form=form: form)
+        got[form] = model.score(ids, chunk=32)
+    assert (got[True] - got[False]).abs().max().item() <= 1e-4

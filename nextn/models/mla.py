@@ -1,10 +1,12 @@
 """Multi-head Latent Attention (DeepSeek-V2/V3, Kimi-K2): the cache holds, per token, the normalised KV
 latent (kv_lora_rank) and one RoPE key shared by every head, not per-head keys and values.
 
-Queries meet the latent in the absorbed form: each head's no-RoPE query goes through that head's
-W_UK (`attn_k_b`, [heads, kv_lora_rank, qk_nope]) into latent space, scores are q_lat . c + q_pe . k_pe,
-and the weighted latent comes back through W_UV (`attn_v_b`, [heads, v_head_dim, kv_lora_rank]) before
-the output projection; the tensors are llama.cpp's, split from `kv_b_proj` by the converter. RoPE
+Two forms, whichever takes fewer multiply-adds for the step: absorbed (decode, drafts, verification):
+each head's no-RoPE query goes through that head's W_UK (`attn_k_b`, [heads, kv_lora_rank, qk_nope])
+into latent space, scores are q_lat . c + q_pe . k_pe, and the weighted latent comes back through W_UV
+(`attn_v_b`, [heads, v_head_dim, kv_lora_rank]); expanded (prefill chunks): the cached latents become
+per-head keys and values and attention runs as usual. The tensors are llama.cpp's, split from
+`kv_b_proj` by the converter. RoPE
 rotates adjacent pairs (llama.cpp's "norm" type), on q_pe and k_pe alike.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from ..kernels.weights import QWeight
 from .cache import Cache
@@ -67,13 +70,44 @@ def mla_attention(x: torch.Tensor, w: dict, cfg: ModelConfig, step: Step, cache:
     keys_lat = lat[step.sel, :L, 0].float()          # [B, L, kv_lora_rank]
     keys_pe = pe[step.sel, :L, 0].float()            # [B, L, n_rot]
 
+    mask = step.mask if step.mask is not None else \
+        torch.ones(T, L, dtype=torch.bool, device=x.device).tril(L - T)      # one sequence from its start: causal
+    if expanded_is_cheaper(cfg, T, L):
+        out = _expanded(q_nope, q_pe, keys_lat, keys_pe, w, cfg, mask)
+    else:
+        out = _absorbed(q_nope, q_pe, keys_lat, keys_pe, w, cfg, mask)
+    return linear(out.to(x.dtype).reshape(B, T, H * cfg.v_head_dim), w["attn_output.weight"])
+
+
+def expanded_is_cheaper(cfg: ModelConfig, T: int, L: int) -> bool:
+    """Multiply-adds of the two forms for T queries over L keys: absorbed scores and sums run over the
+    latent; expanded ones over per-head keys and values, after expanding all L latents (worth it for
+    prefill chunks, not for a few rows)."""
+    kvr, nope, rope, dv = cfg.kv_lora_rank, cfg.qk_nope, cfg.n_rot, cfg.v_head_dim
+    absorbed = T * (nope * kvr + L * (2 * kvr + rope) + kvr * dv)
+    expanded = L * kvr * (nope + dv) + T * L * (nope + rope + dv)
+    return expanded < absorbed
+
+
+def _absorbed(q_nope, q_pe, keys_lat, keys_pe, w: dict, cfg: ModelConfig, mask) -> torch.Tensor:
+    """Queries into latent space through W_UK, scores and weighted sums over the latent, out through W_UV."""
     q_lat = per_head(q_nope, w["attn_k_b.weight"]).float()           # [B, T, H, kv_lora_rank]
     scores = (torch.einsum("bthc,blc->bhtl", q_lat, keys_lat)
               + torch.einsum("bthr,blr->bhtl", q_pe.float(), keys_pe)) * softmax_scale(cfg)
-    if step.mask is not None:
-        scores = scores.masked_fill(~step.mask, float("-inf"))
-    else:                                            # one sequence from its start: plain causal
-        scores = scores.masked_fill(~torch.ones(T, L, dtype=torch.bool, device=x.device).tril(L - T), float("-inf"))
-    out_lat = torch.einsum("bhtl,blc->bthc", scores.softmax(-1), keys_lat)   # [B, T, H, kv_lora_rank]
-    out = per_head(out_lat.to(x.dtype), w["attn_v_b.weight"])                 # [B, T, H, v_head_dim]
-    return linear(out.reshape(B, T, H * cfg.v_head_dim), w["attn_output.weight"])
+    out_lat = torch.einsum("bhtl,blc->bthc", scores.masked_fill(~mask, float("-inf")).softmax(-1), keys_lat)
+    return per_head(out_lat.to(q_nope.dtype), w["attn_v_b.weight"])   # [B, T, H, v_head_dim]
+
+
+def _expanded(q_nope, q_pe, keys_lat, keys_pe, w: dict, cfg: ModelConfig, mask) -> torch.Tensor:
+    """Every cached latent expanded into per-head keys (W_UK c) and values (W_UV c), then plain attention."""
+    k_b, v_b = w["attn_k_b.weight"], w["attn_v_b.weight"]
+    if isinstance(k_b, QWeight):                                    # every head's rows, as floats [H, kvr, nope]
+        k_b = QWeight(k_b.data.reshape(-1, k_b.row_bytes), k_b.qtype, (k_b.shape[0] * k_b.N, k_b.K)).dequantize() \
+            .reshape(k_b.shape)
+    k_nope = torch.einsum("blc,hcn->blhn", keys_lat, k_b.to(keys_lat.device, torch.float32))
+    values = per_head(keys_lat[:, :, None].expand(-1, -1, cfg.n_head, -1), v_b).float()   # [B, L, H, v_head_dim]
+    keys = torch.cat((k_nope, keys_pe[:, :, None].expand(-1, -1, cfg.n_head, -1)), -1)
+    q = torch.cat((q_nope, q_pe), -1).float()
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2),
+                                         attn_mask=mask, scale=softmax_scale(cfg))
+    return out.transpose(1, 2)
