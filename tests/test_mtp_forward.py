@@ -38,6 +38,21 @@ def _reference(path, hf_dir, arch, n, seed):
     return ids, g[0], logits[0]
 
 
+def _prefilled(path, ids, chunk: int):
+    """An engine with ids [1, n] prefilled as a prompt in chunks, the MTP drafter's pairs queued (not run)."""
+    engine = Engine(model=str(path), spec="mtp", prefill_chunk=chunk, progress=False)
+    seq = engine.add_request(ids[0].tolist())
+    runner, drafter = engine.runner, engine.drafter.model
+    engine.scheduler.schedule()
+    runner.start(seq)
+    drafter.start(seq)
+    for s in range(0, ids.shape[1], chunk):
+        n = min(chunk, ids.shape[1] - s)
+        runner.prefill([seq], [n], {})
+        drafter.on_prefill([seq], [n])
+    return engine, seq, drafter
+
+
 def _case(tiny, glm_own_head, arch):
     if arch == "glm4moe-ownhead":
         return glm_own_head, glm_own_head.parent / "glm4moe-ownhead.hf", "glm4moe"
@@ -49,16 +64,7 @@ def _case(tiny, glm_own_head, arch):
 def test_mtp_forward_matches_reference_after_chunked_prefill(tiny, glm_own_head, arch):
     path, hf_dir, kind = _case(tiny, glm_own_head, arch)
     ids, g_ref, logits_ref = _reference(path, hf_dir, kind, n=100, seed=0)
-    engine = Engine(model=str(path), spec="mtp", prefill_chunk=32, progress=False)
-    seq = engine.add_request(ids[0].tolist())
-    runner, drafter = engine.runner, engine.drafter.model
-    engine.scheduler.schedule()
-    runner.start(seq)
-    drafter.start(seq)
-    for s in range(0, ids.shape[1], 32):
-        n = min(32, ids.shape[1] - s)
-        runner.prefill([seq], [n], {})
-        drafter.on_prefill([seq], [n])
+    engine, seq, drafter = _prefilled(path, ids, 32)
     n = ids.shape[1]
     assert drafter.queued(seq.slot) == n - 1           # pairs (x_{p+1}, h_p) for positions 1..n-1
     drafter._flush([seq])
@@ -105,16 +111,7 @@ def test_second_mtp_layer_drafts_depth_two_from_the_first_layers_output(models_d
         x2 = torch.cat((ids[:, 2:], torch.tensor([[z]])), 1)                                          # x_{t+2}
         g2 = head2(embed2(x2), g1, hf.model.rotary_emb(h, torch.arange(2, n + 1)[None]))
         want = lm2(g2[0, -1])
-    engine = Engine(model=str(path), spec="mtp", prefill_chunk=16, progress=False)
-    seq = engine.add_request(ids[0].tolist())
-    runner, drafter = engine.runner, engine.drafter.model
-    engine.scheduler.schedule()
-    runner.start(seq)
-    drafter.start(seq)
-    for s in range(0, n, 16):
-        k = min(16, n - s)
-        runner.prefill([seq], [k], {})
-        drafter.on_prefill([seq], [k])
+    engine, seq, drafter = _prefilled(path, ids, 16)
     drafter._flush([seq])
     assert drafter.base[1][seq.slot] == n - 2                  # bases 0..n-3 cached; base n-2 waits for x_n
     g1_last = torch.cat(drafter.waiting[1][seq.slot])[-1]
