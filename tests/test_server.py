@@ -246,7 +246,7 @@ def test_tools_reach_the_template_or_are_refused(server, client):
 
 
 @pytest.mark.parametrize("extra,param", [
-    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}, "response_format"),
     ({"logit_bias": {"5": 10}}, "logit_bias"),
     ({"suffix": "end"}, "suffix"),
 ])
@@ -405,3 +405,14 @@ def test_stream_chunks_say_which_tokens_were_accepted_drafts(server):
     assert sum(m["accepted"] for m in marks) == timings["accepted_tokens"]
     assert sum(m["drafted"] for m in marks) == timings["draft_tokens"]
     assert all(m["accepted"] <= m["drafted"] and m["tokens"] <= m["accepted"] + 1 for m in marks)
+
+
+def test_json_mode_replies_with_an_object(client):
+    from nextn.text.json_mode import JsonPrefix
+
+    out = client.chat.completions.create(model=_model_id(client), messages=[{"role": "user", "content": "json"}],
+                                         max_tokens=40, temperature=0, response_format={"type": "json_object"})
+    text = out.choices[0].message.content
+    assert text.startswith("{") and JsonPrefix().feed(text.encode())
+    if out.choices[0].finish_reason == "stop":
+        assert isinstance(__import__("json").loads(text), dict)

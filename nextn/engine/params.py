@@ -27,6 +27,7 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None       # None: off; n >= 0: each token's log-probability and the n most likely
     prompt_logprobs: bool = False     # also score the prompt's tokens (echo with logprobs); max_tokens may be 0
+    json: bool = False                # the reply is one JSON object (text/json_mode.py)
 
     def __post_init__(self):
         checks = [

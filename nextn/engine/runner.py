@@ -19,7 +19,7 @@ from ..models.cache import Cache
 from ..models.model import Model
 from ..models.step import Step
 from .cuda_graphs import MAX_T, ShortForwards
-from .sampling import draw, target
+from .sampling import draw, penalised, target
 from .sequence import Sequence
 
 SLACK = 16          # cache rows past the context limit, for draft tokens that may be rejected
@@ -89,7 +89,7 @@ class ModelRunner:
                 firsts.append(None)
                 continue
             logits = self.model.logits(last[b:b + 1])
-            t = target(logits, seq.params, seq.tokens)
+            t = constrained_target(logits, seq)
             firsts.append(draw(t[0], generators.get(seq.id)))
             if seq.params.logprobs is not None:
                 self.first_logprobs[seq.id] = logprob_entries(logits, firsts[-1:], seq.params.logprobs)[0]
@@ -118,11 +118,11 @@ class ModelRunner:
         else:
             logits, ids = self._verify_torch(seqs, inputs)
             starts = [b * self.hidden.shape[1] for b in range(len(seqs))]
-        greedy = all(s.params.greedy and not s.params.has_penalties for s in seqs)
+        greedy = all(s.params.greedy and not s.params.has_penalties and s.constraint is None for s in seqs)
         out = []
         self.verified = (logits, starts)
         for s, x, d, r in zip(seqs, inputs, drafts, starts):
-            out.append(ids[r:r + len(x)] if greedy else target(logits[r:r + len(x)], s.params, s.tokens, d))
+            out.append(ids[r:r + len(x)] if greedy else constrained_target(logits[r:r + len(x)], s, d))
         return out
 
     def token_logprobs(self, b: int, tokens: list[int], top: int) -> list[tuple]:
@@ -184,6 +184,14 @@ class ModelRunner:
         if self.graphs is not None:
             return self.graphs.capture_seconds
         return self.trunk.capture_seconds + self.rollback.capture_seconds if self.native else 0.0
+
+
+def constrained_target(logits: torch.Tensor, seq: Sequence, drafts: list[int] = ()) -> torch.Tensor:
+    """`target` of these rows, restricted by the sequence's constraint (JSON mode) when it has one."""
+    t = target(logits, seq.params, seq.tokens, drafts)
+    if seq.constraint is None:
+        return t
+    return seq.constraint.constrain(t, penalised(logits, seq.params, seq.tokens, drafts), seq.tokens, drafts)
 
 
 def logprob_entries(logits: torch.Tensor, tokens: list[int], top: int) -> list[tuple]:

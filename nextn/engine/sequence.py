@@ -81,6 +81,7 @@ class Sequence:
     cancelled: bool = False
     logprobs: list = field(default_factory=list)  # (token, logprob, top alternatives) per generated token, if asked
     prompt_logprobs: list = field(default_factory=list)   # the same for prompt tokens 1.. (params.prompt_logprobs)
+    constraint: object = None     # what the reply must stay (text.json_mode.JsonConstraint), or None
 
     def __post_init__(self):
         self.tokens = list(self.prompt)

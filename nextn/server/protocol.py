@@ -65,7 +65,7 @@ MAX_CHOICES = 16
 
 # parameters nextn does not implement, and the values that ask for nothing (accepted); anything else is a 400
 UNSUPPORTED = {"functions": (None, []), "function_call": (None, "none"),
-               "response_format": (None, {"type": "text"}), "logit_bias": (None, {}),
+               "response_format": (None, {"type": "text"}, {"type": "json_object"}), "logit_bias": (None, {}),
                "suffix": (None, ""), "parallel_tool_calls": (None, False, True)}
 
 
@@ -80,7 +80,8 @@ def parse(body, chat: bool, default_spec: SpecConfig, recommended: dict | None =
     echo = not chat and bool(_get(body, "echo", bool, False))
     for key, off in UNSUPPORTED.items():
         if key in body and body[key] not in off:
-            raise ApiError(400, f"'{key}' is not supported by this server", key)
+            also = " (response_format json_object is)" if key == "response_format" else ""
+            raise ApiError(400, f"'{key}' is not supported by this server{also}", key)
     stop = body.get("stop")
     if isinstance(stop, str):
         stop = [stop]
@@ -107,6 +108,7 @@ def parse(body, chat: bool, default_spec: SpecConfig, recommended: dict | None =
             ignore_eos=bool(_get(body, "ignore_eos", bool, False)),
             logprobs=logprobs,
             prompt_logprobs=echo and logprobs is not None,
+            json=body.get("response_format") == {"type": "json_object"},
         )
     except ValueError as e:
         raise ApiError(400, str(e)) from None
