@@ -237,7 +237,8 @@ def test_tools_reach_the_template_or_are_refused(server, client):
         declined = client.chat.completions.create(model=_model_id(client), messages=msgs, max_tokens=2, tools=[TOOL],
                                                   tool_choice="none")
         chunks = list(client.chat.completions.create(model=_model_id(client), messages=msgs, max_tokens=4,
-                                                     tools=[TOOL], stream=True))
+                                                     tools=[TOOL], stream=True, temperature=0,
+                                                     extra_body={"ignore_eos": True}))
     finally:
         tk.chat_template = saved
     assert offered.usage.prompt_tokens > plain.usage.prompt_tokens == declined.usage.prompt_tokens
