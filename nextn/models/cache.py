@@ -1,10 +1,11 @@
-"""Per-slot state allocated once: a position-indexed KV cache for attention blocks (the MTP block's
-included) and conv + recurrent state for Gated DeltaNet blocks.
+"""Per-slot state allocated once: a position-indexed KV cache for attention blocks (the MTP blocks'
+included; for MLA the latent and the RoPE key) and conv + recurrent state for Gated DeltaNet blocks.
 
 Rolling back attention is free (the caller just keeps a shorter length). Recurrent state cannot be
-truncated: the torch path keeps the state after every token of a short forward and `commit`
+truncated: the CPU torch path keeps the state after every token of a short forward and `commit`
 installs the one for the number of tokens kept; the native path saves the state before the step
-(`conv_backup`, `ssm_backup`, allocated when speculating) and replays the kept tokens.
+(`conv_backup`, `ssm_backup`, allocated when speculating) and replays the kept tokens; on CUDA the
+fused kernels leave the state untouched and `commit` replays the kept tokens into it.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Weights live in plain dicts keyed by their GGUF names, one dict per block, so the code reads like the
 file. Every weight stays in its GGUF type (kernels.weights): on CPU memory-mapped from the file, on CUDA
 copied as it is (types the GPU kernels do not decode are dequantized at load). Two forms of the forward:
-- torch (`forward`, `mtp_forward`): prefill chunks, the MTP head's catch-up on long queues, and CUDA;
+- torch (`forward`, `mtp_forward`): prefill chunks, the MTP head's catch-up on long queues, MLA models,
+  and CUDA (where short forwards run fused Triton kernels inside CUDA graphs);
 - native (`emit_trunk`, `emit_commit`, `emit_mtp_block`, `emit_mtp_head`): a few tokens per sequence on
   the CPU kernels, over static buffers, emitted as ops that a plan records once and replays every step.
 """
