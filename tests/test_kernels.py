@@ -167,3 +167,14 @@ def test_unsupported_type_is_refused_by_name(tmp_path):
 
     with pytest.raises(ModelFileError, match=r"tensor 'blk\.0\.ffn_up\.weight' has type IQ2_XXS, which nextn cannot run"):
         from_gguf(open_gguf(path).tensor("blk.0.ffn_up.weight"), path)
+
+
+def test_a_stack_of_matrices_dequantizes_whole_in_its_shape():
+    """Expert stacks and MLA's per-head matrices: dense() gives every matrix, each as dequantize() does."""
+    E, N, K = 3, 8, 256
+    raw = torch.from_numpy(random_rows(Q.Q4_K, E * N, K, seed=2)).reshape(E, N, -1)
+    stack = QWeight(raw, Q.Q4_K, (E, N, K))
+    dense = stack.dense()
+    assert dense.shape == (E, N, K)
+    for e in range(E):
+        assert torch.equal(dense[e], stack.expert(e).dequantize())

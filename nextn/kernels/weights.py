@@ -85,6 +85,11 @@ class QWeight:
         native.run("dequant", [native.p(self.data), int(self.qtype), self.row_bytes, self.K, start, stop, native.p(out)])
         return out
 
+    def dense(self) -> torch.Tensor:
+        """Every weight as float32 in the logical shape (a stack of matrices included)."""
+        flat = self.data.reshape(-1, self.row_bytes)
+        return QWeight(flat, self.qtype, (flat.shape[0], self.K)).dequantize().reshape(self.shape)
+
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """x [..., K] @ W^T (+ bias): the native kernel for few rows, dequantized tiles + GEMM for many."""
         lead = x.shape[:-1]

@@ -102,8 +102,7 @@ def _expanded(q_nope, q_pe, keys_lat, keys_pe, w: dict, cfg: ModelConfig, mask) 
     """Every cached latent expanded into per-head keys (W_UK c) and values (W_UV c), then plain attention."""
     k_b, v_b = w["attn_k_b.weight"], w["attn_v_b.weight"]
     if isinstance(k_b, QWeight):                                    # every head's rows, as floats [H, kvr, nope]
-        k_b = QWeight(k_b.data.reshape(-1, k_b.row_bytes), k_b.qtype, (k_b.shape[0] * k_b.N, k_b.K)).dequantize() \
-            .reshape(k_b.shape)
+        k_b = k_b.dense()
     k_nope = torch.einsum("blc,hcn->blhn", keys_lat, k_b.to(keys_lat.device, torch.float32))
     values = per_head(keys_lat[:, :, None].expand(-1, -1, cfg.n_head, -1), v_b).float()   # [B, L, H, v_head_dim]
     keys = torch.cat((k_nope, keys_pe[:, :, None].expand(-1, -1, cfg.n_head, -1)), -1)

@@ -238,7 +238,7 @@ def _place(t, name: str, device: torch.device, dtype: torch.dtype):
         return t.to(device)
     dense = name.endswith(DENSE) or device.type != "cpu"
     if isinstance(t, QWeight) and dense:
-        t = t.data.view(torch.float32).reshape(t.shape) if t.qtype == 0 else t.dequantize().reshape(t.shape)
+        t = t.data.view(torch.float32).reshape(t.shape) if t.qtype == 0 else t.dense()
     if device.type == "cpu":
         return t
     return t.to(device=device, dtype=dtype if t.dim() > 1 else torch.float32)
