@@ -37,8 +37,8 @@ class _Captured:
     extra: torch.Tensor | None         # [B, T, D] hidden inputs (MTP block)
     out: tuple
     pending: dict
-    commit: tuple | None = None        # (graph, keep [B]) once a commit of this shape was captured
-    keep: torch.Tensor | None = None
+    commit: torch.cuda.CUDAGraph | None = None   # the commit of this shape, once captured
+    keep: torch.Tensor | None = None             # its static input: rows kept per sequence [B]
 
 
 @dataclass
@@ -95,12 +95,12 @@ class ShortForwards:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self.pool):
                 self.cache.commit(g.keep)
-            g.commit = (graph,)
+            g.commit = graph
             self.cache.pending.clear()
             self.capture_seconds += time.perf_counter() - t0
             return
         g.keep.copy_(keep_t, non_blocking=True)
-        g.commit[0].replay()
+        g.commit.replay()
         self.cache.pending.clear()
 
     def _restore(self, g: _Captured) -> None:
