@@ -31,6 +31,7 @@ class EngineConfig:
     compile: bool = True              # False: run the native ops one by one instead of replaying a plan
     kernels: str = "int8"             # CPU products of Q4_K/Q6_K/Q8_0: int8 activations, or "exact" floats
     progress: bool = True
+    tp: int = 1                       # tensor parallel ranks (parallel/): each holds 1/tp of every large weight
 
     def __post_init__(self):
         try:
@@ -54,6 +55,11 @@ class EngineConfig:
             raise NextnError(f"--draft-p-min must be in [0, 1) (got {self.draft_p_min})")
         if self.kernels not in ("exact", "int8"):
             raise NextnError(f"--kernels must be 'exact' or 'int8', not {self.kernels!r}")
+        if not 1 <= self.tp <= 1024:
+            raise NextnError(f"--tp must be in [1, 1024] (got {self.tp})")
+        if self.tp > 1 and self.draft_vocab:
+            raise NextnError("--draft-vocab with --tp > 1 is not supported yet: the MTP head's rows are split by "
+                             "vocabulary over the ranks; drop one of the two")
         if self.threads is not None and not 1 <= self.threads <= 1024:
             raise NextnError(f"--threads must be in [1, 1024] (got {self.threads})")
 
@@ -93,7 +99,11 @@ class EngineConfig:
         p.add_argument("--prefill-chunk", type=int, default=512)
         p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
         p.add_argument("--dtype", default=None, choices=["f32", "f16", "bf16"], help="CUDA compute type (default bf16)")
-        p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: one per core)")
+        p.add_argument("-t", "--threads", type=int, default=None,
+                       help="CPU threads, per rank with --tp (default: one per core, shared by the ranks of a host)")
+        p.add_argument("--tp", type=int, default=1, metavar="N",
+                       help="tensor parallel over N ranks (torch.distributed: gloo on CPU, NCCL on GPUs), each holding "
+                            "1/N of every large weight; one host: nextn starts the ranks; several: torchrun")
         p.add_argument("--kernels", default="int8", choices=["int8", "exact"],
                        help="CPU products of Q4_K/Q6_K/Q8_0 weights: int8 (default: activations quantized to int8 "
                             "per 256 values, as llama.cpp does) or exact (weights decoded to floats: exact up to "

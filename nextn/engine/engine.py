@@ -15,6 +15,7 @@ from ..drafters.ngram import NGramDrafter
 from ..drafters.router import DraftRouter
 from ..errors import NextnError
 from ..models import loader
+from ..parallel import launch, mirror
 from ..text.chat import render_chat
 from ..text.json_mode import JsonConstraint
 from ..text.tokenizer import StreamDecoder
@@ -76,10 +77,14 @@ class Engine:
         drafters = config.drafters
         ngram = "ngram" in drafters and config.draft_max > 0
         max_draft = max(config.draft_max if config.model_drafter else 0, config.ngram_max if ngram else 0)
-        self.runner = ModelRunner(self.model, config.n_parallel, config.ctx_size, use_mtp=config.use_mtp,
-                                  max_draft=max_draft, compile=config.compile, threads=config.threads)
-        model_drafter = (MTPDrafter(self.runner, compile=config.compile) if self.use_mtp else
-                         self._draft_model(config) if config.model_drafter == "draft" else None)
+        runner_args = dict(n_slots=config.n_parallel, max_len=config.ctx_size, use_mtp=config.use_mtp,
+                           max_draft=max_draft, compile=config.compile, threads=config.threads)
+        self.runner = ModelRunner(self.model, **runner_args)
+        mtp = MTPDrafter(self.runner, compile=config.compile) if self.use_mtp else None
+        model_drafter = mtp or (self._draft_model(config) if config.model_drafter == "draft" else None)
+        self.tp = launch.session() if config.tp > 1 else None
+        if self.tp is not None:          # the other ranks build the same runner and run every forward with us
+            mirror.lead(self.tp.channel, self.runner, mtp, runner_args)
         self.tuner = tuner or KTuner(config.draft_max if model_drafter else 0, config.draft_min,
                                      ngram_max=config.ngram_max)
         self.drafter = (DraftRouter(model_drafter, NGramDrafter(config.ngram_min, config.ngram_max) if ngram else None,
@@ -106,11 +111,25 @@ class Engine:
         return DraftModelDrafter(runner)
 
     @staticmethod
-    def load(config: EngineConfig):
-        """(model config, model, tokenizer, trunk file) for this configuration."""
-        return loader.load(config.model, mtp_path=config.mtp_model, use_mtp=config.use_mtp, device=config.device,
-                           dtype=config.dtype, progress=config.progress, kernels=config.kernels,
-                           draft_vocab=config.draft_vocab)
+    def load(config: EngineConfig, comm=None):
+        """(model config, model, tokenizer, trunk file) for this configuration. With `--tp N` (config.tp),
+        this rank's shard, the other ranks loading theirs at the same time (`comm`: as a follower)."""
+        session = launch.start(config.tp, config.device) if comm is None and config.tp > 1 else None
+        if session is not None:
+            session.channel.send("load", (config, launch.file_fingerprint(loader.open_trunk(config.model or
+                                                                                          loader.default_model()))))
+            comm = session.comm
+        try:
+            loaded = loader.load(config.model, mtp_path=config.mtp_model, use_mtp=config.use_mtp, device=config.device,
+                                 dtype=config.dtype, progress=config.progress, kernels=config.kernels,
+                                 draft_vocab=config.draft_vocab, comm=comm)
+        except NextnError as e:
+            if session is not None:
+                session.channel.agree(str(e))
+            raise
+        if session is not None:
+            session.channel.agree(None)
+        return loaded
 
     @property
     def use_mtp(self) -> bool:
@@ -143,6 +162,8 @@ class Engine:
         """MB of weights (as held: quantized weights stay in their GGUF type) and of caches + decode buffers."""
         out = {"weights_mb": round(self.model.nbytes() / 2**20, 1),
                "caches_mb": round(self.runner.state_nbytes() / 2**20, 1)}
+        if self.tp is not None:
+            out["tensor_parallel"] = f"rank 0 of {self.tp.comm.size}: its shard of the weights and caches"
         if self._drafter_bytes():
             out["draft_model_mb"] = round(self._drafter_bytes() / 2**20, 1)
         return out

@@ -36,7 +36,8 @@ class ModelRunner:
         self.rows = max_len + SLACK
         self.max_step_rows = n_slots * (max_draft + 1)
         # CUDA: short forwards as graphs (not for MoE: routing reads expert counts on the host)
-        graphs = self.device.type == "cuda" and compile and not model.cfg.n_expert
+        # (nor tensor parallel: the collectives run eagerly)
+        graphs = self.device.type == "cuda" and compile and not model.cfg.n_expert and model.comm is None
         self.cache = Cache.allocate(model.cfg, n_slots, self.rows + int(graphs), model.dtype, model.device,
                                     self.use_mtp, rollback=self.native and max_draft > 0)
         self.graph_pool = torch.cuda.graph_pool_handle() if graphs else None

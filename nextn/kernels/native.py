@@ -54,28 +54,59 @@ def run(op: str, ints, floats=()) -> None:
 
 
 class Plan:
-    """A recorded sequence of ops over fixed buffers, replayed by one call."""
+    """A recorded sequence of ops over fixed buffers, replayed by one call (one per segment when Python
+    hooks, such as a tensor-parallel all-reduce, sit between the ops)."""
 
     def __init__(self):
-        self.handle = _native.plan_new()
+        self.parts: list = []         # _Segment (native ops) or a Python callable, in order
         self.size = 0
 
     def add(self, op: str, ints, floats=()) -> None:
-        self.size = _native.plan_add(self.handle, OPS[op], ints, floats)
+        if not self.parts or callable(self.parts[-1]):
+            self.parts.append(_Segment())
+        self.parts[-1].size = _native.plan_add(self.parts[-1].handle, OPS[op], ints, floats)
+        self.size += 1
+
+    def hook(self, fn) -> None:
+        self.parts.append(fn)
 
     def run(self) -> None:
-        _native.plan_run(self.handle)
+        for part in self.parts:
+            part() if callable(part) else _native.plan_run(part.handle)
 
     def profile(self) -> list[tuple[str, float]]:
-        """Run once, timing every op: [(op name, seconds)] in plan order."""
-        names = list(OPS)
-        return [(names[op], t) for op, t in _native.plan_profile(self.handle)]
+        """Run once, timing every op: [(op name, seconds)] in plan order (a hook as 'hook')."""
+        import time
+
+        names, out = list(OPS), []
+        for part in self.parts:
+            if callable(part):
+                t0 = time.perf_counter()
+                part()
+                out.append(("hook", time.perf_counter() - t0))
+            else:
+                out += [(names[op], t) for op, t in _native.plan_profile(part.handle)]
+        return out
 
     def __len__(self) -> int:
         return self.size
 
+
+class _Segment:
+    def __init__(self):
+        self.handle, self.size = _native.plan_new(), 0
+
     def __del__(self):
         _native.plan_free(self.handle)
+
+
+def hook(fn) -> None:
+    """Run a Python function at this point of the forward: now, or, while a plan records, at this point
+    of every replay."""
+    if _plan is not None:
+        _plan.hook(fn)
+    else:
+        fn()
 
 
 @contextlib.contextmanager

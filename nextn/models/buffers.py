@@ -24,6 +24,8 @@ class Buffers:
         self.x, self.h, self.mix, self.hidden = f(R, D), f(R, D), f(R, D), f(R, D)
         self.mtp_in, self.cat = f(R, D), f(R, 2 * D)            # MTP: the trunk hidden rows, [enorm(e) | hnorm(h)]
         self.logits = f(R, n_vocab)
+        # tensor parallel: this rank's vocabulary columns, before they are gathered into `logits`
+        self.vocab_part = f(R, -(-n_vocab // cfg.tp_size)) if cfg.tp_size > 1 else None
         self.q = f(R, _width(layers, "attn_q.weight", 1))
         self.k = f(R, _width(layers, "attn_k.weight", 1))
         self.v = f(R, _width(layers, "attn_v.weight", 1))

@@ -61,6 +61,9 @@ class ModelConfig:
     yarn_beta_slow: float = 1.0
     yarn_log_mul: float = 0.0         # softmax scale x (1 + log_mul ln factor)^2 (DeepSeek's mscale_all_dim / 10)
     yarn_attn_factor: float = 1.0     # cos/sin scale
+    # tensor parallelism (parallel.shard): this rank's place; head counts above are then this rank's
+    tp_rank: int = 0
+    tp_size: int = 1
 
     def __post_init__(self):
         if self.arch not in SUPPORTED_ARCHS:

@@ -93,11 +93,12 @@ def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
 
 def load(model_path: str | Path | None = None, *, mtp_path: str | Path | None = None, use_mtp: bool = False,
          device: str | None = None, dtype: str | None = None, progress: bool = True, kernels: str = "int8",
-         draft_vocab: int = 0):
+         draft_vocab: int = 0, comm=None):
     """Open, check and load a model. Returns (model config, model, tokenizer, trunk file).
     `kernels`: "int8" (Q4_K, Q6_K and Q8_0 weights meet int8-quantized activations in few-row CPU products,
     as llama.cpp runs them) or "exact" (weights decoded to floats in every product).
-    `draft_vocab`: > 0 restricts the MTP head to that many token ids (gguf/draft_vocab.py)."""
+    `draft_vocab`: > 0 restricts the MTP head to that many token ids (gguf/draft_vocab.py).
+    `comm` (parallel.comm): load this rank's shard of a tensor-parallel run."""
     trunk = open_trunk(model_path or default_model())
     cfg = ModelConfig.from_gguf(trunk)
     head = find_head(trunk, mtp_path) if use_mtp else None
@@ -106,7 +107,7 @@ def load(model_path: str | Path | None = None, *, mtp_path: str | Path | None = 
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
     model = Model.load(trunk, cfg, head=head, use_mtp=use_mtp, device=dev, dtype=dt, progress=progress,
-                       int8=kernels == "int8")
+                       int8=kernels == "int8", comm=comm)
     tokenizer = Tokenizer.from_gguf(trunk)
     if use_mtp:
         model = with_draft_vocab((cfg, model, tokenizer, trunk), n=draft_vocab, head=head)[1]
@@ -126,6 +127,11 @@ def with_draft_vocab(loaded: tuple, config=None, *, n: int | None = None, head: 
     if not model.use_mtp:
         return loaded
     src, rows = head or trunk, model.mtp_head().shape[0]
+    if model.comm is not None:         # tensor parallel: every head row split by vocabulary over the ranks
+        if src.meta(draft_vocab.KEY) is not None:
+            raise NextnError(f"{src.path.name}: a trimmed MTP head (nextn gguf trim-head) cannot run with --tp > 1 "
+                             f"yet; use the full head")
+        return loaded
     if model.draft_ids is None and rows != trunk.n_vocab:       # a trimmed head, as loaded
         ids = src.meta(draft_vocab.KEY)
         if ids is None or len(ids) != rows:

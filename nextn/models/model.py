@@ -12,6 +12,7 @@ copied as it is (types the GPU kernels do not decode are dequantized at load). T
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,7 @@ from tqdm import tqdm
 
 from ..errors import ModelFileError
 from ..gguf.reader import GGUFFile, block_index
-from ..kernels import ops
+from ..kernels import native, ops
 from ..kernels.weights import GPU_TYPES, INT8_TYPES, QWeight, from_gguf, take_rows
 from .attention import attention, attention_native
 from .mla import mla_attention
@@ -30,6 +31,9 @@ from .deltanet import deltanet_native, gated_deltanet
 from .layers import dense_ffn, linear, rms_norm, rope_tables, swiglu_native
 from .moe import moe_ffn, moe_native
 from .step import Step
+
+if TYPE_CHECKING:
+    from ..parallel.comm import Comm
 
 ATTN_REQUIRED = ("attn_norm.weight", "attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight",
                  "post_attention_norm.weight")
@@ -42,8 +46,9 @@ DENSE = ("ssm_conv1d.weight",)       # read elementwise by the kernels, never mu
 
 
 class Model:
-    def __init__(self, cfg: ModelConfig, globals_: dict, layers: list[dict], device, dtype):
+    def __init__(self, cfg: ModelConfig, globals_: dict, layers: list[dict], device, dtype, comm: "Comm | None" = None):
         self.cfg, self.device, self.dtype = cfg, torch.device(device), dtype
+        self.comm = comm if comm is not None and comm.size > 1 else None    # tensor parallel: this rank's shard
         self.tok_embd = globals_["token_embd.weight"]
         self.output_norm = globals_["output_norm.weight"]
         self.head = globals_.get("output.weight", self.tok_embd)     # tied: the head is the embedding
@@ -55,8 +60,14 @@ class Model:
     # ---- loading -------------------------------------------------------------------------------
     @classmethod
     def load(cls, gf: GGUFFile, cfg: ModelConfig, *, head: GGUFFile | None = None, use_mtp: bool = False,
-             device="cpu", dtype=torch.float32, progress: bool = True, int8: bool = False) -> "Model":
-        """`int8`: quantized weights take int8 activations in few-row products (QWeight.int8)."""
+             device="cpu", dtype=torch.float32, progress: bool = True, int8: bool = False,
+             comm: "Comm | None" = None) -> "Model":
+        """`int8`: quantized weights take int8 activations in few-row products (QWeight.int8).
+        `comm`: tensor parallel over its ranks: this rank reads and holds only its shard (parallel.shard)."""
+        from ..parallel.shard import local_config, shard
+
+        rank, size = (comm.rank, comm.size) if comm is not None else (0, 1)
+        local = local_config(cfg, rank, size)
         plan = [(gf, n) for n in ("token_embd.weight", "output_norm.weight", "output.weight") if n in gf.tensors]
         plan += [(gf, n) for n in gf.tensors if block_index(n) is not None and block_index(n) < cfg.n_layer]
         if use_mtp:
@@ -68,7 +79,7 @@ class Model:
         with tqdm(total=total, unit="B", unit_scale=True, desc=f"loading {gf.path.name}", disable=not progress,
                   leave=False) as bar:
             for src, name in plan:
-                t = _place(from_gguf(src.tensor(name), src.path), name, device, dtype)
+                t = _place(shard(name, from_gguf(src.tensor(name), src.path), cfg, rank, size), name, device, dtype)
                 if isinstance(t, QWeight):
                     t.int8 = int8
                 il = block_index(name)
@@ -81,8 +92,8 @@ class Model:
             if name not in globals_:
                 raise ModelFileError(f"{gf.path}: tensor '{name}' is missing")
         for il, w in enumerate(blocks):
-            _check_block(head if (head is not None and il >= cfg.n_layer) else gf, cfg, il, w)
-        return cls(cfg, globals_, blocks, device, dtype)
+            _check_block(head if (head is not None and il >= cfg.n_layer) else gf, local, il, w)
+        return cls(local, globals_, blocks, device, dtype, comm)
 
     def int8_types(self) -> list[str]:
         """The weight types whose few-row products run with int8 activations (see QWeight.int8)."""
@@ -104,15 +115,28 @@ class Model:
         w, cfg = self.layers[il], self.cfg
         h = rms_norm(x, w["attn_norm.weight"], cfg.rms_eps)
         mixer = gated_deltanet if cfg.recurrent[il] else mla_attention if cfg.mla else attention
-        x = x + mixer(h, w, cfg, step, cache, il)
+        x = x + self._sum(mixer(h, w, cfg, step, cache, il))
         h = rms_norm(x, w.get("post_attention_norm.weight", w.get("ffn_norm.weight")), cfg.rms_eps)
-        return x + (moe_ffn(h, w, cfg) if "ffn_gate_inp.weight" in w else dense_ffn(h, w))
+        return x + self._sum(moe_ffn(h, w, cfg) if "ffn_gate_inp.weight" in w else dense_ffn(h, w))
+
+    def _sum(self, part: torch.Tensor) -> torch.Tensor:
+        """Tensor parallel: the ranks' partial outputs (row-parallel products, their experts) summed."""
+        return self.comm.all_reduce(part.contiguous()) if self.comm is not None else part
 
     def _prepare(self, step: Step) -> None:
         if step.rope is None:
             step.rope = rope_tables(step.positions, self.cfg.n_rot, self.cfg.rope_theta, self.dtype, self.cfg.yarn)
 
     def embed(self, tokens: torch.Tensor, table) -> torch.Tensor:
+        if self.comm is not None:         # this rank's vocabulary rows; the others contribute zeros
+            first, end = self.comm.vocab_range(self.cfg.n_vocab)
+            local = tokens - first
+            inside = (local >= 0) & (local < end - first)
+            x = self._lookup(local.clamp(0, end - first - 1), table) * inside[..., None].to(self.dtype)
+            return self.comm.all_reduce(x.contiguous())
+        return self._lookup(tokens, table)
+
+    def _lookup(self, tokens: torch.Tensor, table) -> torch.Tensor:
         if isinstance(table, QWeight):
             return table.rows(tokens.flatten(), self.dtype).reshape(*tokens.shape, table.K)
         return F.embedding(tokens, table)
@@ -126,7 +150,11 @@ class Model:
         return rms_norm(x, self.output_norm, self.cfg.rms_eps)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return linear(hidden, self.head).float()
+        return self._vocab(linear(hidden, self.head).float())
+
+    def _vocab(self, logits: torch.Tensor) -> torch.Tensor:
+        """Tensor parallel: every rank's vocabulary columns, gathered."""
+        return self.comm.gather_vocab(logits, self.cfg.n_vocab) if self.comm is not None else logits
 
     def score(self, tokens: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
         """Trunk logits after every position of one sequence [1, T], prefilled in chunks into a cache of
@@ -175,7 +203,7 @@ class Model:
         self.draft_ids = list(ids)
 
     def mtp_logits(self, g: torch.Tensor, i: int = 0) -> torch.Tensor:
-        return linear(g, self.mtp_head(i)).float()
+        return self._vocab(linear(g, self.mtp_head(i)).float())
 
     # ---- native decode forward ------------------------------------------------------------------
     def _block_native(self, il: int, cache: Cache, buf: Buffers, save: bool, shift: int = 0) -> None:
@@ -185,23 +213,54 @@ class Model:
             deltanet_native(w, cfg, cache, il, buf.h, buf.mix, buf, rows, save)
         else:
             attention_native(w, cfg, cache, il, buf.h, buf.mix, buf, rows, shift)
+        self._sum_native(buf.mix, rows)
         ops.add(buf.x, buf.mix, buf.x, rows)
         ops.rmsnorm(buf.x, w["post_attention_norm.weight"], buf.h, cfg.rms_eps, rows)
         if "ffn_gate_inp.weight" in w:
             moe_native(w, cfg, buf.h, buf.mix, buf, rows)
         else:
             swiglu_native(w, "", buf.h, buf.mix, buf, rows)
+        self._sum_native(buf.mix, rows)
         ops.add(buf.x, buf.mix, buf.x, rows)
+
+    def _sum_native(self, out: torch.Tensor, rows) -> None:
+        if self.comm is not None:
+            native.hook(lambda: self.comm.all_reduce(out[:int(rows.head[0])]))
+
+    def _embed_native(self, table, buf: Buffers) -> None:
+        if self.comm is None:
+            ops.embed(buf.tokens, table, buf.x, buf.rows)
+            return
+
+        def run():
+            n = int(buf.rows.head[0])
+            buf.x[:n] = self.embed(buf.tokens[:n].long(), table)
+        native.hook(run)
+
+    def _head_native(self, head, buf: Buffers) -> torch.Tensor:
+        """buf.hidden rows through an output head -> the logits buffer's first head-rows columns (every rank's
+        columns gathered when tensor parallel)."""
+        if self.comm is None:
+            logits = buf.logits[:, :head.shape[0]]
+            ops.matmul(buf.hidden, head, logits, buf.rows)
+            return logits
+        part = buf.vocab_part[:, :head.shape[0]]
+        ops.matmul(buf.hidden, head, part, buf.rows)
+
+        def gather():
+            n = int(buf.rows.head[0])
+            buf.logits[:n] = self.comm.gather_vocab(part[:n], self.cfg.n_vocab)
+        native.hook(gather)
+        return buf.logits
 
     def emit_trunk(self, cache: Cache, buf: Buffers) -> None:
         """buf.tokens at the rows of buf.rows -> buf.hidden (post-norm), buf.logits, buf.ids (argmax)."""
         rows = buf.rows
-        ops.embed(buf.tokens, self.tok_embd, buf.x, rows)
+        self._embed_native(self.tok_embd, buf)
         for il in range(self.cfg.n_layer):
             self._block_native(il, cache, buf, save=bool(cache.ssm_backup))
         ops.rmsnorm(buf.x, self.output_norm, buf.hidden, self.cfg.rms_eps, rows)
-        ops.matmul(buf.hidden, self.head, buf.logits, rows)
-        ops.argmax(buf.logits, buf.ids, rows)
+        ops.argmax(self._head_native(self.head, buf), buf.ids, rows)
 
     def emit_commit(self, cache: Cache, buf: Buffers) -> None:
         """Recurrent state after buf.rows.seq_keep of each sequence's rows of the last emit_trunk."""
@@ -215,7 +274,7 @@ class Model:
         -> buf.hidden: the normed MTP hidden state g of each row."""
         il, cfg = self.cfg.n_layer + i, self.cfg
         w, rows, D = self.layers[il], buf.rows, cfg.n_embd
-        ops.embed(buf.tokens, w.get("nextn.embed_tokens.weight", self.tok_embd), buf.x, rows)
+        self._embed_native(w.get("nextn.embed_tokens.weight", self.tok_embd), buf)
         ops.rmsnorm(buf.x, w["nextn.enorm.weight"], buf.cat[:, :D], cfg.rms_eps, rows)
         ops.rmsnorm(buf.mtp_in, w["nextn.hnorm.weight"], buf.cat[:, D:], cfg.rms_eps, rows)
         ops.matmul(buf.cat, w["nextn.eh_proj.weight"], buf.x, rows)
@@ -225,10 +284,7 @@ class Model:
     def emit_mtp_head(self, buf: Buffers, i: int = 0) -> None:
         """buf.hidden rows -> buf.logits and buf.ids through MTP block i's output head (a draft vocabulary
         fills the first len(draft_ids) columns; ids are row numbers of the head)."""
-        head = self.mtp_head(i)
-        logits = buf.logits[:, :head.shape[0]]
-        ops.matmul(buf.hidden, head, logits, buf.rows)
-        ops.argmax(logits, buf.ids, buf.rows)
+        ops.argmax(self._head_native(self.mtp_head(i), buf), buf.ids, buf.rows)
 
 
 def _place(t, name: str, device: torch.device, dtype: torch.dtype):

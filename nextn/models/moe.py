@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..kernels import ops
+from ..kernels import native, ops
 from .config import ModelConfig
 from .layers import dense_ffn, expert, linear, swiglu_native
 
@@ -47,14 +47,14 @@ def moe_ffn(x: torch.Tensor, w: dict, cfg: ModelConfig) -> torch.Tensor:
     flat_weights = weights.flatten()[order].to(x.dtype)
     out = torch.zeros_like(x)
     gate, up, down = w["ffn_gate_exps.weight"], w["ffn_up_exps.weight"], w["ffn_down_exps.weight"]
+    first, held = held_experts(cfg, gate)
     start = 0
     for e, n in enumerate(counts):
-        if n == 0:
-            continue
-        tok = token_of[start:start + n]
-        xe = x[tok]
-        y = linear(F.silu(linear(xe, expert(gate, e))) * linear(xe, expert(up, e)), expert(down, e))
-        out.index_add_(0, tok, y * flat_weights[start:start + n, None])
+        if n and first <= e < first + held:
+            tok = token_of[start:start + n]
+            xe = x[tok]
+            h = F.silu(linear(xe, expert(gate, e - first))) * linear(xe, expert(up, e - first))
+            out.index_add_(0, tok, linear(h, expert(down, e - first)) * flat_weights[start:start + n, None])
         start += n
     if "ffn_gate_shexp.weight" in w:
         shared = dense_ffn(x, w, "_shexp")
@@ -62,6 +62,12 @@ def moe_ffn(x: torch.Tensor, w: dict, cfg: ModelConfig) -> torch.Tensor:
             shared = shared * torch.sigmoid(linear(x, w["ffn_gate_inp_shexp.weight"]))
         out = out + shared
     return out.reshape(shape)
+
+
+def held_experts(cfg: ModelConfig, stack) -> tuple[int, int]:
+    """(first expert, how many) of the stack this rank holds: all of them, or its 1/N under expert parallelism."""
+    held = stack.shape[0]
+    return cfg.tp_rank * held if held < cfg.n_expert else 0, held
 
 
 def moe_native(w: dict, cfg: ModelConfig, x: torch.Tensor, out: torch.Tensor, buf, rows) -> None:
@@ -72,6 +78,12 @@ def moe_native(w: dict, cfg: ModelConfig, x: torch.Tensor, out: torch.Tensor, bu
     ops.moe_route(router, ids, weights, rows, n_used=cfg.n_expert_used, bias=w.get("exp_probs_b.bias"),
                   softmax=cfg.expert_gating == "softmax", norm=cfg.expert_weights_norm,
                   n_groups=cfg.n_expert_groups, n_group_used=cfg.n_group_used, scale=cfg.expert_weights_scale)
+    first, held = held_experts(cfg, w["ffn_gate_exps.weight"])
+    if held < cfg.n_expert:       # expert parallel: ids of this rank's experts, -1 (skipped) for the others'
+        def local_ids():
+            local = ids[:int(rows.head[0])]
+            local.sub_(first).masked_fill_((local < 0) | (local >= held), -1)
+        native.hook(local_ids)
     ops.moe_experts(x, ids, weights, w["ffn_gate_exps.weight"], w["ffn_up_exps.weight"], w["ffn_down_exps.weight"],
                     out, buf.moe_scratch, rows)
     if "ffn_gate_shexp.weight" in w:

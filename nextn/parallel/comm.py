@@ -1,0 +1,65 @@
+"""The collectives of a sharded forward, over one torch.distributed process group: sums of partial
+outputs (row-parallel products, expert-parallel MoE, vocabulary-split embedding lookups) and the
+gather of vocabulary-split logits. Time spent in them is counted (`seconds`) for the benchmark's
+communication share."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from ..errors import NextnError
+
+
+class RankLost(NextnError):
+    """Another rank of a tensor-parallel run stopped (it died, was killed, or failed)."""
+
+
+@dataclass
+class Comm:
+    rank: int
+    size: int
+    group: object = None          # the data-plane group (gloo on CPU, NCCL on CUDA); None: the default one
+    seconds: float = 0.0          # time inside collectives since the last reset
+    calls: int = 0
+
+    def vocab_range(self, n_vocab: int) -> tuple[int, int]:
+        """The token rows [first, end) this rank holds of a vocabulary-split matrix (the last rank may hold fewer)."""
+        per = -(-n_vocab // self.size)
+        return min(self.rank * per, n_vocab), min((self.rank + 1) * per, n_vocab)
+
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """x summed over the ranks, in place (x must be contiguous)."""
+        if self.size > 1:
+            self._timed(dist.all_reduce, x, group=self.group)
+        return x
+
+    def gather_vocab(self, local: torch.Tensor, n_vocab: int) -> torch.Tensor:
+        """Logits over the whole vocabulary [..., V] from each rank's columns [..., V_rank]."""
+        if self.size == 1:
+            return local
+        per = -(-n_vocab // self.size)
+        lead = local.shape[:-1]
+        x = local.reshape(-1, local.shape[-1]).float()
+        if x.shape[-1] < per:           # the last rank's shorter shard, padded to the common width
+            x = torch.nn.functional.pad(x, (0, per - x.shape[-1]), value=float("-inf"))
+        parts = [torch.empty_like(x) for _ in range(self.size)]
+        self._timed(dist.all_gather, parts, x.contiguous(), group=self.group)
+        return torch.cat(parts, -1)[:, :n_vocab].reshape(*lead, n_vocab)
+
+    def _timed(self, fn, *args, **kw) -> None:
+        t0 = time.perf_counter()
+        try:
+            fn(*args, **kw)
+        except (RuntimeError, dist.DistBackendError) as e:
+            raise RankLost(f"tensor parallelism: another rank stopped ({_first_line(e)})") from None
+        self.seconds += time.perf_counter() - t0
+        self.calls += 1
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else type(e).__name__

@@ -1,0 +1,194 @@
+"""Rank 0 drives, the other ranks follow: every call that runs the network (a trunk or MTP forward, an
+output head, a native decode plan, a cache commit) is announced to the followers with its inputs, then
+run on rank 0; each follower runs the same call on its shard, so the collectives inside meet. Scheduling,
+drafting, sampling, acceptance and rollback decisions happen once, on rank 0, and reach the followers
+only as the inputs of the next calls: every rank commits the same state.
+
+Messages travel on a gloo group of their own (the control plane), whatever the device.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from .comm import Comm, RankLost, _first_line
+
+MODEL_CALLS = ("forward", "logits", "mtp_forward", "mtp_logits", "score")
+CACHE_CALLS = ("reset_slot", "commit")
+
+
+@dataclass(frozen=True)
+class Ref:
+    """An object named in a message: each rank resolves it to its own (its model shard, its cache)."""
+    name: str
+
+
+class Channel:
+    """Broadcasts from rank 0 on the control group; collective status checks."""
+
+    def __init__(self, comm: Comm, group):
+        self.comm, self.group = comm, group
+
+    def send(self, *msg) -> None:
+        self._bcast([msg])
+
+    def receive(self) -> tuple:
+        box = [None]
+        self._bcast(box)
+        return box[0]
+
+    def agree(self, error: str | None) -> None:
+        """Every rank reports its outcome of the last announced action; any failure raises everywhere."""
+        errors = [None] * self.comm.size
+        try:
+            dist.all_gather_object(errors, error, group=self.group)
+        except RuntimeError as e:
+            raise RankLost(f"tensor parallelism: another rank stopped ({_first_line(e)})") from None
+        bad = [(r, e) for r, e in enumerate(errors) if e]
+        if bad:
+            r, e = bad[0]
+            raise RankLost(e if r == self.comm.rank else f"tensor parallelism: rank {r}: {e}")
+
+    def _bcast(self, box: list) -> None:
+        try:
+            dist.broadcast_object_list(box, src=0, group=self.group)
+        except RuntimeError as e:
+            who = "rank 0" if self.comm.rank else "another rank"
+            raise RankLost(f"tensor parallelism: {who} stopped ({_first_line(e)})") from None
+
+
+class Mirrored:
+    """A stand-in for `target` on rank 0: the methods in `calls` are announced, then run; the rest passes through."""
+
+    def __init__(self, target, name: str, channel: Channel, calls: tuple[str, ...]):
+        self._target, self._name, self._channel, self._calls = target, name, channel, calls
+
+    def __getattr__(self, attr):
+        value = getattr(self._target, attr)
+        if attr not in self._calls:
+            return value
+
+        def call(*args, **kw):
+            self._channel.send("call", self._name, attr, _refs(args), _refs(kw))
+            return value(*args, **kw)
+        return call
+
+
+def _refs(args):
+    if isinstance(args, dict):
+        return {k: _refs(v) for k, v in args.items()} if any(isinstance(v, Mirrored) for v in args.values()) else args
+    return tuple(Ref(a._name) if isinstance(a, Mirrored) else a for a in args)
+
+
+GRAPH_INPUTS = {"trunk": ("tokens",), "rollback": (), "block": ("tokens", "mtp_in"), "head": ("hidden",)}
+
+
+def lead(channel: Channel, runner, mtp_drafter, runner_args: dict) -> None:
+    """Wire rank 0's runner (and MTP drafter) so that the followers build the same runner and run every call."""
+    channel.send("runner", runner_args)
+    channel.agree(None)
+    model = Mirrored(runner.model, "model", channel, MODEL_CALLS)
+    runner.model = model
+    runner.cache = Mirrored(runner.cache, "cache", channel, CACHE_CALLS)
+    graphs = {}
+    if runner.native:
+        graphs.update(trunk=runner.trunk, rollback=runner.rollback)
+    if mtp_drafter is not None:
+        mtp_drafter.model = model
+        if runner.native:
+            graphs.update({f"block{i}": g for i, g in enumerate(mtp_drafter.blocks)})
+            graphs.update({f"head{i}": g for i, g in enumerate(mtp_drafter.heads)})
+    for name, graph in graphs.items():
+        graph.run = _announced(graph.run, name, channel, runner.buf)
+
+
+def _announced(run, name: str, channel: Channel, buf):
+    inputs = GRAPH_INPUTS[name.rstrip("0123456789")]
+
+    def announced():
+        n = int(buf.rows.head[0])
+        channel.send("graph", name, buf.rows.t.clone(), {k: getattr(buf, k)[:n].clone() for k in inputs})
+        run()
+    return announced
+
+
+class Follower:
+    """A rank other than 0: holds its shard and runs what rank 0 announces until told to stop."""
+
+    def __init__(self, channel: Channel, load):
+        self.channel, self.load = channel, load       # load(config) -> (cfg, model, tokenizer, file), sharded
+        self.objects: dict = {}
+        self.graphs: dict = {}
+        self.runner = None
+
+    def run(self) -> None:
+        while True:
+            msg = self.channel.receive()
+            kind = msg[0]
+            if kind == "stop":
+                return
+            if kind in ("load", "runner"):
+                error = None
+                try:
+                    self._load(msg[1]) if kind == "load" else self._build(msg[1])
+                except Exception as e:      # reported to rank 0, which names it
+                    error = f"{type(e).__name__}: {e}" if not str(e).startswith(("--", "/")) else str(e)
+                self.channel.agree(error)
+            elif kind == "call":
+                _, name, method, args, kw = msg
+                getattr(self.objects[name], method)(*self._resolve(args), **self._resolve(kw))
+            elif kind == "graph":
+                self._graph(*msg[1:])
+
+    def _load(self, request) -> None:
+        self.objects["model"] = self.load(request)[1]
+
+    def _build(self, runner_args: dict) -> None:
+        from ..engine.runner import ModelRunner
+        from ..kernels.native import Graph
+
+        model = self.objects["model"]
+        self.runner = runner = ModelRunner(model, **runner_args)
+        self.objects["cache"] = runner.cache
+        self.graphs = {}
+        if runner.native:
+            cache, buf = runner.cache, runner.buf
+            compile_ = runner_args.get("compile", True)
+            self.graphs = {"trunk": runner.trunk, "rollback": runner.rollback}
+            if runner.use_mtp:
+                for i in range(max(1, model.cfg.n_mtp)):
+                    self.graphs[f"block{i}"] = Graph(lambda i=i: model.emit_mtp_block(cache, buf, i), compile_)
+                    self.graphs[f"head{i}"] = Graph(lambda i=i: model.emit_mtp_head(buf, i), compile_)
+
+    def _resolve(self, args):
+        if isinstance(args, dict):
+            return {k: self.objects[v.name] if isinstance(v, Ref) else v for k, v in args.items()}
+        return tuple(self.objects[a.name] if isinstance(a, Ref) else a for a in args)
+
+    def _graph(self, name: str, rows: torch.Tensor, inputs: dict) -> None:
+        buf = self.runner.buf
+        buf.rows.t.copy_(rows)
+        for k, v in inputs.items():
+            getattr(buf, k)[:v.shape[0]] = v
+        self.graphs[name].run()
+
+
+def follow(channel: Channel, load) -> int:
+    """A follower's whole life: exit status 0 when rank 0 stops it, 1 (with a message) when a rank is lost."""
+    try:
+        Follower(channel, load).run()
+        return 0
+    except RankLost as e:
+        print(f"nextn rank {channel.comm.rank}: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:          # a failure here strands rank 0 inside a collective: leave, so it sees us go
+        print(f"nextn rank {channel.comm.rank}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    finally:
+        sys.stderr.flush()
+        os.sys.stdout.flush()
