@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import atexit
 import hashlib
-import multiprocessing
 import os
 import socket
+import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
@@ -83,11 +84,9 @@ def _spawn(tp: int, cuda: bool) -> Session:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     address = f"tcp://127.0.0.1:{port}"
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_follower_main, args=(r, tp, address, cuda), name=f"nextn-rank{r}", daemon=True)
+    # followers as fresh interpreters running this module (not multiprocessing: no re-import of the caller's script)
+    procs = [subprocess.Popen([sys.executable, "-m", "nextn.parallel", str(r), str(tp), address, str(int(cuda))])
              for r in range(1, tp)]
-    for p in procs:
-        p.start()
     channel = _connect(0, tp, address, cuda, 0)
     s = Session(channel.comm, channel, procs)
     threading.Thread(target=_watch, args=(s,), name="nextn-ranks", daemon=True).start()
@@ -95,9 +94,9 @@ def _spawn(tp: int, cuda: bool) -> Session:
     return s
 
 
-def _follower_main(rank: int, size: int, address: str, cuda: bool) -> None:
+def follower_main(rank: int, size: int, address: str, cuda: bool) -> int:
     channel = _connect(rank, size, address, cuda, rank)
-    sys.exit(_leave(follow(channel, _loader(channel.comm))))
+    return _leave(follow(channel, _loader(channel.comm)))
 
 
 def _leave(status: int) -> int:
@@ -155,14 +154,13 @@ def file_fingerprint(gf) -> str:
 
 def _watch(s: Session) -> None:
     """Report a spawned rank that exits while rank 0 still runs."""
-    from multiprocessing.connection import wait
-
-    for sentinel in wait([p.sentinel for p in s.procs]):
-        p = next(p for p in s.procs if p.sentinel == sentinel)
-        if _session is s:
-            s.lost = f"tensor-parallel rank {s.procs.index(p) + 1} exited (code {p.exitcode})"
-            print(f"nextn: {s.lost}", file=sys.stderr)
-        return
+    while _session is s:
+        for r, p in enumerate(s.procs, 1):
+            if p.poll() is not None and _session is s:
+                s.lost = f"tensor-parallel rank {r} exited (code {p.returncode})"
+                print(f"nextn: {s.lost}", file=sys.stderr)
+                return
+        time.sleep(0.2)
 
 
 def stop() -> None:
@@ -177,8 +175,9 @@ def stop() -> None:
         except Exception:       # a follower is gone already
             pass
     for p in s.procs:
-        p.join(timeout=10)
-        if p.is_alive():
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
             p.kill()
     try:
         dist.destroy_process_group()

@@ -10,6 +10,7 @@ Messages travel on a gloo group of their own (the control plane), whatever the d
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 from dataclasses import dataclass
 
@@ -29,18 +30,33 @@ class Ref:
 
 
 class Channel:
-    """Broadcasts from rank 0 on the control group; collective status checks."""
+    """Broadcasts from rank 0 on the control group (a message is pickled into one fixed buffer: one
+    broadcast, a second only for a long one); collective status checks."""
+
+    CAPACITY = 1 << 16
 
     def __init__(self, comm: Comm, group):
         self.comm, self.group = comm, group
+        self.buf = torch.zeros(self.CAPACITY, dtype=torch.uint8)
 
     def send(self, *msg) -> None:
-        self._bcast([msg])
+        data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+        self.buf[:8] = torch.tensor([len(data)], dtype=torch.int64).view(torch.uint8)
+        fits = len(data) <= self.CAPACITY - 8
+        if fits:
+            self.buf[8:8 + len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        self._bcast(self.buf)
+        if not fits:
+            self._bcast(torch.frombuffer(bytearray(data), dtype=torch.uint8))
 
     def receive(self) -> tuple:
-        box = [None]
-        self._bcast(box)
-        return box[0]
+        self._bcast(self.buf)
+        n = int(self.buf[:8].view(torch.int64))
+        if n <= self.CAPACITY - 8:
+            return pickle.loads(self.buf[8:8 + n].numpy().tobytes())
+        data = torch.empty(n, dtype=torch.uint8)
+        self._bcast(data)
+        return pickle.loads(data.numpy().tobytes())
 
     def agree(self, error: str | None) -> None:
         """Every rank reports its outcome of the last announced action; any failure raises everywhere."""
@@ -54,9 +70,9 @@ class Channel:
             r, e = bad[0]
             raise RankLost(e if r == self.comm.rank else f"tensor parallelism: rank {r}: {e}")
 
-    def _bcast(self, box: list) -> None:
+    def _bcast(self, t: torch.Tensor) -> None:
         try:
-            dist.broadcast_object_list(box, src=0, group=self.group)
+            dist.broadcast(t, src=0, group=self.group)
         except RuntimeError as e:
             who = "rank 0" if self.comm.rank else "another rank"
             raise RankLost(f"tensor parallelism: {who} stopped ({_first_line(e)})") from None
