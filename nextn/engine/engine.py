@@ -16,6 +16,7 @@ from ..drafters.router import DraftRouter
 from ..errors import NextnError
 from ..models import loader
 from ..parallel import launch, mirror
+from ..parallel.comm import RankLost
 from ..text.chat import render_chat
 from ..text.json_mode import JsonConstraint
 from ..text.tokenizer import StreamDecoder
@@ -116,8 +117,8 @@ class Engine:
         this rank's shard, the other ranks loading theirs at the same time (`comm`: as a follower)."""
         session = launch.start(config.tp, config.device) if comm is None and config.tp > 1 else None
         if session is not None:
-            session.channel.send("load", (config, launch.file_fingerprint(loader.open_trunk(config.model or
-                                                                                          loader.default_model()))))
+            fingerprint = launch.file_fingerprint(loader.open_trunk(config.model or loader.default_model()))
+            name = mirror.announce_load(session.channel, (config, fingerprint))
             comm = session.comm
         try:
             loaded = loader.load(config.model, mtp_path=config.mtp_model, use_mtp=config.use_mtp, device=config.device,
@@ -129,6 +130,7 @@ class Engine:
             raise
         if session is not None:
             session.channel.agree(None)
+            loaded[1].tp_name = session.channel.track(loaded[1], name)   # the followers' name for their shard
         return loaded
 
     @property
@@ -149,6 +151,10 @@ class Engine:
     def memory_bytes(self) -> int:
         """Weights as held in memory plus the preallocated caches and decode buffers (a draft model's too)."""
         return self.model.nbytes() + self.runner.state_nbytes() + self._drafter_bytes()
+
+    def lost(self) -> str | None:
+        """Why this engine cannot run any more (a tensor-parallel rank exited), else None."""
+        return self.tp.lost if self.tp is not None else None
 
     def _drafter_bytes(self) -> int:
         return sum(d.nbytes() for d in self.drafter.all) if self.drafter is not None else 0
@@ -206,6 +212,8 @@ class Engine:
 
     def add_request(self, prompt_ids: list[int], params: SamplingParams | None = None,
                     spec: SpecConfig | None = None) -> Sequence:
+        if why := self.lost():
+            raise RankLost(why)
         params = params or self.sampling_params()
         if not prompt_ids:
             raise NextnError("the prompt is empty")

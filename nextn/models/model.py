@@ -56,6 +56,7 @@ class Model:
         self.use_mtp = len(layers) > cfg.n_layer
         self.draft_ids: list[int] | None = None      # the token of each MTP head row, when not the whole vocabulary
         self.draft_vocab_source: str | None = None   # where those came from (for the user)
+        self.tp_name: str | None = None              # tensor parallel: the other ranks' name for their shard
 
     # ---- loading -------------------------------------------------------------------------------
     @classmethod

@@ -5,6 +5,7 @@ communication share."""
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 
@@ -77,5 +78,6 @@ class Comm:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else type(e).__name__
+    """The gist of a backend error: its first sentence, without the source location gloo prefixes."""
+    text = re.sub(r"^\[[^\]]*\]\s*", "", str(e).strip())
+    return re.split(r"\. |\n", text)[0][:200] or type(e).__name__

@@ -36,6 +36,7 @@ class Session:
     channel: Channel
     procs: list = field(default_factory=list)     # ranks this process spawned (one host)
     lost: str | None = None                       # set when a spawned rank exits on its own
+    stopping: bool = False
 
 
 _session: Session | None = None
@@ -154,9 +155,9 @@ def file_fingerprint(gf) -> str:
 
 def _watch(s: Session) -> None:
     """Report a spawned rank that exits while rank 0 still runs."""
-    while _session is s:
+    while not s.stopping:
         for r, p in enumerate(s.procs, 1):
-            if p.poll() is not None and _session is s:
+            if p.poll() is not None and not s.stopping:
                 s.lost = f"tensor-parallel rank {r} exited (code {p.returncode})"
                 print(f"nextn: {s.lost}", file=sys.stderr)
                 return
@@ -169,16 +170,20 @@ def stop() -> None:
     s, _session = _session, None
     if s is None:
         return
-    if s.lost is None:
+    s.stopping = True
+    broken = s.lost is not None
+    if not broken:
         try:
             s.channel.send("stop")
         except Exception:       # a follower is gone already
-            pass
+            broken = True
     for p in s.procs:
         try:
             p.wait(timeout=10)
         except subprocess.TimeoutExpired:
             p.kill()
+    if broken:        # a group with a lost rank cannot be torn down cleanly (gloo aborts): leave it to the exit
+        return
     try:
         dist.destroy_process_group()
     except Exception:

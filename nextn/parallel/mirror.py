@@ -12,11 +12,13 @@ from __future__ import annotations
 import os
 import pickle
 import sys
+import weakref
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
+from ..errors import NextnError
 from .comm import Comm, RankLost, _first_line
 
 MODEL_CALLS = ("forward", "logits", "mtp_forward", "mtp_logits", "score")
@@ -38,9 +40,21 @@ class Channel:
     def __init__(self, comm: Comm, group):
         self.comm, self.group = comm, group
         self.buf = torch.zeros(self.CAPACITY, dtype=torch.uint8)
+        self.next_key = 0
+        self.released: list[str] = []     # rank 0's objects gone since the last message: the followers drop theirs
+
+    def key(self, obj, prefix: str) -> str:
+        """A name for rank 0's `obj` that the followers' counterpart goes by; released when obj is collected."""
+        self.next_key += 1
+        return self.track(obj, f"{prefix}{self.next_key}")
+
+    def track(self, obj, name: str) -> str:
+        weakref.finalize(obj, self.released.append, name)
+        return name
 
     def send(self, *msg) -> None:
-        data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+        released, self.released = self.released, []
+        data = pickle.dumps((released, msg), protocol=pickle.HIGHEST_PROTOCOL)
         self.buf[:8] = torch.tensor([len(data)], dtype=torch.int64).view(torch.uint8)
         fits = len(data) <= self.CAPACITY - 8
         if fits:
@@ -104,13 +118,22 @@ def _refs(args):
 GRAPH_INPUTS = {"trunk": ("tokens",), "rollback": (), "block": ("tokens", "mtp_in"), "head": ("hidden",)}
 
 
+def announce_load(channel: Channel, request) -> str:
+    """Tell the followers to load their shards (request: what their loader takes); returns the model's name."""
+    name = f"m{channel.next_key + 1}"
+    channel.next_key += 1
+    channel.send("load", name, request)
+    return name
+
+
 def lead(channel: Channel, runner, mtp_drafter, runner_args: dict) -> None:
     """Wire rank 0's runner (and MTP drafter) so that the followers build the same runner and run every call."""
-    channel.send("runner", runner_args)
+    key = channel.key(runner, "r")
+    channel.send("runner", key, runner.model.tp_name, runner_args)
     channel.agree(None)
-    model = Mirrored(runner.model, "model", channel, MODEL_CALLS)
+    model = Mirrored(runner.model, runner.model.tp_name, channel, MODEL_CALLS)
     runner.model = model
-    runner.cache = Mirrored(runner.cache, "cache", channel, CACHE_CALLS)
+    runner.cache = Mirrored(runner.cache, f"{key}.cache", channel, CACHE_CALLS)
     graphs = {}
     if runner.native:
         graphs.update(trunk=runner.trunk, rollback=runner.rollback)
@@ -120,15 +143,15 @@ def lead(channel: Channel, runner, mtp_drafter, runner_args: dict) -> None:
             graphs.update({f"block{i}": g for i, g in enumerate(mtp_drafter.blocks)})
             graphs.update({f"head{i}": g for i, g in enumerate(mtp_drafter.heads)})
     for name, graph in graphs.items():
-        graph.run = _announced(graph.run, name, channel, runner.buf)
+        graph.run = _announced(graph.run, key, name, channel, runner.buf)
 
 
-def _announced(run, name: str, channel: Channel, buf):
+def _announced(run, key: str, name: str, channel: Channel, buf):
     inputs = GRAPH_INPUTS[name.rstrip("0123456789")]
 
     def announced():
         n = int(buf.rows.head[0])
-        channel.send("graph", name, buf.rows.t.clone(), {k: getattr(buf, k)[:n].clone() for k in inputs})
+        channel.send("graph", key, name, buf.rows.t.clone(), {k: getattr(buf, k)[:n].clone() for k in inputs})
         run()
     return announced
 
@@ -137,23 +160,24 @@ class Follower:
     """A rank other than 0: holds its shard and runs what rank 0 announces until told to stop."""
 
     def __init__(self, channel: Channel, load):
-        self.channel, self.load = channel, load       # load(config) -> (cfg, model, tokenizer, file), sharded
-        self.objects: dict = {}
-        self.graphs: dict = {}
-        self.runner = None
+        self.channel, self.load = channel, load       # load(request) -> (cfg, model, tokenizer, file), sharded
+        self.objects: dict = {}     # name -> model shard, runner, cache, {graph name: Graph}
 
     def run(self) -> None:
         while True:
-            msg = self.channel.receive()
+            released, msg = self.channel.receive()
+            for name in released:
+                for k in [k for k in self.objects if k == name or k.startswith(name + ".")]:
+                    del self.objects[k]
             kind = msg[0]
             if kind == "stop":
                 return
             if kind in ("load", "runner"):
                 error = None
                 try:
-                    self._load(msg[1]) if kind == "load" else self._build(msg[1])
+                    self._load(*msg[1:]) if kind == "load" else self._build(*msg[1:])
                 except Exception as e:      # reported to rank 0, which names it
-                    error = f"{type(e).__name__}: {e}" if not str(e).startswith(("--", "/")) else str(e)
+                    error = str(e) if isinstance(e, NextnError) else f"{type(e).__name__}: {e}"
                 self.channel.agree(error)
             elif kind == "call":
                 _, name, method, args, kw = msg
@@ -161,37 +185,37 @@ class Follower:
             elif kind == "graph":
                 self._graph(*msg[1:])
 
-    def _load(self, request) -> None:
-        self.objects["model"] = self.load(request)[1]
+    def _load(self, name: str, request) -> None:
+        self.objects[name] = self.load(request)[1]
 
-    def _build(self, runner_args: dict) -> None:
+    def _build(self, key: str, model_name: str, runner_args: dict) -> None:
         from ..engine.runner import ModelRunner
         from ..kernels.native import Graph
 
-        model = self.objects["model"]
-        self.runner = runner = ModelRunner(model, **runner_args)
-        self.objects["cache"] = runner.cache
-        self.graphs = {}
+        model = self.objects[model_name]
+        runner = ModelRunner(model, **runner_args)
+        graphs = {}
         if runner.native:
             cache, buf = runner.cache, runner.buf
             compile_ = runner_args.get("compile", True)
-            self.graphs = {"trunk": runner.trunk, "rollback": runner.rollback}
+            graphs = {"trunk": runner.trunk, "rollback": runner.rollback}
             if runner.use_mtp:
                 for i in range(max(1, model.cfg.n_mtp)):
-                    self.graphs[f"block{i}"] = Graph(lambda i=i: model.emit_mtp_block(cache, buf, i), compile_)
-                    self.graphs[f"head{i}"] = Graph(lambda i=i: model.emit_mtp_head(buf, i), compile_)
+                    graphs[f"block{i}"] = Graph(lambda i=i: model.emit_mtp_block(cache, buf, i), compile_)
+                    graphs[f"head{i}"] = Graph(lambda i=i: model.emit_mtp_head(buf, i), compile_)
+        self.objects.update({key: runner, f"{key}.cache": runner.cache, f"{key}.graphs": graphs})
 
     def _resolve(self, args):
         if isinstance(args, dict):
             return {k: self.objects[v.name] if isinstance(v, Ref) else v for k, v in args.items()}
         return tuple(self.objects[a.name] if isinstance(a, Ref) else a for a in args)
 
-    def _graph(self, name: str, rows: torch.Tensor, inputs: dict) -> None:
-        buf = self.runner.buf
+    def _graph(self, key: str, name: str, rows: torch.Tensor, inputs: dict) -> None:
+        buf = self.objects[key].buf
         buf.rows.t.copy_(rows)
         for k, v in inputs.items():
             getattr(buf, k)[:v.shape[0]] = v
-        self.graphs[name].run()
+        self.objects[f"{key}.graphs"][name].run()
 
 
 def follow(channel: Channel, load) -> int:

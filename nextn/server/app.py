@@ -95,6 +95,8 @@ def create_app(engine: Engine, api_key: str | None = None, model_name: str | Non
 
     @app.get("/health")
     def health():
+        if fatal := loop.fatal or engine.lost():
+            return JSONResponse({"status": "unavailable", "error": fatal}, status_code=503)
         if loop.error:
             return JSONResponse({"status": "error", "error": loop.error.splitlines()[-1]}, status_code=500)
         return {"status": "ok"}

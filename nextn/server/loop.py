@@ -4,12 +4,15 @@ asyncio queues. One lock guards the engine; a cancelled request frees its slot a
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import traceback
 
 from ..engine.engine import Engine, Output
 from ..engine.params import SamplingParams
 from ..engine.sequence import Sequence, SpecConfig
+from ..parallel.comm import RankLost
+from .protocol import ApiError
 
 
 class EngineLoop:
@@ -20,6 +23,7 @@ class EngineLoop:
         self.queues: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self.running = True
         self.error: str | None = None
+        self.fatal: str | None = None       # the engine cannot run any more (a tensor-parallel rank was lost)
         self.thread = threading.Thread(target=self._run, name="nextn-engine", daemon=True)
         self.thread.start()
 
@@ -27,6 +31,8 @@ class EngineLoop:
                queue: asyncio.Queue | None = None) -> tuple[Sequence, asyncio.Queue]:
         """Add a request; its outputs arrive on `queue` (a new one by default; several sequences may share one)."""
         queue = queue if queue is not None else asyncio.Queue()
+        if fatal := self.fatal or self.engine.lost():
+            raise ApiError(503, f"{fatal}; restart the server", kind="server_error")
         with self.lock:
             seq = self.engine.add_request(prompt_ids, params, spec)
             self.queues[seq.id] = (asyncio.get_running_loop(), queue)
@@ -52,8 +58,11 @@ class EngineLoop:
             try:
                 with self.lock:
                     outputs = self.engine.step()
-            except Exception:  # keep serving: fail the affected requests, report the error
+            except Exception as e:  # keep serving: fail the affected requests, report the error
                 self.error = traceback.format_exc()
+                if isinstance(e, RankLost) and self.fatal is None:
+                    self.fatal = str(e)
+                    print(f"nextn: {e}; every request now fails (503) until the server restarts", file=sys.stderr)
                 self._fail_all()
                 continue
             for out in outputs:

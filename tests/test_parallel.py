@@ -1,0 +1,127 @@
+"""Tensor and expert parallelism over torch.distributed: two gloo ranks on this machine (the test process is
+rank 0, nextn spawns rank 1). Every family decodes the same tokens as one rank, with and without MTP."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType as Q, quants
+
+from nextn.engine.engine import Engine
+from nextn.engine.params import SamplingParams
+from nextn.errors import NextnError
+from nextn.kernels.weights import QWeight
+from nextn.models.config import ModelConfig
+from nextn.parallel.shard import _take, local_config
+from nextn_dev.tiny import ARCHS, MLA
+
+PROMPT = "def fibonacci(n):"
+
+
+@pytest.fixture(scope="module")
+def pair(tiny):
+    """pair(arch, spec, **kw) -> (one-rank engine, two-rank engine) on the tiny random model of arch."""
+    def get(arch, spec="mtp", **kw):
+        model = str(tiny(arch))
+        return (Engine(model=model, spec=spec, progress=False, **kw),
+                Engine(model=model, spec=spec, progress=False, tp=2, **kw))
+    return get
+
+
+@pytest.mark.parametrize("arch", ARCHS + MLA)
+@pytest.mark.parametrize("spec", ["none", "mtp"])
+def test_two_ranks_decode_the_same_tokens_as_one(pair, arch, spec):
+    one, two = pair(arch, spec, draft_max=3, adaptive=False)
+    params = SamplingParams(max_tokens=24, ignore_eos=True)
+    want = one.generate(PROMPT, params)
+    got = two.generate(PROMPT, params)
+    assert got.tokens == want.tokens
+    if spec == "mtp":
+        assert (got.stats.n_draft_tokens, got.stats.n_accepted) == (want.stats.n_draft_tokens, want.stats.n_accepted)
+        assert want.stats.n_draft_tokens > 0
+    half = two.memory()["weights_mb"] / one.memory()["weights_mb"]
+    assert 0.45 < half < 0.6, f"rank 0 holds {half:.2f} of the weights"
+
+
+def test_two_ranks_give_the_same_logits_and_sampled_tokens(pair):
+    one, two = pair("qwen35", "mtp")
+    tokens = torch.tensor([one.encode_prompt(PROMPT * 3)])
+    a, b = one.model.score(tokens, chunk=8), two.runner.model.score(tokens, chunk=8)
+    assert a.shape == b.shape and torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    params = SamplingParams(temperature=0.8, seed=7, max_tokens=32, ignore_eos=True)
+    assert two.generate(PROMPT, params).tokens == one.generate(PROMPT, params).tokens
+
+
+def test_continuous_batching_over_two_ranks(pair, demo_model):
+    """Several sequences decoding together on the trained demo model (near-ties do occur), eager ops."""
+    one = Engine(model=str(demo_model), spec="mtp", n_parallel=3, progress=False)
+    two = Engine(model=str(demo_model), spec="mtp", n_parallel=3, progress=False, tp=2, compile=False)
+    prompts = ["import os\nimport sys\n", "class Stack:\n    def __init__(self):\n", "def parse(argv):\n"]
+    params = SamplingParams(max_tokens=48, ignore_eos=True)
+    runs = []
+    for engine in (one, two):
+        seqs = [engine.add_request(engine.encode_prompt(p), params) for p in prompts]
+        while engine.has_work:
+            engine.step()
+        runs.append([s.generated for s in seqs])
+    assert runs[0] == runs[1]
+
+
+def test_uneven_splits_are_refused_with_the_counts_that_work():
+    cfg = ModelConfig(arch="qwen35", n_vocab=320, n_embd=64, n_layer=2, n_mtp=0, n_head=4, n_head_kv=2, head_dim=16,
+                      n_rot=8, rope_theta=1e4, rms_eps=1e-6, recurrent=(True, False), ssm_conv_kernel=4,
+                      ssm_head_k_dim=16, ssm_n_k_heads=2, ssm_n_v_heads=4, ssm_inner=64)
+    with pytest.raises(NextnError, match=r"--tp 3: the model's 4 attention heads, 2 KV heads, 2 linear-attention "
+                                         r"key heads do not split evenly.*1, 2"):
+        local_config(cfg, 0, 3)
+    local = local_config(cfg, 1, 2)
+    assert (local.n_head, local.n_head_kv, local.ssm_n_k_heads, local.ssm_n_v_heads, local.ssm_inner) == (2, 1, 1, 2, 32)
+
+
+def test_column_shards_keep_quantization_blocks_or_fall_back_to_floats():
+    rng = np.random.default_rng(0)
+    dense = rng.standard_normal((8, 128)).astype(np.float32)
+    raw = torch.from_numpy(quants.quantize(dense, Q.Q8_0))
+    w = QWeight(raw, Q.Q8_0, (8, 128))
+    full = w.dense()
+    aligned = list(range(32, 96))
+    part = _take(w, -1, aligned)
+    assert part.qtype == Q.Q8_0 and part.shape == (8, 64) and torch.equal(part.dense(), full[:, 32:96])
+    cut = list(range(16, 48)) + list(range(100, 110))           # cuts blocks: decoded to float32
+    part = _take(w, -1, cut)
+    assert part.qtype == Q.F32 and torch.equal(part.dense(), full[:, cut])
+    rows = _take(w, 0, [2, 3, 4])
+    assert rows.data.data_ptr() == w.data[2].data_ptr()          # row slices stay views of the file
+
+
+def test_a_killed_rank_ends_the_run_with_an_error(demo_model):
+    script = textwrap.dedent(f"""
+        import os, signal, time
+        from nextn.engine.engine import Engine
+        from nextn.engine.params import SamplingParams
+        e = Engine(model={str(demo_model)!r}, spec="mtp", tp=2, progress=False)
+        e.generate("def f(x):", SamplingParams(max_tokens=4))
+        os.kill(e.tp.procs[0].pid, signal.SIGKILL)
+        time.sleep(0.5)
+        t = time.perf_counter()
+        try:
+            e.generate("def f(x):", SamplingParams(max_tokens=4))
+        except Exception as ex:
+            print("ERROR", type(ex).__name__, ex, round(time.perf_counter() - t, 2))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    line = next(l for l in out.stdout.splitlines() if l.startswith("ERROR"))
+    assert "RankLost" in line and "rank 1" in line and float(line.split()[-1]) < 5
+
+
+def test_cli_refuses_a_rank_count_that_does_not_divide_the_heads(tiny):
+    out = subprocess.run([sys.executable, "-m", "nextn", "generate", "-m", str(tiny("qwen35")), "--tp", "3", "-n", "4"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "--tp 3: the model's 4 attention heads" in out.stderr.strip().splitlines()[-1]
