@@ -73,6 +73,7 @@ def _join_torchrun(tp: int, cuda: bool) -> Session:
     channel = _connect(rank, world, "env://", cuda, local)
     if rank != 0:
         sys.exit(_leave(follow(channel, _loader(channel.comm))))
+    atexit.register(stop)
     return Session(channel.comm, channel)
 
 
