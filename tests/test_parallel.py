@@ -125,3 +125,15 @@ def test_cli_refuses_a_rank_count_that_does_not_divide_the_heads(tiny):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "--tp 3: the model's 4 attention heads" in out.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("spec", ["draft", "mtp+ngram"])
+def test_other_drafters_run_on_rank_0_over_a_split_trunk(tiny, tiny_draft, spec):
+    """A draft model runs whole on rank 0 and n-gram drafting needs no model: only the trunk is split."""
+    kw = dict(model_draft=str(tiny_draft("qwen35"))) if spec == "draft" else {}
+    model = str(tiny("qwen35"))
+    params = SamplingParams(max_tokens=24, ignore_eos=True)
+    prompt = PROMPT + " return fibonacci(n - 1)\n" * 3
+    runs = [Engine(model=model, spec=spec, progress=False, tp=tp, draft_max=4, adaptive=False, **kw).generate(prompt, params)
+            for tp in (1, 2)]
+    assert runs[1].tokens == runs[0].tokens and runs[1].stats.n_draft_tokens == runs[0].stats.n_draft_tokens > 0

@@ -9,6 +9,7 @@ Messages travel on a gloo group of their own (the control plane), whatever the d
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import sys
@@ -54,7 +55,7 @@ class Channel:
 
     def send(self, *msg) -> None:
         released, self.released = self.released, []
-        data = pickle.dumps((released, msg), protocol=pickle.HIGHEST_PROTOCOL)
+        data = self._dumps((released, msg))
         self.buf[:8] = torch.tensor([len(data)], dtype=torch.int64).view(torch.uint8)
         fits = len(data) <= self.CAPACITY - 8
         if fits:
@@ -67,10 +68,24 @@ class Channel:
         self._bcast(self.buf)
         n = int(self.buf[:8].view(torch.int64))
         if n <= self.CAPACITY - 8:
-            return pickle.loads(self.buf[8:8 + n].numpy().tobytes())
+            return self._loads(self.buf[8:8 + n].numpy().tobytes())
         data = torch.empty(n, dtype=torch.uint8)
         self._bcast(data)
-        return pickle.loads(data.numpy().tobytes())
+        return self._loads(data.numpy().tobytes())
+
+    def _dumps(self, obj) -> bytes:
+        if not torch.cuda.is_initialized():
+            return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        out = io.BytesIO()          # CUDA tensors travel as torch.save writes them, to land on each rank's own GPU
+        torch.save(obj, out)
+        return b"T" + out.getvalue()
+
+    @staticmethod
+    def _loads(data: bytes):
+        if data[:1] == b"T":
+            return torch.load(io.BytesIO(data[1:]), map_location=torch.device("cuda", torch.cuda.current_device()),
+                              weights_only=False)
+        return pickle.loads(data)
 
     def agree(self, error: str | None) -> None:
         """Every rank reports its outcome of the last announced action; any failure raises everywhere."""
