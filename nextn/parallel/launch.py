@@ -102,12 +102,15 @@ def follower_main(rank: int, size: int, address: str, cuda: bool) -> int:
 
 
 def _leave(status: int) -> int:
-    """A follower's exit: leave the process group cleanly when rank 0 said stop."""
-    if status == 0:
-        try:
-            dist.destroy_process_group()
-        except Exception:
-            pass
+    """A follower's exit: leave the process group cleanly when rank 0 said stop; after a lost rank, exit at
+    once (tearing down a broken gloo group aborts the process)."""
+    if status != 0:
+        sys.stderr.flush()
+        os._exit(status)
+    try:
+        dist.destroy_process_group()
+    except Exception:
+        pass
     return status
 
 

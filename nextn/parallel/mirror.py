@@ -193,7 +193,10 @@ class Follower:
                     self._load(*msg[1:]) if kind == "load" else self._build(*msg[1:])
                 except Exception as e:      # reported to rank 0, which names it
                     error = str(e) if isinstance(e, NextnError) else f"{type(e).__name__}: {e}"
-                self.channel.agree(error)
+                try:
+                    self.channel.agree(error)
+                except RankLost:            # rank 0 reports the failure; it stops us (or its loss ends the wait)
+                    pass
             elif kind == "call":
                 _, name, method, args, kw = msg
                 getattr(self.objects[name], method)(*self._resolve(args), **self._resolve(kw))
