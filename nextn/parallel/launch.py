@@ -56,7 +56,7 @@ def start(tp: int, device: str | None = None) -> Session | None:
         if _session.comm.size != tp:
             raise NextnError(f"--tp {tp}: this process already runs {_session.comm.size} ranks")
         return _session
-    cuda = device != "cpu" and (device is not None or torch.cuda.is_available()) and torch.cuda.is_available()
+    cuda = device != "cpu" and torch.cuda.is_available()
     if "WORLD_SIZE" in os.environ and "RANK" in os.environ:
         _session = _join_torchrun(tp, cuda)
     else:

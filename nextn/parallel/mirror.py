@@ -10,7 +10,6 @@ Messages travel on a gloo group of their own (the control plane), whatever the d
 from __future__ import annotations
 
 import io
-import os
 import pickle
 import sys
 import weakref
@@ -249,4 +248,4 @@ def follow(channel: Channel, load) -> int:
         return 1
     finally:
         sys.stderr.flush()
-        os.sys.stdout.flush()
+        sys.stdout.flush()
