@@ -59,22 +59,34 @@ class Comm:
         return torch.cat(parts, -1)[:, :n_vocab].reshape(*lead, n_vocab)
 
     def _swap(self, x: torch.Tensor) -> torch.Tensor:
-        """The other rank's x (two ranks): rank 0 sends first, rank 1 receives first."""
-        theirs, peer = torch.empty_like(x), 1 - self.rank
-        first, then = ((dist.send, x), (dist.recv, theirs)) if self.rank == 0 else ((dist.recv, theirs), (dist.send, x))
-        self._timed(first[0], first[1], peer, group=self.group)
-        self._timed(then[0], then[1], peer, group=self.group)
-        self.calls -= 1
+        """The other rank's x (two ranks)."""
+        theirs = torch.empty_like(x)
+        self._timed(self._exchange, x, theirs)
         return theirs
+
+    def _exchange(self, mine: torch.Tensor, theirs: torch.Tensor) -> None:
+        """Rank 0 sends first, rank 1 receives first."""
+        peer = 1 - self.rank
+        if self.rank == 0:
+            dist.send(mine, peer, group=self.group)
+            dist.recv(theirs, peer, group=self.group)
+        else:
+            dist.recv(theirs, peer, group=self.group)
+            dist.send(mine, peer, group=self.group)
 
     def _timed(self, fn, *args, **kw) -> None:
         t0 = time.perf_counter()
         try:
             fn(*args, **kw)
         except (RuntimeError, dist.DistBackendError) as e:
-            raise RankLost(f"tensor parallelism: another rank stopped ({_first_line(e)})") from None
+            raise lost(e) from None
         self.seconds += time.perf_counter() - t0
         self.calls += 1
+
+
+def lost(e: BaseException, who: str = "another rank") -> RankLost:
+    """The RankLost a backend error means, naming its gist."""
+    return RankLost(f"tensor parallelism: {who} stopped ({_first_line(e)})")
 
 
 def _first_line(e: BaseException) -> str:

@@ -72,7 +72,7 @@ def _join_torchrun(tp: int, cuda: bool) -> Session:
     _per_rank_threads(int(os.environ.get("LOCAL_WORLD_SIZE", str(tp))))
     channel = _connect(rank, world, "env://", cuda, local)
     if rank != 0:
-        sys.exit(_leave(follow(channel, _loader(channel.comm))))
+        sys.exit(_follow(channel))
     atexit.register(stop)
     return Session(channel.comm, channel)
 
@@ -97,13 +97,13 @@ def _spawn(tp: int, cuda: bool) -> Session:
 
 
 def follower_main(rank: int, size: int, address: str, cuda: bool) -> int:
-    channel = _connect(rank, size, address, cuda, rank)
-    return _leave(follow(channel, _loader(channel.comm)))
+    return _follow(_connect(rank, size, address, cuda, rank))
 
 
-def _leave(status: int) -> int:
-    """A follower's exit: leave the process group cleanly when rank 0 said stop; after a lost rank, exit at
-    once (tearing down a broken gloo group aborts the process)."""
+def _follow(channel: Channel) -> int:
+    """A follower's life and exit: leave the process group cleanly when rank 0 said stop; after a lost rank,
+    exit at once (tearing down a broken gloo group aborts the process)."""
+    status = follow(channel, _loader(channel.comm))
     if status != 0:
         sys.stderr.flush()
         os._exit(status)

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import NextnError
-from .comm import Comm, RankLost, _first_line
+from .comm import Comm, RankLost, lost
 
 MODEL_CALLS = ("forward", "logits", "mtp_forward", "mtp_logits", "score")
 CACHE_CALLS = ("reset_slot", "commit")
@@ -43,12 +43,13 @@ class Channel:
         self.next_key = 0
         self.released: list[str] = []     # rank 0's objects gone since the last message: the followers drop theirs
 
-    def key(self, obj, prefix: str) -> str:
-        """A name for rank 0's `obj` that the followers' counterpart goes by; released when obj is collected."""
+    def new_name(self, prefix: str) -> str:
+        """A name the followers' counterpart of one of rank 0's objects goes by."""
         self.next_key += 1
-        return self.track(obj, f"{prefix}{self.next_key}")
+        return f"{prefix}{self.next_key}"
 
     def track(self, obj, name: str) -> str:
+        """`name`, released (the followers drop theirs) when rank 0's `obj` is collected."""
         weakref.finalize(obj, self.released.append, name)
         return name
 
@@ -92,7 +93,7 @@ class Channel:
         try:
             dist.all_gather_object(errors, error, group=self.group)
         except RuntimeError as e:
-            raise RankLost(f"tensor parallelism: another rank stopped ({_first_line(e)})") from None
+            raise lost(e) from None
         bad = [(r, e) for r, e in enumerate(errors) if e]
         if bad:
             r, e = bad[0]
@@ -102,8 +103,7 @@ class Channel:
         try:
             dist.broadcast(t, src=0, group=self.group)
         except RuntimeError as e:
-            who = "rank 0" if self.comm.rank else "another rank"
-            raise RankLost(f"tensor parallelism: {who} stopped ({_first_line(e)})") from None
+            raise lost(e, "rank 0" if self.comm.rank else "another rank") from None
 
 
 class Mirrored:
@@ -118,15 +118,13 @@ class Mirrored:
             return value
 
         def call(*args, **kw):
-            self._channel.send("call", self._name, attr, _refs(args), _refs(kw))
+            self._channel.send("call", self._name, attr, tuple(map(_ref, args)), {k: _ref(v) for k, v in kw.items()})
             return value(*args, **kw)
         return call
 
 
-def _refs(args):
-    if isinstance(args, dict):
-        return {k: _refs(v) for k, v in args.items()} if any(isinstance(v, Mirrored) for v in args.values()) else args
-    return tuple(Ref(a._name) if isinstance(a, Mirrored) else a for a in args)
+def _ref(a):
+    return Ref(a._name) if isinstance(a, Mirrored) else a
 
 
 GRAPH_INPUTS = {"trunk": ("tokens",), "rollback": (), "block": ("tokens", "mtp_in"), "head": ("hidden",)}
@@ -134,15 +132,14 @@ GRAPH_INPUTS = {"trunk": ("tokens",), "rollback": (), "block": ("tokens", "mtp_i
 
 def announce_load(channel: Channel, request) -> str:
     """Tell the followers to load their shards (request: what their loader takes); returns the model's name."""
-    name = f"m{channel.next_key + 1}"
-    channel.next_key += 1
+    name = channel.new_name("m")
     channel.send("load", name, request)
     return name
 
 
 def lead(channel: Channel, runner, mtp_drafter, runner_args: dict) -> None:
     """Wire rank 0's runner (and MTP drafter) so that the followers build the same runner and run every call."""
-    key = channel.key(runner, "r")
+    key = channel.track(runner, channel.new_name("r"))
     channel.send("runner", key, runner.model.tp_name, runner_args)
     channel.agree(None)
     model = Mirrored(runner.model, runner.model.tp_name, channel, MODEL_CALLS)
@@ -198,7 +195,7 @@ class Follower:
                     pass
             elif kind == "call":
                 _, name, method, args, kw = msg
-                getattr(self.objects[name], method)(*self._resolve(args), **self._resolve(kw))
+                getattr(self.objects[name], method)(*map(self._obj, args), **{k: self._obj(v) for k, v in kw.items()})
             elif kind == "graph":
                 self._graph(*msg[1:])
 
@@ -222,10 +219,8 @@ class Follower:
                     graphs[f"head{i}"] = Graph(lambda i=i: model.emit_mtp_head(buf, i), compile_)
         self.objects.update({key: runner, f"{key}.cache": runner.cache, f"{key}.graphs": graphs})
 
-    def _resolve(self, args):
-        if isinstance(args, dict):
-            return {k: self.objects[v.name] if isinstance(v, Ref) else v for k, v in args.items()}
-        return tuple(self.objects[a.name] if isinstance(a, Ref) else a for a in args)
+    def _obj(self, a):
+        return self.objects[a.name] if isinstance(a, Ref) else a
 
     def _graph(self, key: str, name: str, rows: torch.Tensor, inputs: dict) -> None:
         buf = self.objects[key].buf
