@@ -21,6 +21,26 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat-last-n", type=int, default=None, help="tokens the penalties look back at, -1 = all" + unset % "-1")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--ignore-eos", action="store_true")
+    p.add_argument("--json-schema", default=None, metavar="SCHEMA",
+                   help="constrain the reply to JSON matching this schema: JSON text, or a file holding it "
+                        "('{}': any JSON value, '{\"type\": \"object\"}': any object)")
+
+
+def json_schema(value: str | None):
+    """--json-schema: inline JSON text, else the path of a file holding it."""
+    if value is None:
+        return None
+    text = value
+    if not value.lstrip().startswith(("{", "true")):
+        try:
+            with open(value, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            raise NextnError(f"--json-schema {value}: neither JSON text nor a readable file ({e.strerror})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise NextnError(f"--json-schema: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
 
 
 def sampling_params(args, engine):
@@ -28,7 +48,7 @@ def sampling_params(args, engine):
     values given (before the model loads)."""
     given = dict(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                  repetition_penalty=args.repeat_penalty, penalty_last_n=args.repeat_last_n, seed=args.seed,
-                 max_tokens=args.max_tokens, ignore_eos=args.ignore_eos)
+                 max_tokens=args.max_tokens, ignore_eos=args.ignore_eos, json_schema=json_schema(args.json_schema))
     if engine is None:
         from .engine.params import SamplingParams
 

@@ -139,6 +139,8 @@ def test_metadata_that_contradicts_the_tensors_is_refused_at_load(demo_model, tm
     (["generate", "-f", "/no/such/prompt.txt"], "-f /no/such/prompt.txt: cannot read"),
     (["generate", "-p", "x", "-n", "-5"], "max_tokens must be >= 1"),
     (["generate", "-p", "x", "--top-p", "2"], "top_p must be in (0, 1]"),
+    (["generate", "-p", "x", "--json-schema", '{"type": "string", "pattern": "a"}'], "keyword 'pattern'"),
+    (["generate", "-p", "x", "--json-schema", "/no/schema.json"], "neither JSON text nor a readable file"),
     (["serve", "--port", "99999"], "invalid port '99999'"),
     (["gguf", "quantize", "DEMO", "-o", "TMP", "--type", "q8_0"], "is a directory"),
 ])

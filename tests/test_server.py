@@ -247,7 +247,9 @@ def test_tools_reach_the_template_or_are_refused(server, client):
 
 
 @pytest.mark.parametrize("extra,param", [
-    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}, "response_format"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "string",
+                                                                                       "pattern": "^a"}}}},
+     "response_format"),
     ({"logit_bias": {"5": 10}}, "logit_bias"),
     ({"suffix": "end"}, "suffix"),
 ])
@@ -417,3 +419,26 @@ def test_json_mode_replies_with_an_object(client):
     assert text.startswith("{") and JsonPrefix().feed(text.encode())
     if out.choices[0].finish_reason == "stop":
         assert isinstance(__import__("json").loads(text), dict)
+
+
+def test_json_schema_replies_parse_into_the_callers_type(client):
+    import pydantic
+
+    class Verdict(pydantic.BaseModel):
+        ok: bool
+        score: int = pydantic.Field(ge=0, le=9)
+        tags: list[str] = pydantic.Field(max_length=2)
+
+    out = client.chat.completions.parse(model=_model_id(client), messages=[{"role": "user", "content": "verdict?"}],
+                                        max_tokens=200, temperature=0, response_format=Verdict)
+    assert out.choices[0].finish_reason == "stop"
+    got = out.choices[0].message.parsed                   # the openai client validated it against Verdict
+    assert isinstance(got, Verdict) and 0 <= got.score <= 9 and len(got.tags) <= 2
+    llama_style = client.completions.create(model=_model_id(client), prompt="x", max_tokens=200, temperature=0,
+                                            extra_body={"response_format": {"type": "json_object", "schema": {
+                                                "type": "array", "items": {"type": "integer"}, "maxItems": 3}}})
+    assert isinstance(__import__("json").loads(llama_style.choices[0].text), list)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=_model_id(client), messages=[{"role": "user", "content": "x"}],
+                                       max_tokens=2, response_format={"type": "json_schema"})
+    assert err.value.body["param"] == "response_format"

@@ -18,7 +18,7 @@ from ..models import loader
 from ..parallel import launch, mirror
 from ..parallel.comm import RankLost
 from ..text.chat import render_chat
-from ..text.json_mode import JsonConstraint
+from ..text.json_mode import OBJECT, JsonConstraint
 from ..text.tokenizer import StreamDecoder
 from .config import EngineConfig
 from .params import RECOMMENDED, SamplingParams
@@ -233,8 +233,9 @@ class Engine:
             spec = dataclasses.replace(spec, adaptive=False)
         seq = Sequence(prompt_ids, params, spec, acceptance=self.tuner.new_acceptance(spec.draft_max),
                        ngram_acceptance=self.tuner.new_acceptance(self.config.ngram_max, ngram=True))
-        if params.json:
-            seq.constraint = JsonConstraint(self.tokenizer.token_bytes, self.tokenizer.eog_ids, len(prompt_ids))
+        if params.json or params.json_schema is not None:
+            seq.constraint = JsonConstraint(self.tokenizer.token_bytes, self.tokenizer.eog_ids, len(prompt_ids),
+                                            params.json_schema if params.json_schema is not None else OBJECT)
         if not params.greedy:
             self.generators[seq.id] = new_generator(params.seed if params.seed is not None else random.getrandbits(63))
         self.streams[seq.id] = _TextStream(StreamDecoder(self.tokenizer))

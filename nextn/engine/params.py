@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..text.json_schema import compile_schema
+
 
 # a model's recommended settings (GGUF general.sampling.*), the defaults of every parameter left unset
 RECOMMENDED = {"temperature": "general.sampling.temp", "top_k": "general.sampling.top_k", "top_p": "general.sampling.top_p",
@@ -28,6 +30,7 @@ class SamplingParams:
     logprobs: int | None = None       # None: off; n >= 0: each token's log-probability and the n most likely
     prompt_logprobs: bool = False     # also score the prompt's tokens (echo with logprobs); max_tokens may be 0
     json: bool = False                # the reply is one JSON object (text/json_mode.py)
+    json_schema: dict | bool | None = None   # the reply is JSON matching this schema (text/json_schema.py)
 
     def __post_init__(self):
         checks = [
@@ -48,6 +51,8 @@ class SamplingParams:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        if self.json_schema is not None:
+            compile_schema(self.json_schema)       # SchemaError (a ValueError) names what it cannot enforce
 
     @classmethod
     def with_defaults(cls, recommended: dict, **given) -> "SamplingParams":

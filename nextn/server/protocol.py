@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from ..engine.params import SamplingParams
 from ..engine.sequence import SpecConfig, parse_spec
+from ..text.json_schema import SchemaError
 
 
 class ApiError(Exception):
@@ -65,7 +66,7 @@ MAX_CHOICES = 16
 
 # parameters nextn does not implement, and the values that ask for nothing (accepted); anything else is a 400
 UNSUPPORTED = {"functions": (None, []), "function_call": (None, "none"),
-               "response_format": (None, {"type": "text"}, {"type": "json_object"}), "logit_bias": (None, {}),
+               "logit_bias": (None, {}),
                "suffix": (None, ""), "parallel_tool_calls": (None, False, True)}
 
 
@@ -80,8 +81,8 @@ def parse(body, chat: bool, default_spec: SpecConfig, recommended: dict | None =
     echo = not chat and bool(_get(body, "echo", bool, False))
     for key, off in UNSUPPORTED.items():
         if key in body and body[key] not in off:
-            also = " (response_format json_object is)" if key == "response_format" else ""
-            raise ApiError(400, f"'{key}' is not supported by this server{also}", key)
+            raise ApiError(400, f"'{key}' is not supported by this server", key)
+    json_object, json_schema = _response_format(body.get("response_format"))
     stop = body.get("stop")
     if isinstance(stop, str):
         stop = [stop]
@@ -108,8 +109,11 @@ def parse(body, chat: bool, default_spec: SpecConfig, recommended: dict | None =
             ignore_eos=bool(_get(body, "ignore_eos", bool, False)),
             logprobs=logprobs,
             prompt_logprobs=echo and logprobs is not None,
-            json=body.get("response_format") == {"type": "json_object"},
+            json=json_object,
+            json_schema=json_schema,
         )
+    except SchemaError as e:
+        raise ApiError(400, str(e), "response_format") from None
     except ValueError as e:
         raise ApiError(400, str(e)) from None
     spec = None
@@ -144,6 +148,21 @@ def parse(body, chat: bool, default_spec: SpecConfig, recommended: dict | None =
         else:
             raise ApiError(400, "'prompt' must be a string or a list of token ids (one prompt per request)", "prompt")
     return req
+
+
+def _response_format(value) -> tuple[bool, dict | bool | None]:
+    """(JSON mode, schema) of `response_format`: text, json_object (llama-server's optional "schema" beside it
+    too) or OpenAI's json_schema {name, schema, strict}."""
+    kind = value.get("type") if isinstance(value, dict) else None
+    if value is None or kind == "text":
+        return False, None
+    if kind == "json_object":
+        return "schema" not in value, value.get("schema")
+    if kind == "json_schema" and isinstance(value.get("json_schema"), dict):
+        return False, value["json_schema"].get("schema", True)
+    raise ApiError(400, "'response_format' must be {\"type\": \"text\"}, {\"type\": \"json_object\"} or "
+                        "{\"type\": \"json_schema\", \"json_schema\": {\"name\": ..., \"schema\": {...}}}",
+                   "response_format")
 
 
 def _tools(body: dict) -> list[dict] | None:

@@ -1,172 +1,258 @@
-"""JSON mode (`response_format: {"type": "json_object"}`): the reply is one JSON object, nothing else.
+"""Constrained JSON output (`response_format` json_object and json_schema): the reply is one JSON text.
 
-`JsonPrefix` is a byte-level pushdown automaton for RFC 8259 text whose top level is an object: it
-accepts exactly the byte strings that can still grow into such a text. `JsonConstraint` applies it to
-the decisions `sampling.target` makes: a greedy row becomes the likeliest token that keeps the reply a
-valid prefix, a distribution row loses the tokens that would break it (and is renormalised), so the
-output is the model's own distribution conditioned on being valid JSON. Speculation stays exact: drafts
-are checked against these constrained targets like any other. The reply starts with '{'; whitespace
-between tokens comes in runs of at most MAX_WS bytes; the end-of-text token is allowed only once the
-object is closed, and nothing else after it.
+`JsonPrefix` is a byte-level pushdown automaton over the grammar `json_schema.compile_schema` builds (by
+default any RFC 8259 object): it accepts exactly the byte strings that can still grow into a matching
+text. `JsonConstraint` applies it to the decisions `sampling.target` makes: a greedy row becomes the
+likeliest token that keeps the reply a valid prefix, a distribution row loses the tokens that would break
+it (and is renormalised), so the output is the model's own distribution conditioned on matching. Speculation
+stays exact: drafts are checked against these constrained targets like any other. Whitespace between tokens
+is one space, or a newline and at most MAX_WS spaces or tabs (a model may otherwise pad forever), none
+before the text or after it; the end-of-text token is allowed only once the text is complete, and nothing
+else after it.
 """
 
 from __future__ import annotations
 
 import torch
 
+from .json_schema import AnyOf, Arr, Lit, Num, Obj, Str, compile_schema
+
 WS = b" \t\n\r"
 DIGITS = b"0123456789"
 HEX = b"0123456789abcdefABCDEF"
-LITERALS = {ord("t"): b"rue", ord("f"): b"alse", ord("n"): b"ull"}
-MAX_WS = 16           # longest run of whitespace between tokens (room for a newline and indentation)
-OPEN_OBJ, OPEN_ARR = ord("{"), ord("[")
-# modes
-(START, VALUE, ARRAY_START, KEY_OR_CLOSE, KEY, COLON, AFTER, STRING, ESCAPE, UNICODE, LITERAL, NUMBER,
- DONE) = range(13)
+MAX_WS = 20           # longest indentation after a newline between tokens
+QUOTE, BACKSLASH = ord('"'), ord("\\")
 # number sub-states: after '-', after a leading 0, in integer digits, after '.', in fraction, after e, after e+/-,
 # in exponent; a number may end in the ones of N_END_OK
 N_SIGN, N_ZERO, N_INT, N_DOT, N_FRAC, N_E, N_ESIGN, N_EXP = range(8)
 N_END_OK = (N_ZERO, N_INT, N_FRAC, N_EXP)
+OBJECT = {"type": "object"}
 
 
 class JsonPrefix:
-    """Accepts exactly the byte strings that can still grow into one JSON object (RFC 8259)."""
+    """Accepts exactly the byte strings that can still grow into one JSON text matching a schema (by default
+    any object, RFC 8259).
 
-    __slots__ = ("stack", "mode", "key", "rest", "num", "hexleft", "ws")
+    The state is a set of alternatives (anyOf and enum keep several alive), each the whitespace just read
+    (0: none, -1: no more allowed, k > 0: a newline and k - 1 bytes of indentation) and a stack of frames, an immutable linked list (frame, rest): ('V', node) a value is due,
+    ('L', bytes) the rest of a literal, ('S', node, chars, esc) inside a string, ('N', node, sub, text) inside
+    a number, ('O', node, seen keys, phase) an object (0: after '{', 1: after ',', 2: after a value),
+    ('K', node, seen, key bytes, esc) inside a key, ('C', node) a colon then this value, ('A', node, count,
+    phase) an array (0: after '[', 2: after an item). No whitespace before the text or after it."""
 
-    def __init__(self):
-        self.stack: list[int] = []        # OPEN_OBJ / OPEN_ARR of each open container
-        self.mode, self.key, self.rest, self.num, self.hexleft, self.ws = START, False, b"", 0, 0, 0
+    __slots__ = ("alts",)
+
+    def __init__(self, schema=OBJECT, node=None):
+        node = node if node is not None else compile_schema(schema)
+        self.alts = {(-1, (("V", node), None))}          # no whitespace before the text
 
     def copy(self) -> "JsonPrefix":
         c = JsonPrefix.__new__(JsonPrefix)
-        c.stack, c.mode, c.key, c.rest, c.num, c.hexleft, c.ws = list(self.stack), self.mode, self.key, self.rest, \
-            self.num, self.hexleft, self.ws
+        c.alts = self.alts                               # never changed in place
         return c
 
     @property
     def done(self) -> bool:
-        """The object is complete (a number at the very end is complete too only once something follows it:
-        a top-level object always ends in '}', so DONE is exact)."""
-        return self.mode == DONE
+        """The text is complete (a number at the very end could still grow, but may stop here)."""
+        return any(stack is None or stack[1] is None and stack[0][0] == "N" and _number_ends(stack[0])
+                   for _, stack in self.alts)
 
     def feed(self, data: bytes) -> bool:
         """Advance over data; False (the state is then spoilt) as soon as it cannot be part of a valid text."""
-        return all(self._byte(b) for b in data)
-
-    def _close_value(self) -> None:
-        self.mode = AFTER if self.stack else DONE
-
-    def _byte(self, b: int) -> bool:
-        m = self.mode
-        if m == STRING:
-            if b == 0x22:
-                if self.key:
-                    self.mode, self.key = COLON, False
-                else:
-                    self._close_value()
-            elif b == 0x5C:
-                self.mode = ESCAPE
-            return b >= 0x20
-        if m == ESCAPE:
-            if b == ord("u"):
-                self.mode, self.hexleft = UNICODE, 4
-                return True
-            self.mode = STRING
-            return b in b'"\\/bfnrt'
-        if m == UNICODE:
-            self.hexleft -= 1
-            if not self.hexleft:
-                self.mode = STRING
-            return b in HEX
-        if m == LITERAL:
-            if b != self.rest[0]:
+        for b in data:
+            out = set()
+            for ws, stack in self.alts:
+                if stack is not None:
+                    _step(ws, stack, b, out)
+            self.alts = out
+            if not out:
                 return False
-            self.rest = self.rest[1:]
-            if not self.rest:
-                self._close_value()
+        return True
+
+
+def _step(ws: int, stack, b: int, out: set) -> None:
+    frame, rest = stack
+    kind = frame[0]
+    if kind == "S":
+        _string(frame, rest, b, out)
+    elif kind == "K":
+        _key(frame, rest, b, out)
+    elif kind == "L":
+        if b == frame[1][0]:
+            out.add((0, (("L", frame[1][1:]), rest) if len(frame[1]) > 1 else rest))
+    elif kind == "N":
+        _number(frame, rest, b, out)
+    elif b in WS:                                        # between tokens: one space, or a newline and indentation
+        if ws == 0 and b in b" \n":
+            out.add((-1 if b == ord(" ") else 1, stack))
+        elif 0 < ws <= MAX_WS and b in b" \t":
+            out.add((ws + 1, stack))
+    elif kind == "V":
+        _start(frame[1], b, rest, out)
+    elif kind == "C":
+        if b == ord(":"):
+            out.add((0, (("V", frame[1]), rest)))
+    elif kind == "O":
+        _object(frame, rest, b, out)
+    else:
+        _array(frame, rest, b, out)
+
+
+def _start(node, b: int, rest, out: set) -> None:
+    """The first byte of a value of `node`."""
+    if isinstance(node, AnyOf):
+        for option in node.options:
+            _start(option, b, rest, out)
+    elif isinstance(node, Lit):
+        if b == node.text[0]:
+            out.add((0, (("L", node.text[1:]), rest) if len(node.text) > 1 else rest))
+    elif isinstance(node, Str):
+        if b == QUOTE:
+            out.add((0, (("S", node, 0, 0), rest)))
+    elif isinstance(node, Num):
+        if b == ord("-") or b in DIGITS:
+            sub = N_SIGN if b == ord("-") else N_ZERO if b == ord("0") else N_INT
+            if _reachable(node, bytes([b])):
+                out.add((0, (("N", node, sub, bytes([b])), rest)))
+    elif isinstance(node, Obj):
+        if b == ord("{"):
+            out.add((0, (("O", node, frozenset(), 0), rest)))
+    elif b == ord("["):
+        out.add((0, (("A", node, 0, 0), rest)))
+
+
+def _string(frame, rest, b: int, out: set) -> None:
+    _, node, chars, esc = frame
+    if esc == -1:                                        # after a backslash
+        if b == ord("u"):
+            out.add((0, (("S", node, chars, 4), rest)))
+        elif b in b'"\\/bfnrt':
+            out.add((0, (("S", node, chars + 1, 0), rest)))
+    elif esc:                                            # hex digits of \uXXXX still due
+        if b in HEX:
+            out.add((0, (("S", node, chars + (esc == 1), esc - 1), rest)))
+    elif b == QUOTE:
+        if chars >= node.min_len:
+            out.add((0, rest))
+    elif b >= 0x20:                                      # an escape counts as one character once complete;
+        more = not 0x80 <= b < 0xC0                      # a UTF-8 continuation byte adds none
+        if not more or node.max_len is None or chars < node.max_len:
+            out.add((0, (("S", node, chars, -1), rest) if b == BACKSLASH else (("S", node, chars + more, 0), rest)))
+
+
+def _object(frame, rest, b: int, out: set) -> None:
+    _, node, seen, phase = frame
+    if b == QUOTE and phase < 2 and (node.extra is not None or any(k not in seen for k in node.props)):
+        out.add((0, (("K", node, seen, b"", 0), (frame, rest))))
+    elif b == ord("}") and phase != 1 and node.required <= seen:
+        out.add((0, rest))
+    elif b == ord(",") and phase == 2 and (node.extra is not None or any(k not in seen for k in node.props)):
+        out.add((0, (("O", node, seen, 1), rest)))
+
+
+def _key(frame, rest, b: int, out: set) -> None:
+    _, node, seen, key, esc = frame
+    if b == QUOTE and not esc:
+        value = node.props.get(key, node.extra)
+        if value is not None and key not in seen:        # rest's top is the object this key belongs to
+            out.add((0, (("C", value), (("O", node, seen | {key}, 2), rest[1]))))
+        return
+    key += bytes([b])
+    if node.extra is None:                               # only the declared keys not yet written
+        if any(k.startswith(key) and k not in seen for k in node.props):
+            out.add((0, (("K", node, seen, key, 0), rest)))
+        return
+    if esc == -1:
+        ok, esc = b in b'"\\/bfnrtu', 4 if b == ord("u") else 0
+    elif esc:
+        ok, esc = b in HEX, esc - 1
+    else:
+        ok, esc = b >= 0x20, -1 if b == BACKSLASH else 0
+    if ok:
+        out.add((0, (("K", node, seen, key, esc), rest)))
+
+
+def _array(frame, rest, b: int, out: set) -> None:
+    _, node, count, phase = frame
+    if b == ord("]"):
+        if count >= node.min_items:
+            out.add((0, rest))
+    elif b == ord(",") and phase == 2:
+        if node.item(count) is not None and (node.max_items is None or count < node.max_items):
+            out.add((0, (("V", node.item(count)), (("A", node, count + 1, 2), rest))))
+    elif phase == 0 and node.item(0) is not None and node.max_items != 0:
+        _start(node.item(0), b, (("A", node, 1, 2), rest), out)
+
+
+def _number(frame, rest, b: int, out: set) -> None:
+    _, node, sub, text = frame
+    nxt = _number_sub(sub, b, node.integer)
+    if nxt is not None:
+        if _reachable(node, text + bytes([b])):
+            out.add((0, (("N", node, nxt, text + bytes([b])), rest)))
+    elif _number_ends(frame) and rest is not None:       # the number ended; b belongs to what follows
+        _step(0, rest, b, out)
+
+
+def _number_sub(n: int, b: int, integer: bool):
+    """The sub-state after b, or None when b cannot continue the number."""
+    digit = b in DIGITS
+    if n == N_SIGN and digit:
+        return N_ZERO if b == ord("0") else N_INT
+    if n in (N_INT, N_FRAC, N_EXP) and digit:
+        return n
+    if integer:
+        return None
+    if n in (N_ZERO, N_INT) and b == ord("."):
+        return N_DOT
+    if n in (N_ZERO, N_INT, N_FRAC) and b in b"eE":
+        return N_E
+    if n == N_DOT and digit:
+        return N_FRAC
+    if n == N_E and b in b"+-":
+        return N_ESIGN
+    if n in (N_E, N_ESIGN) and digit:
+        return N_EXP
+    return None
+
+
+def _number_ends(frame) -> bool:
+    _, node, sub, text = frame
+    if sub not in N_END_OK:
+        return False
+    return node.lo is None and node.hi is None or \
+        (node.lo is None or int(text) >= node.lo) and (node.hi is None or int(text) <= node.hi)
+
+
+def _reachable(node: Num, text: bytes) -> bool:
+    """Some integer in [lo, hi] is written with this prefix (always, for unbounded numbers)."""
+    lo, hi = node.lo, node.hi
+    if lo is None and hi is None:
+        return True
+    negative, digits = text.startswith(b"-"), text.lstrip(b"-")
+    if not digits:                                       # '-': any negative integer will do
+        return lo is None or lo <= min(-1, hi if hi is not None else -1)
+    if digits[:1] == b"0":                               # nothing follows a leading zero
+        return (lo is None or lo <= 0) and (hi is None or hi >= 0)
+    if (hi if not negative else lo) is None:             # unbounded on the side the number grows to
+        return True
+    p, width = int(digits), 1
+    while p * width <= max(abs(lo or 0), abs(hi or 0)):
+        first, last = p * width, p * width + width - 1    # the integers whose digits start with `digits`
+        if negative:
+            first, last = -last, -first
+        if (lo is None or last >= lo) and (hi is None or first <= hi):
             return True
-        if m == NUMBER:
-            if self._number(b):
-                return True
-            if self.num not in N_END_OK:
-                return False
-            self._close_value()                         # the number ended; b belongs to what follows
-            return self._byte(b)
-        if b in WS:          # between tokens, in runs of at most MAX_WS (a model may otherwise pad forever);
-            self.ws += 1     # none before the object or after it
-            return m not in (START, DONE) and self.ws <= MAX_WS
-        self.ws = 0
-        if m == START:                                  # the reply is an object
-            if b != OPEN_OBJ:
-                return False
-            self.stack.append(b)
-            self.mode = KEY_OR_CLOSE
-            return True
-        if m in (KEY_OR_CLOSE, KEY):
-            if b == 0x22:
-                self.mode, self.key = STRING, True
-                return True
-            return m == KEY_OR_CLOSE and b == ord("}") and self._pop()
-        if m == COLON:
-            self.mode = VALUE
-            return b == ord(":")
-        if m == AFTER:
-            top = self.stack[-1]
-            if b == ord(","):
-                self.mode = KEY if top == OPEN_OBJ else VALUE
-                return True
-            return (b == ord("}") and top == OPEN_OBJ or b == ord("]") and top == OPEN_ARR) and self._pop()
-        if m == ARRAY_START and b == ord("]"):
-            return self._pop()
-        return m in (VALUE, ARRAY_START) and self._value(b)
-
-    def _pop(self) -> bool:
-        self.stack.pop()
-        self._close_value()
-        return True
-
-    def _value(self, b: int) -> bool:
-        if b in (OPEN_OBJ, OPEN_ARR):
-            self.stack.append(b)
-            self.mode = KEY_OR_CLOSE if b == OPEN_OBJ else ARRAY_START
-        elif b == 0x22:
-            self.mode, self.key = STRING, False
-        elif b in LITERALS:
-            self.mode, self.rest = LITERAL, LITERALS[b]
-        elif b == ord("-") or b in DIGITS:
-            self.mode, self.num = NUMBER, N_SIGN if b == ord("-") else N_ZERO if b == ord("0") else N_INT
-        else:
-            return False
-        return True
-
-    def _number(self, b: int) -> bool:
-        n, digit = self.num, b in DIGITS
-        if n == N_SIGN and digit:
-            self.num = N_ZERO if b == ord("0") else N_INT
-        elif n in (N_INT, N_FRAC, N_EXP) and digit:
-            pass
-        elif n in (N_ZERO, N_INT) and b == ord("."):
-            self.num = N_DOT
-        elif n in (N_ZERO, N_INT, N_FRAC) and b in b"eE":
-            self.num = N_E
-        elif n == N_DOT and digit:
-            self.num = N_FRAC
-        elif n == N_E and b in b"+-":
-            self.num = N_ESIGN
-        elif n in (N_E, N_ESIGN) and digit:
-            self.num = N_EXP
-        else:
-            return False
-        return True
+        width *= 10
+    return False
 
 
 class JsonConstraint:
     """Per sequence: the automaton after its generated tokens, and the constrained targets of its rows."""
 
-    def __init__(self, token_bytes, eog_ids, n_prompt: int):
+    def __init__(self, token_bytes, eog_ids, n_prompt: int, schema=OBJECT):
         self.token_bytes, self.eog = token_bytes, set(eog_ids)
-        self.state, self.fed = JsonPrefix(), n_prompt      # tokens[n_prompt:fed] are in `state`
+        self.state, self.fed = JsonPrefix(schema), n_prompt      # tokens[n_prompt:fed] are in `state`
         self._bytes: dict[int, bytes] = {}
 
     def _tok(self, t: int) -> bytes:
