@@ -169,6 +169,18 @@ inline Vec vsilu(Vec x) { return x / (Vec::set1(1.0f) + vexp(Vec::set1(0.0f) - x
 inline Vec vsigmoid(Vec x) { return Vec::set1(1.0f) / (Vec::set1(1.0f) + vexp(Vec::set1(0.0f) - x)); }
 
 // The one reduction order of 16 lanes: halves (i + 8), then quarters (i + 4), pairs (i + 2), last pair.
+#if defined(NX_HAVE_SSE)
+inline float hsum8(__m256 s8) {   // the tree below from its first level on, in registers
+    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));   // s8[i] + s8[i + 4]
+    __m128 t = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));                                  // s4[0] + s4[2], s4[1] + s4[3]
+    return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));                      // s0 + s1
+}
+#endif
+#if defined(NX_AVX512)
+inline float hsum(Vec a) { return hsum8(_mm256_add_ps(_mm512_castps512_ps256(a.v), _mm512_extractf32x8_ps(a.v, 1))); }
+#elif defined(NX_AVX2)
+inline float hsum(Vec a) { return hsum8(_mm256_add_ps(a.lo, a.hi)); }
+#else
 inline float hsum(Vec a) {
     float lo[8], hi[8];
     halves(a, lo, hi);
@@ -178,6 +190,7 @@ inline float hsum(Vec a) {
     float s0 = s4[0] + s4[2], s1 = s4[1] + s4[3];
     return s0 + s1;
 }
+#endif
 
 inline float hmax(Vec a) {
     float lo[8], hi[8];
