@@ -358,6 +358,9 @@ def test_several_choices_per_request(client, reference):
     texts = [c.message.content for c in sampled.choices]
     assert len(set(texts)) > 1                          # each choice its own seed (5, 6, 7)
     assert [c.message.content for c in client.chat.completions.create(**kw).choices] == texts
+    alone = [client.chat.completions.create(**{**kw, "n": 1, "seed": 5 + i}).choices[0].message.content
+             for i in range(3)]
+    assert alone == texts                               # one shared prefill, each choice as if alone
     streamed = ["", "", ""]
     for chunk in client.chat.completions.create(**kw, stream=True):
         for c in chunk.choices:

@@ -62,6 +62,10 @@ class Drafter:
     def on_first_token(self, seq: Sequence, token: int) -> None:
         """The prompt is done and its first generated token is known."""
 
+    def fork(self, done: Sequence, seq: Sequence) -> None:
+        """seq (just started, same prompt) takes over what `done` holds after prefilling it, before either's
+        first token. By default nothing: the drafter catches seq up on its own."""
+
     def on_commit(self, seqs: list[Sequence], new_tokens: list[list[int]], keep: list[int]) -> None:
         """A decode step kept keep[b] tokens (new_tokens[b]) of each sequence."""
 

@@ -43,6 +43,12 @@ class DraftModelDrafter(Drafter):
         self.shadow[seq.slot] = Sequence(list(seq.prompt), seq.params, seq.spec, slot=seq.slot)
         self.fed[seq.slot] = 0
 
+    def fork(self, done: Sequence, seq: Sequence) -> None:
+        """The draft model's cache after the prompt, as far as it has followed it."""
+        n = self.shadow[done.slot].num_cached
+        self.runner.cache.copy_slot(done.slot, seq.slot, n)
+        self.shadow[seq.slot].num_cached = n
+
     def _view(self, seq: Sequence, upto: int) -> Sequence:
         """The slot's shadow with the sequence's first `upto` tokens (its num_cached is the draft cache's)."""
         sh = self.shadow[seq.slot]

@@ -70,6 +70,16 @@ class MTPDrafter(Drafter):
         for i in range(1, self.n_layers):
             self.waiting[i][seq.slot], self.base[i][seq.slot] = [], 0
 
+    def fork(self, done: Sequence, seq: Sequence) -> None:
+        """The queued prompt pairs (their tensors are never changed in place) and the head's cache rows (copied
+        with the trunk's, Cache.copy_slot)."""
+        a, b = done.slot, seq.slot
+        self.queue_tokens[b], self.queue_hidden[b] = list(self.queue_tokens[a]), list(self.queue_hidden[a])
+        self.positions[b] = self.positions[a]
+        self.last_mtp_hidden[b] = self.last_mtp_hidden[a]
+        for i in range(1, self.n_layers):
+            self.waiting[i][b], self.base[i][b] = list(self.waiting[i][a]), self.base[i][a]
+
     def queued(self, slot: int) -> int:
         return len(self.queue_tokens.get(slot, ()))
 

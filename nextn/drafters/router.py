@@ -37,6 +37,11 @@ class DraftRouter:
             if bs := self._users(d, seqs):
                 d.on_prefill([seqs[b] for b in bs], [ns[b] for b in bs])
 
+    def fork(self, done: Sequence, seq: Sequence) -> None:
+        for d in self.all:
+            if seq.spec.uses(d.name) and done.spec.uses(d.name):
+                d.fork(done, seq)
+
     def on_first_token(self, seq: Sequence, token: int) -> None:
         for d in self.all:
             if seq.spec.uses(d.name):

@@ -211,7 +211,9 @@ class Engine:
         return SamplingParams.with_defaults(self.recommended, **given)
 
     def add_request(self, prompt_ids: list[int], params: SamplingParams | None = None,
-                    spec: SpecConfig | None = None) -> Sequence:
+                    spec: SpecConfig | None = None, share: Sequence | None = None) -> Sequence:
+        """Queue a sequence. share: an earlier request with the same prompt whose prefill this one copies
+        when both hold a slot by the time it is done (the n choices of one request), else it prefills alone."""
         if why := self.lost():
             raise RankLost(why)
         params = params or self.sampling_params()
@@ -233,6 +235,9 @@ class Engine:
             spec = dataclasses.replace(spec, adaptive=False)
         seq = Sequence(prompt_ids, params, spec, acceptance=self.tuner.new_acceptance(spec.draft_max),
                        ngram_acceptance=self.tuner.new_acceptance(self.config.ngram_max, ngram=True))
+        if share is not None and share.prompt == seq.prompt and (share.params.prompt_logprobs, share.params.logprobs) \
+                == (params.prompt_logprobs, params.logprobs):     # the prompt's scores copied too
+            seq.share = share
         if params.json or params.json_schema is not None:
             seq.constraint = JsonConstraint(self.tokenizer.token_bytes, self.tokenizer.eog_ids, len(prompt_ids),
                                             params.json_schema if params.json_schema is not None else OBJECT)
@@ -275,21 +280,29 @@ class Engine:
         for seq, token in zip(seqs, firsts):
             if token is None:
                 continue
-            if self.drafter is not None:
-                self.drafter.on_first_token(seq, token)
-            seq.status = Status.DECODE
-            self.stats.prompt_tokens += seq.n_prompt
-            first = self.runner.first_logprobs.pop(seq.id, None)
-            if seq.params.max_tokens == 0:            # the prompt scored, nothing to generate
-                seq.finish("length")
-                outputs.append(Output(seq, [], "", True, []))
-                continue
-            outputs.append(self._emit(seq, [token], [first] if first is not None else None))
+            for other in [s for s in self.scheduler.active if s.share is seq and s.status == Status.PREFILL]:
+                other.share = None                    # a sibling with the same prompt: copy, no prefill
+                if self.drafter is not None:
+                    self.drafter.start(other)
+                    self.drafter.fork(seq, other)
+                outputs += self._first_token(other, self.runner.fork(seq, other, self.generators))
+            outputs += self._first_token(seq, token)
         dt = time.perf_counter() - t0
         for seq, n in zip(seqs, ns):
             seq.stats.prefill_seconds += dt * n / sum(ns)
         self.stats.prefill_seconds += dt
         return outputs
+
+    def _first_token(self, seq: Sequence, token: int) -> list[Output]:
+        if self.drafter is not None:
+            self.drafter.on_first_token(seq, token)
+        seq.status = Status.DECODE
+        self.stats.prompt_tokens += seq.n_prompt
+        first = self.runner.first_logprobs.pop(seq.id, None)
+        if seq.params.max_tokens == 0:            # the prompt scored, nothing to generate
+            seq.finish("length")
+            return [Output(seq, [], "", True, [])]
+        return [self._emit(seq, [token], [first] if first is not None else None)]
 
     def _choose_ks(self, seqs: list[Sequence]) -> tuple[list[int], list[int]]:
         """Per sequence: the model drafter's k (the tuner's choice, or the request's fixed k) and the most

@@ -86,15 +86,25 @@ class ModelRunner:
         for b, (seq, n) in enumerate(zip(seqs, ns)):
             if seq.params.prompt_logprobs:
                 self._score_prompt(seq, b, n)
-            if seq.num_cached < seq.n_prompt:
-                firsts.append(None)
-                continue
-            logits = self.model.logits(last[b:b + 1])
-            t = constrained_target(logits, seq)
-            firsts.append(draw(t[0], generators.get(seq.id)))
-            if seq.params.logprobs is not None:
-                self.first_logprobs[seq.id] = logprob_entries(logits, firsts[-1:], seq.params.logprobs)[0]
+            firsts.append(self._first(seq, last[b], generators) if seq.num_cached >= seq.n_prompt else None)
         return firsts
+
+    def _first(self, seq: Sequence, hidden: torch.Tensor, generators: dict) -> int:
+        """The first generated token, from the prompt's last hidden state."""
+        logits = self.model.logits(hidden[None])
+        token = draw(constrained_target(logits, seq)[0], generators.get(seq.id))
+        if seq.params.logprobs is not None:
+            self.first_logprobs[seq.id] = logprob_entries(logits, [token], seq.params.logprobs)[0]
+        return token
+
+    @torch.inference_mode()
+    def fork(self, done: Sequence, seq: Sequence, generators: dict) -> int:
+        """Give seq (same prompt, its own slot) the state `done` has right after prefilling that prompt, and
+        draw seq's own first token from the same logits. Returns that token."""
+        self.cache.copy_slot(done.slot, seq.slot, done.num_cached)
+        self.last_hidden[seq.slot] = self.last_hidden[done.slot]
+        seq.num_cached, seq.prompt_logprobs = done.num_cached, list(done.prompt_logprobs)
+        return self._first(seq, self.last_hidden[seq.slot], generators)
 
     def _score_prompt(self, seq: Sequence, b: int, n: int, rows: int = 32) -> None:
         """Log-probabilities of the prompt tokens this chunk predicts (row j predicts token j + 1), from the

@@ -48,6 +48,9 @@ class Scheduler:
         plan = Plan()
         budget = self.prefill_chunk
         for seq in (s for s in self.active if s.status == Status.PREFILL):
+            if seq.share is not None and seq.share.status == Status.PREFILL and seq.share in self.active:
+                continue              # its sibling's prefill is copied to it when done (engine.fork)
+            seq.share = None          # the sibling is past its prompt (or gone): prefill on its own
             if budget <= 0:
                 break
             n = min(budget, seq.n_prompt - seq.num_cached)

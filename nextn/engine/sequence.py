@@ -82,6 +82,7 @@ class Sequence:
     logprobs: list = field(default_factory=list)  # (token, logprob, top alternatives) per generated token, if asked
     prompt_logprobs: list = field(default_factory=list)   # the same for prompt tokens 1.. (params.prompt_logprobs)
     constraint: object = None     # what the reply must stay (text.json_mode.JsonConstraint), or None
+    share: "Sequence | None" = None   # a sibling with the same prompt whose prefill this one copies (n > 1)
 
     def __post_init__(self):
         self.tokens = list(self.prompt)

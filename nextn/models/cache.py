@@ -81,6 +81,14 @@ class Cache:
         for t in (*self.conv.values(), *self.ssm.values()):
             t[slot].zero_()
 
+    def copy_slot(self, src: int, dst: int, n: int) -> None:
+        """Give slot dst the state of slot src after its first n positions (a prompt prefilled once for
+        several sequences)."""
+        for t in (*self.k.values(), *self.v.values()):
+            t[dst, :n] = t[src, :n]
+        for t in (*self.conv.values(), *self.ssm.values()):
+            t[dst] = t[src]
+
     def commit(self, keep: list[int] | torch.Tensor) -> None:
         """Install, per sequence of the last short forward, the recurrent state after keep[b] tokens
         (`keep` may be a tensor already on the device: a CUDA graph captures this with static inputs)."""

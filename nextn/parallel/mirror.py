@@ -22,7 +22,7 @@ from ..errors import NextnError
 from .comm import Comm, RankLost, lost
 
 MODEL_CALLS = ("forward", "logits", "mtp_forward", "mtp_logits", "score")
-CACHE_CALLS = ("reset_slot", "commit")
+CACHE_CALLS = ("reset_slot", "commit", "copy_slot")
 
 
 @dataclass(frozen=True)

@@ -144,7 +144,8 @@ def create_app(engine: Engine, api_key: str | None = None, model_name: str | Non
                 raise ApiError(400, f"the prompt has {len(ids)} tokens; this server's context holds "
                                     f"{engine.config.ctx_size}", "prompt", "context_length_exceeded")
             queue: asyncio.Queue = asyncio.Queue()
-            seqs = [loop.submit(ids, req.choice_params(i), req.spec, queue)[0] for i in range(req.n)]
+            seqs = [loop.submit(ids, req.choice_params(0), req.spec, queue)[0]]
+            seqs += [loop.submit(ids, req.choice_params(i), req.spec, queue, share=seqs[0])[0] for i in range(1, req.n)]
         except NextnError as e:
             raise ApiError(400, str(e)) from None
 

@@ -28,13 +28,14 @@ class EngineLoop:
         self.thread.start()
 
     def submit(self, prompt_ids: list[int], params: SamplingParams, spec: SpecConfig | None,
-               queue: asyncio.Queue | None = None) -> tuple[Sequence, asyncio.Queue]:
-        """Add a request; its outputs arrive on `queue` (a new one by default; several sequences may share one)."""
+               queue: asyncio.Queue | None = None, share: Sequence | None = None) -> tuple[Sequence, asyncio.Queue]:
+        """Add a request; its outputs arrive on `queue` (a new one by default; several sequences may share one);
+        share: a sequence with the same prompt whose prefill it copies (Engine.add_request)."""
         queue = queue if queue is not None else asyncio.Queue()
         if fatal := self.fatal or self.engine.lost():
             raise ApiError(503, f"{fatal}; restart the server", kind="server_error")
         with self.lock:
-            seq = self.engine.add_request(prompt_ids, params, spec)
+            seq = self.engine.add_request(prompt_ids, params, spec, share)
             self.queues[seq.id] = (asyncio.get_running_loop(), queue)
         self.wake.set()
         return seq, queue
