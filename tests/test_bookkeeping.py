@@ -155,3 +155,17 @@ def test_step_breakdown_accounts_for_the_wall_time():
     other = SpecStats()
     other.merge(st)
     assert other.step_ms == ms and other.to_dict()["step_ms"] == ms
+
+
+def test_exploration_remeasures_plain_decoding_too():
+    """A choice of k > 0 revisits its neighbours and k = 0 in turn: a plain-step cost measured once (in a
+    request's cold first steps) must not keep speculation on for good."""
+    t = _tuner({1: 0.010, 2: 0.0105, 3: 0.011, 4: 0.0115}, draft=0.001, explore_every=2)
+    t.explore_max = 4
+    picks = [t.choose([_acceptance(0.9)]) for _ in range(40)]
+    assert picks.count(3) >= 30 and {0, 2} <= set(picks) <= {0, 2, 3}
+    t = _tuner({1: 0.010, 2: 0.011, 3: 0.030, 4: 0.040}, draft=0.001, explore_every=2)
+    t.explore_max = 4
+    picks = [t.choose([_acceptance(0.8)]) for _ in range(40)]
+    assert picks.count(1) >= 30 and {0, 2} <= set(picks)
+    assert [KTuner(3, k_min=2).revisit(0, i) for i in range(3)] == [2, 2, 2]     # k_min bounds the neighbour

@@ -323,10 +323,11 @@ class Engine:
         captured = self.capture_seconds
         res = decode_step(self.runner, self.drafter, seqs, ks, rooms, self.generators)
         costs = self.tuner.costs
-        # the first step of a shape (weights and cache pages touched for the first time) and a step that
-        # recorded a plan are no measure of what the next ones cost
+        # the first step of a shape (weights and cache pages touched for the first time), a step that
+        # recorded a plan and a sequence's first step after its prompt (caches cold from the prefill's
+        # GEMMs) are no measure of what the next ones cost
         shape = (len(seqs), max(res.n_drafted), res.draft_steps)
-        timed = shape in self._shapes_seen and self.capture_seconds == captured
+        timed = shape in self._shapes_seen and self.capture_seconds == captured and all(s.stats.n_steps for s in seqs)
         self._shapes_seen.add(shape)
         if timed:
             costs.observe_trunk(len(seqs), max(res.n_drafted) + 1, res.verify_seconds + res.commit_seconds)

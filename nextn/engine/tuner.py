@@ -12,7 +12,9 @@ instead: what the model leaves out (acceptance, commit, bookkeeping) then counts
 
 A new request starts from what the model's drafts have been worth lately (`KTuner.recent`), not
 from a fixed guess, so a head that never matches stops costing anything after the first request.
-While the choice stays put, the neighbour is revisited at growing intervals (8, 16, ... 128 steps).
+While the choice stays put, the other candidates are revisited in turn at growing intervals (8, 16,
+... 128 steps): the neighbours of the choice and plain decoding, whose cost drifts too (a k = 0 timed
+only in a request's cold first steps would otherwise never be measured again).
 """
 
 from __future__ import annotations
@@ -148,6 +150,7 @@ class KTuner:
     _best: int = -1
     _interval: int = 0
     _next_explore: int = 0
+    _explored: int = 0
     _ngram_calls: int = 0
     _ngram_gap: int = 4
     _ngram_next: int = 8
@@ -215,9 +218,15 @@ class KTuner:
         if best_k != self._best:               # the choice moved: look around again soon
             self._best, self._interval = best_k, self.explore_every
             self._next_explore = self.steps + self._interval
-        if self.steps >= self._next_explore:   # revisit a neighbour now and then: estimates go stale
+        if self.steps >= self._next_explore:   # revisit a neighbour (or plain decoding) now and then
             self._interval = min(2 * self._interval, self.explore_max)
             self._next_explore = self.steps + self._interval
-            nb = best_k + 1 if best_k < self.k_max else best_k - 1
-            return max(nb, self.k_min) if nb else 0
+            self._explored += 1
+            return self.revisit(best_k, self._explored)
         return best_k
+
+    def revisit(self, best: int, turn: int) -> int:
+        """The turn-th candidate to re-measure around choice `best`: its neighbours and k = 0, in turn."""
+        up, down = max(best + 1, self.k_min), (best - 1 if best - 1 >= self.k_min else 0)
+        cands = sorted({k for k in (down, up, 0) if k != best and k <= self.k_max})
+        return cands[turn % len(cands)] if cands else best
