@@ -169,3 +169,27 @@ def test_exploration_remeasures_plain_decoding_too():
     picks = [t.choose([_acceptance(0.8)]) for _ in range(40)]
     assert picks.count(1) >= 30 and {0, 2} <= set(picks)
     assert [KTuner(3, k_min=2).revisit(0, i) for i in range(3)] == [2, 2, 2]     # k_min bounds the neighbour
+
+
+def test_from_plain_decoding_the_runner_up_is_revisited_not_only_k1():
+    """k = 1 may be the one draft length that never pays (verify cost ~ a second step): exploring away from
+    k = 0 must also try the draft length the model ranks next."""
+    t = _tuner({1: 0.010, 2: 0.019, 3: 0.020, 4: 0.021}, draft=0.0005, explore_every=2)
+    t.explore_max = 4
+    for k, secs in ((0, 0.010), (1, 0.0195), (2, 0.0205), (3, 0.0225)):
+        for _ in range(3):
+            t.costs.observe_step(1, k, secs)
+    a = _acceptance(0.55)
+    picks = [t.choose([a]) for _ in range(30)]
+    assert picks.count(0) >= 20 and 3 in picks          # 3 ranks second: 2.19 tokens in 2.25 steps
+
+
+def test_evidence_fades_while_not_drafting():
+    """A request whose first drafts failed gets back to the model's overall acceptance after plain steps."""
+    a = Acceptance(3, prior=0.8)
+    for _ in range(3):
+        a.update(3, 0)
+    low = a.rate(0)
+    for _ in range(60):
+        a.relax()
+    assert low < 0.5 < a.rate(0) and abs(a.rate(0) - 0.8) < 0.1

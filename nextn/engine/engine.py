@@ -329,10 +329,13 @@ class Engine:
         shape = (len(seqs), max(res.n_drafted), res.draft_steps)
         timed = shape in self._shapes_seen and self.capture_seconds == captured and all(s.stats.n_steps for s in seqs)
         self._shapes_seen.add(shape)
+        # the first drafting step after plain ones runs the head over every pair those left queued: the
+        # backlog is work the plain steps put off, no cost of drafting; such a step is no whole-step measure
+        steady = not res.draft_steps or res.caught_up <= self.tuner.k_max + 1
         if timed:
             costs.observe_trunk(len(seqs), max(res.n_drafted) + 1, res.verify_seconds + res.commit_seconds)
             costs.observe_draft(len(seqs), res.draft_steps, res.draft_seconds)
-            if res.draft_steps and res.caught_up <= self.tuner.k_max + 1:     # steady state, not a long backlog
+            if res.draft_steps and steady:
                 costs.observe_catch_up(len(seqs), res.catch_up_seconds)
         outputs = []
         for b, seq in enumerate(seqs):
@@ -343,11 +346,13 @@ class Engine:
                 ngram = by == "ngram"
                 (seq.ngram_acceptance if ngram else seq.acceptance).update(res.n_drafted[b], res.n_accepted[b])
                 self.tuner.observe(res.n_drafted[b], res.n_accepted[b], ngram=ngram)
+            elif seq.spec.model_drafter:
+                seq.acceptance.relax()
             out = self._emit(seq, res.new_tokens[b], res.logprobs[b] if res.logprobs else None)
             out.drafted, out.accepted, out.drafter = res.n_drafted[b], res.n_accepted[b], by
             outputs.append(out)
         seconds = time.perf_counter() - t0      # wall time of the whole step: tok/s is never flattered
-        if timed and "ngram" not in (res.by or ()):       # whole-step timings are the model drafter's k's
+        if timed and steady and "ngram" not in (res.by or ()):     # whole-step timings are the model drafter's k's
             costs.observe_step(len(seqs), max(ks), seconds)
         for st in [self.stats] + [seq.stats for seq in seqs]:   # a batched step counts whole for each sequence
             st.add_step(seconds, res.draft_seconds, res.catch_up_seconds, res.verify_seconds, res.commit_seconds)

@@ -29,7 +29,7 @@ class Acceptance:
 
     k_max: int
     prior: float | list[float] = 0.7
-    weight: float = 2.0
+    weight: float = 4.0
     decay: float = 0.97
     hits: list[float] = field(default_factory=list)
     tries: list[float] = field(default_factory=list)
@@ -42,6 +42,12 @@ class Acceptance:
         for i in range(min(n_drafted, n_accepted + 1, self.k_max)):
             self.tries[i] = self.tries[i] * self.decay + 1.0
             self.hits[i] = self.hits[i] * self.decay + (1.0 if i < n_accepted else 0.0)
+
+    def relax(self) -> None:
+        """A step without drafts: what was seen fades toward the prior all the same, so that a few early
+        rejections cannot switch speculation off for the rest of a request."""
+        self.hits = [h * self.decay for h in self.hits]
+        self.tries = [t * self.decay for t in self.tries]
 
     def rate(self, i: int) -> float:
         prior = self.prior[i] if isinstance(self.prior, list) else self.prior
@@ -207,26 +213,27 @@ class KTuner:
             return 0                           # measure plain decoding first
         if draft is None:
             return self.k_max                  # then measure drafting
-        best_k, best_rate = 0, B / (self.costs.step_cost(B, 0) or plain)
+        rates = {0: B / (self.costs.step_cost(B, 0) or plain)}
         for k in range(max(1, self.k_min), self.k_max + 1):
             t = self.costs.step_cost(B, k) or \
                 self.costs.trunk_cost(B, k + 1) + k * draft + self.costs.catch_up_cost(B)
-            rate = sum(a.expected_tokens(k) for a in acceptances) / t
-            if rate > best_rate:
-                best_k, best_rate = k, rate
+            rates[k] = sum(a.expected_tokens(k) for a in acceptances) / t
+        best_k = max(rates, key=lambda k: (rates[k], -k))
         self.steps += 1
         if best_k != self._best:               # the choice moved: look around again soon
             self._best, self._interval = best_k, self.explore_every
             self._next_explore = self.steps + self._interval
-        if self.steps >= self._next_explore:   # revisit a neighbour (or plain decoding) now and then
+        if self.steps >= self._next_explore:   # revisit another candidate now and then: estimates go stale
             self._interval = min(2 * self._interval, self.explore_max)
             self._next_explore = self.steps + self._interval
             self._explored += 1
-            return self.revisit(best_k, self._explored)
+            second = max((k for k in rates if k != best_k), key=lambda k: rates[k], default=best_k)
+            return self.revisit(best_k, self._explored, second)
         return best_k
 
-    def revisit(self, best: int, turn: int) -> int:
-        """The turn-th candidate to re-measure around choice `best`: its neighbours and k = 0, in turn."""
+    def revisit(self, best: int, turn: int, second: int | None = None) -> int:
+        """The turn-th candidate to re-measure around choice `best`: the runner-up `second`, the neighbours
+        and k = 0, in turn (from k = 0 the neighbour k = 1 may be the one k that never pays)."""
         up, down = max(best + 1, self.k_min), (best - 1 if best - 1 >= self.k_min else 0)
-        cands = sorted({k for k in (down, up, 0) if k != best and k <= self.k_max})
+        cands = sorted({k for k in (down, up, 0, second) if k is not None and k != best and k <= self.k_max})
         return cands[turn % len(cands)] if cands else best
