@@ -178,3 +178,16 @@ def test_a_stack_of_matrices_dequantizes_whole_in_its_shape():
     assert dense.shape == (E, N, K)
     for e in range(E):
         assert torch.equal(dense[e], stack.expert(e).dequantize())
+
+
+@pytest.mark.parametrize("name", [q.name for q in INT8_TYPES])
+def test_a_prompt_sized_product_on_int8_activations_is_row_by_row_decode(name):
+    """Prefill runs the int8 kernel too (not dequantized tiles + GEMM): every row of a 300-row product is
+    bit for bit what that row gives alone, as in decoding."""
+    w, _ = weight(Q[name], 40, 512, seed=3)
+    w.int8 = True
+    x = torch.randn(300, 512, generator=torch.Generator().manual_seed(2))
+    alone = torch.cat([w.linear(x[i:i + 1]) for i in range(300)])
+    assert torch.equal(w.linear(x), alone)
+    w.int8 = False                                   # --kernels exact: many rows still go through the GEMM
+    assert (w.linear(x) - alone).abs().max() > 0
