@@ -26,10 +26,17 @@ def _zeros(shape, dtype, device) -> torch.Tensor:
     return torch.zeros(shape, dtype=dtype, device=device)
 
 
+def conv_window(buf: torch.Tensor, n: torch.Tensor, width: int) -> torch.Tensor:
+    """The conv state after each sequence's first n[b] new inputs: buf [B, K-1+T, C] rows n..n+width-1, as the
+    cache holds it ([B, C, width])."""
+    window = n[:, None] + torch.arange(width, device=buf.device)[None, :]
+    return buf.gather(1, window[:, :, None].expand(-1, -1, buf.shape[2])).transpose(1, 2)
+
+
 @dataclass
 class PendingState:
     slot_index: torch.Tensor | slice   # the slots (a slice when contiguous)
-    conv_buf: torch.Tensor | None  # [B, C, K-1+T]: old conv window followed by this step's inputs
+    conv_buf: torch.Tensor | None  # [B, K-1+T, C]: old conv window followed by this step's inputs
     states: torch.Tensor | None  # [B, H, T, dk, dv]: recurrent state after each token (torch path), or
     replay: object = None        # keep [B] -> None: the fused CUDA layer advancing window and state itself
 
@@ -101,9 +108,7 @@ class Cache:
             if p.replay is not None:
                 p.replay(keep_t)
                 continue
-            width = self.conv[il].shape[-1]
-            window = keep_t[:, None] + torch.arange(width, device=device)[None, :]
-            conv = p.conv_buf.gather(2, window[:, None, :].expand(-1, p.conv_buf.shape[1], -1))
+            conv = conv_window(p.conv_buf, keep_t, self.conv[il].shape[-1])
             self.conv[il][p.slot_index] = conv.to(self.conv[il].dtype)
             self.ssm[il][p.slot_index] = p.states[b_idx, :, keep_t - 1]
         self.pending.clear()

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels import ops
-from .cache import Cache, PendingState
+from .cache import Cache, PendingState, conv_window
 from .config import ModelConfig
 from . import layers
 from .layers import cuda_ops, l2_norm, linear, rms_norm
@@ -90,8 +90,8 @@ def _torch_rule(qkv, b, a, w: dict, cfg: ModelConfig, step: Step, cache: Cache, 
     hk, hv, dk, dv = cfg.ssm_n_k_heads, cfg.ssm_n_v_heads, cfg.ssm_head_k_dim, cfg.ssm_head_v_dim
     # causal depthwise conv over [old window | new inputs]
     conv_state = cache.conv[il][step.sel]
-    buf = torch.cat((conv_state, qkv.transpose(1, 2).to(conv_state.dtype)), dim=2)
-    mixed = F.silu(causal_conv(buf, w["ssm_conv1d.weight"], T)).transpose(1, 2).float()   # [B, T, C]
+    buf = torch.cat((conv_state.transpose(1, 2), qkv.to(conv_state.dtype)), dim=1)     # [B, K-1+T, C]
+    mixed = F.silu(causal_conv(buf, w["ssm_conv1d.weight"], T)).float()                  # [B, T, C]
     q, k, v = mixed.split((hk * dk, hk * dk, hv * dv), dim=-1)
     heads = _Heads(cfg, B, T)
     q = heads.keys(l2_norm(q.reshape(B, T, hk, dk)) * dk ** -0.5)
@@ -117,8 +117,7 @@ def _delta_torch(q, k, v, beta, g, heads, step: Step, cache: Cache, il: int, buf
             outs.append(o)
         out = torch.cat(outs, dim=-2)
         n = torch.tensor(step.n_tokens, device=device)
-        window = n[:, None] + torch.arange(buf.shape[2] - T, device=device)[None, :]
-        cache.conv[il][step.sel] = buf.gather(2, window[:, None, :].expand(-1, buf.shape[1], -1))
+        cache.conv[il][step.sel] = conv_window(buf, n, buf.shape[1] - T)
         cache.ssm[il][step.sel] = s0.reshape(cache.ssm[il][step.sel].shape)
         return out
     out, states = delta_rule_chunk(q, k, v, g, beta, s0, True)
@@ -158,13 +157,14 @@ class _Heads:
 
 
 def causal_conv(buf: torch.Tensor, weight: torch.Tensor, T: int) -> torch.Tensor:
-    """Depthwise conv of kernel K over buf [B, C, K-1+T] -> [B, C, T], as K shifted multiply-adds
-    (a few small ops instead of a grouped conv1d call, which dominates at decode sizes)."""
+    """Depthwise conv of kernel K over time-major buf [B, K-1+T, C] -> [B, T, C], as K shifted multiply-adds
+    on contiguous rows (a grouped conv1d call dominates at decode sizes; channel-major slices of a long
+    prompt are strided copies)."""
     K = weight.shape[1]
-    w = weight.to(buf.dtype)
-    out = buf[:, :, 0:T] * w[:, 0, None]
+    w = weight.to(buf.dtype).t()                                   # [K, C]
+    out = buf[:, 0:T] * w[0]
     for j in range(1, K):
-        out = out + buf[:, :, j:j + T] * w[:, j, None]
+        out.addcmul_(buf[:, j:j + T], w[j])
     return out
 
 
