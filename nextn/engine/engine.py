@@ -14,6 +14,7 @@ from ..drafters.mtp import MTPDrafter
 from ..drafters.ngram import NGramDrafter
 from ..drafters.router import DraftRouter
 from ..errors import NextnError
+from ..kernels import native
 from ..models import loader
 from ..parallel import launch, mirror
 from ..parallel.comm import RankLost
@@ -273,9 +274,10 @@ class Engine:
                 if self.drafter is not None:
                     self.drafter.start(seq)
         t0 = time.perf_counter()
-        firsts = self.runner.prefill(seqs, ns, self.generators)
-        if self.drafter is not None:
-            self.drafter.on_prefill(seqs, ns)
+        with native.sharing_cores():             # torch ops and native ones alternate
+            firsts = self.runner.prefill(seqs, ns, self.generators)
+            if self.drafter is not None:
+                self.drafter.on_prefill(seqs, ns)
         outputs = []
         for seq, token in zip(seqs, firsts):
             if token is None:

@@ -16,6 +16,7 @@ from . import _native
 
 OPS = {name: i for i, name in enumerate(_native.op_names())}
 _plan: "Plan | None" = None
+SPIN_US = 3000     # idle kernel threads spin this long before sleeping (decode steps come back to back)
 
 
 def isa() -> str:
@@ -24,6 +25,17 @@ def isa() -> str:
 
 def set_threads(n: int) -> None:
     _native.set_threads(max(1, int(n)))
+
+
+@contextlib.contextmanager
+def sharing_cores():
+    """Idle kernel threads sleep at once rather than spin for 3 ms: for work that alternates native ops
+    with torch's (prefill), whose threads want the same cores."""
+    _native.set_spin(0)
+    try:
+        yield
+    finally:
+        _native.set_spin(SPIN_US)
 
 
 def threads() -> int:

@@ -4,7 +4,7 @@
 //   call(op, ints, floats)          run one op now (eager)
 //   plan_new() -> handle; plan_add(handle, op, ints, floats); plan_run(handle); plan_free(handle)
 //                                   record ops once, replay them all in one call (a captured step)
-//   isa(), set_threads(n), threads()
+//   isa(), set_threads(n), threads(), set_spin(us)
 //
 // Pointers travel as Python ints (tensor.data_ptr()). The instruction set is chosen once, at import:
 // the widest the CPU supports, or NEXTN_ISA=avx512|avx2|generic.
@@ -171,6 +171,13 @@ PyObject* py_set_threads(PyObject*, PyObject* args) {
     Py_RETURN_NONE;
 }
 
+PyObject* py_set_spin(PyObject*, PyObject* args) {
+    int us;
+    if (!PyArg_ParseTuple(args, "i", &us)) return nullptr;
+    nx::pool_set_spin(us);
+    Py_RETURN_NONE;
+}
+
 PyObject* py_threads(PyObject*, PyObject*) { return PyLong_FromLong(nx::pool_threads()); }
 
 PyMethodDef methods[] = {
@@ -184,6 +191,7 @@ PyMethodDef methods[] = {
     {"isa", py_isa, METH_NOARGS, "the instruction set the kernels run with"},
     {"set_threads", py_set_threads, METH_VARARGS, "set_threads(n): threads the kernels use"},
     {"threads", py_threads, METH_NOARGS, "threads the kernels use"},
+    {"set_spin", py_set_spin, METH_VARARGS, "set_spin(us): how long idle workers spin before sleeping"},
     {nullptr, nullptr, 0, nullptr},
 };
 

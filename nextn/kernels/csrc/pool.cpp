@@ -15,6 +15,8 @@ namespace {
 // it was woken for and then acknowledges that generation. A new job is written (under `mu`) only
 // once every worker has acknowledged the previous one or sleeps, and a sleeping worker wakes only by
 // taking `mu`: no worker ever reads a half-written job. The caller never waits while holding `mu`.
+std::atomic<int> spin_us{3000};   // how long an idle worker spins before it sleeps
+
 struct Worker {
     std::thread thread;
     std::atomic<uint64_t> ack{0};
@@ -44,7 +46,7 @@ struct Pool {
         while (true) {
             auto start = std::chrono::steady_clock::now();
             for (int spins = 1; generation.load(std::memory_order_acquire) == seen && !stop.load(); spins++) {
-                if (spins % 1024 == 0 && std::chrono::steady_clock::now() - start > std::chrono::microseconds(3000)) {
+                if (spins % 1024 == 0 && std::chrono::steady_clock::now() - start > std::chrono::microseconds(spin_us.load(std::memory_order_relaxed))) {
                     std::unique_lock<std::mutex> lock(mu);
                     w->asleep.store(true);
                     cv.wait(lock, [&] { return generation.load() != seen || stop.load(); });
@@ -125,6 +127,7 @@ void pool_set_threads(int n) {
     pool().resize(n);
 }
 int pool_threads() { return n_threads; }
+void pool_set_spin(int us) { spin_us.store(us < 0 ? 0 : us); }
 void pool_run(int n_tasks, void (*fn)(void*, int), void* ctx) { pool().run(n_tasks, fn, ctx); }
 
 }  // namespace nx

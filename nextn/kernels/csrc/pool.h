@@ -8,6 +8,7 @@
 namespace nx {
 void pool_set_threads(int n);
 int pool_threads();
+void pool_set_spin(int us);   // microseconds an idle worker spins before sleeping (3000 by default)
 void pool_run(int n_tasks, void (*fn)(void*, int), void* ctx);
 
 template <class F>
