@@ -2,6 +2,7 @@
 
     python scripts/llamacpp_bench.py --server path/to/llama-server MODEL.gguf [MODEL2.gguf ...] \\
         [--threads 1,2] [-n 64] [--repeats 3] [--nextn none,none@int8,mtp:3,mtp:auto] [--llama-mtp] [--json out.json]
+    [--prompt-file FILE [--prompt-chars N]]   (a long prompt: prefill speed, the `prompt` column)
 
 For each file and thread count: llama-server starts once (greedy, --no-warmup, one slot), nextn runs
 as `nextn generate --json` in a fresh process per measurement (its load is not timed; decode tok/s and
@@ -89,6 +90,7 @@ def bench(exe: str, path: Path, threads: int, n: int, repeats: int, configs: lis
     if llama_mtp:
         servers["llama.cpp mtp:3"] = LlamaServer(exe, path, *extra, "--spec-type", "draft-mtp", "--spec-draft-n-max", "3")
     rates = {name: [] for name in [*servers, *(f"nextn {c}" for c in configs)]}
+    prompt_rates = {name: [] for name in rates}
     rss, details = {}, {}
     try:
         for srv in servers.values():
@@ -97,10 +99,12 @@ def bench(exe: str, path: Path, threads: int, n: int, repeats: int, configs: lis
             for name, srv in servers.items():
                 r, t = run_llama(srv, n)
                 rates[name].append(r)
+                prompt_rates[name].append(t["prompt_per_second"])
                 details[name] = t
             for c in configs:
                 r, mb, t = run_nextn(path, threads, n, c)
                 rates[f"nextn {c}"].append(r)
+                prompt_rates[f"nextn {c}"].append(t["prompt_tokens_per_second"])
                 rss[f"nextn {c}"] = max(rss.get(f"nextn {c}", 0.0), mb)
                 details[f"nextn {c}"] = t
         for name, srv in servers.items():
@@ -108,7 +112,8 @@ def bench(exe: str, path: Path, threads: int, n: int, repeats: int, configs: lis
     finally:
         for srv in servers.values():
             srv.close()
-    return {"rates": {k: statistics.median(v) for k, v in rates.items()}, "all": rates, "rss_mb": rss, "timings": details}
+    return {"rates": {k: statistics.median(v) for k, v in rates.items()}, "all": rates, "rss_mb": rss, "timings": details,
+            "prompt_rates": {k: statistics.median(v) for k, v in prompt_rates.items()}}
 
 
 def main() -> None:
@@ -122,7 +127,12 @@ def main() -> None:
                                            "@int8 / @exact (comma list)")
     ap.add_argument("--llama-mtp", action="store_true", help="also llama.cpp's own MTP speculation")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--prompt-file", default=None, help="the prompt's text (default: a short code prompt)")
+    ap.add_argument("--prompt-chars", type=int, default=None, help="only the first N characters of --prompt-file")
     args = ap.parse_args()
+    if args.prompt_file:
+        global PROMPT
+        PROMPT = Path(args.prompt_file).read_text()[:args.prompt_chars]
     configs = args.nextn.split(",")
     results = []
     for threads in [int(t) for t in args.threads.split(",")]:
@@ -139,7 +149,8 @@ def main() -> None:
                   f"plain-decode limit {limit:.1f} tok/s")
             for name, rate in r["rates"].items():
                 print(f"  {name:<18} {rate:8.2f} tok/s  {rate / base:5.2f}x llama.cpp  {rate / limit:5.1%} of limit  "
-                      f"peak RSS {r['rss_mb'].get(name, float('nan')):7.0f} MB", flush=True)
+                      f"peak RSS {r['rss_mb'].get(name, float('nan')):7.0f} MB  prompt {r['prompt_rates'][name]:8.1f} tok/s "
+                      f"({r['prompt_rates'][name] / r['prompt_rates']['llama.cpp']:.2f}x)", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"results": results, "command": " ".join(sys.argv),
                                                "time": time.strftime("%Y-%m-%d %H:%M")}, indent=1))

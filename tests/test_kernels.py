@@ -121,6 +121,22 @@ def test_thread_count_does_not_change_results():
     assert torch.equal(one, two)
 
 
+
+def test_a_decode_step_does_not_depend_on_thread_count(demo_model):
+    """The attention op groups the query heads of a KV head into one task when there are enough tasks for the
+    threads, one task per head otherwise: the scores and outputs are the same bits either way."""
+    from nextn.engine.engine import Engine
+    from nextn.engine.params import SamplingParams
+    before, runs = native.threads(), []
+    try:
+        for threads in (1, 4):          # 2 KV heads: grouped at 1 thread, per head at 4
+            e = Engine(model=demo_model, spec="none", progress=False, threads=threads)
+            c = e.generate("def parse_args(argv):", SamplingParams(max_tokens=24, temperature=0, logprobs=5))
+            runs.append(c.logprobs)
+    finally:
+        native.set_threads(before)
+    assert runs[0] == runs[1]
+
 PROBE = """
 import json, sys, torch
 from gguf import GGMLQuantizationType as Q
