@@ -13,8 +13,9 @@ instead: what the model leaves out (acceptance, commit, bookkeeping) then counts
 A new request starts from what the model's drafts have been worth lately (`KTuner.recent`), not
 from a fixed guess, so a head that never matches stops costing anything after the first request.
 While the choice stays put, the other candidates are revisited in turn at growing intervals (8, 16,
-... 128 steps): the neighbours of the choice and plain decoding, whose cost drifts too (a k = 0 timed
-only in a request's cold first steps would otherwise never be measured again).
+... 128 steps): the runner-up, the neighbours of the choice and plain decoding, whose cost drifts too
+(a k = 0 timed only in a request's cold first steps would otherwise never be measured again). A
+request's acceptance fades toward the model's overall rate on steps without drafts.
 """
 
 from __future__ import annotations
