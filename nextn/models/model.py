@@ -21,7 +21,7 @@ from tqdm import tqdm
 from ..errors import ModelFileError
 from ..gguf.reader import GGUFFile, block_index
 from ..kernels import native, ops
-from ..kernels.weights import GPU_TYPES, INT8_TYPES, QWeight, from_gguf, take_rows
+from ..kernels.weights import GPU_TYPES, QWeight, from_gguf, take_rows
 from .attention import attention, attention_native
 from .mla import mla_attention
 from .buffers import Buffers
@@ -97,10 +97,9 @@ class Model:
         return cls(local, globals_, blocks, device, dtype, comm)
 
     def int8_types(self) -> list[str]:
-        """The weight types whose few-row products run with int8 activations (see QWeight.int8)."""
+        """The weight types whose products run with int8 activations (see QWeight.int8_kernel)."""
         ws = [self.head, *(t for w in self.layers for t in w.values())]
-        return sorted({w.qtype.name for w in ws if isinstance(w, QWeight) and w.int8 and w.qtype in INT8_TYPES
-                       and w.K % 256 == 0})
+        return sorted({w.qtype.name for w in ws if isinstance(w, QWeight) and w.int8_kernel})
 
     def nbytes(self) -> int:
         seen, total = set(), 0
