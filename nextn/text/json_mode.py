@@ -142,11 +142,12 @@ def _string(frame, rest, b: int, out: set) -> None:
 
 def _object(frame, rest, b: int, out: set) -> None:
     _, node, seen, phase = frame
-    if b == QUOTE and phase < 2 and (node.extra is not None or any(k not in seen for k in node.props)):
+    more = node.extra is not None or any(k not in seen for k in node.props)     # a further key may come
+    if b == QUOTE and phase < 2 and more:
         out.add((0, (("K", node, seen, b"", 0), (frame, rest))))
     elif b == ord("}") and phase != 1 and node.required <= seen:
         out.add((0, rest))
-    elif b == ord(",") and phase == 2 and (node.extra is not None or any(k not in seen for k in node.props)):
+    elif b == ord(",") and phase == 2 and more:
         out.add((0, (("O", node, seen, 1), rest)))
 
 

@@ -124,7 +124,7 @@ class _Compiler:
             if not isinstance(values, list) or not values:
                 raise SchemaError(f"json_schema: {where}.enum must be a non-empty list")
             return AnyOf(tuple(literal(v) for v in values))
-        types = schema.get("type", list(TYPES) if not _constrains(schema) else _implied(schema))
+        types = schema.get("type", _implied(schema))
         types = [types] if isinstance(types, str) else list(types)
         if schema.get("nullable") and "null" not in types:
             types.append("null")
@@ -183,9 +183,11 @@ class _Compiler:
             raise SchemaError(f"json_schema: {bounds[0]} (at {where}) is supported on integers only")
         lo, hi = _bound(s, "minimum", where), _bound(s, "maximum", where)
         if "exclusiveMinimum" in s:
-            lo = max(lo if lo is not None else -10**30, _bound(s, "exclusiveMinimum", where) + 1)
+            above = _bound(s, "exclusiveMinimum", where) + 1
+            lo = above if lo is None else max(lo, above)
         if "exclusiveMaximum" in s:
-            hi = min(hi if hi is not None else 10**30, _bound(s, "exclusiveMaximum", where) - 1)
+            below = _bound(s, "exclusiveMaximum", where) - 1
+            hi = below if hi is None else min(hi, below)
         if lo is not None and hi is not None and lo > hi:
             raise SchemaError(f"json_schema: {where} allows no integer ({lo} > {hi})")
         return Num(integer, lo, hi)
