@@ -32,13 +32,21 @@ def differences(theirs: dict, ours: dict) -> list[str]:
     """Where two summaries differ in meaning. Not compared: general.name (a display name each converter
     derives in its own way) and full_attention_interval where the file lists the recurrent layers
     (every runtime reads the list first; llama.cpp's value comes from transformers' config
-    normalisation, which drops the key for Qwen3-Next)."""
+    normalisation, which drops the key for Qwen3-Next).
+    Two differences nextn makes on purpose (MiMo-V2, see nextn/gguf/metadata.py and convert.py): its
+    sliding_window is one more than llama.cpp's (the window the model was trained with: llama.cpp's runtime
+    masks keys `n_swa` or more positions back, so the checkpoint's `sliding_window_size` previous tokens
+    need n_swa = size + 1), and q, k, v are one `attn_qkv` tensor (llama.cpp's MiMo MTP graph requires it)."""
     out = []
+    fused = {n.rsplit(".", 2)[0] for n in ours["tensors"] if n.endswith("attn_qkv.weight")} \
+        if ours["keys"].get("general.architecture") == "mimo2" else set()
     for k in sorted(set(theirs["keys"]) | set(ours["keys"])):
         a, b = theirs["keys"].get(k, "<absent>"), ours["keys"].get(k, "<absent>")
         if a == b:
             continue
         if k == "general.name" and "<absent>" not in (a, b):
+            continue
+        if k == "mimo2.attention.sliding_window" and isinstance(a, int) and b == a + 1:
             continue
         arch = k.split(".")[0]
         if k.endswith(".full_attention_interval") and f"{arch}.attention.recurrent_layers" in theirs["keys"] \
@@ -47,6 +55,15 @@ def differences(theirs: dict, ours: dict) -> list[str]:
         out.append(f"{k}: llama.cpp {str(a)[:60]} / nextn {str(b)[:60]}")
     for n in sorted(set(theirs["tensors"]) | set(ours["tensors"])):
         a, b = theirs["tensors"].get(n), ours["tensors"].get(n)
+        block = n.rsplit(".", 2)[0]
+        if block in fused and n.endswith(("attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_qkv.weight")):
+            continue                 # compared as a whole below
         if a != b:
             out.append(f"tensor {n}: llama.cpp {a} / nextn {b}")
+    for block in sorted(fused):
+        parts = [theirs["tensors"].get(f"{block}.attn_{x}.weight") for x in "qkv"]
+        mine = ours["tensors"][f"{block}.attn_qkv.weight"]
+        if None in parts or {p[0] for p in parts} != {mine[0]} or sum(p[1][1] for p in parts) != mine[1][1] \
+                or any(p[1][0] != mine[1][0] for p in parts):
+            out.append(f"tensor {block}.attn_qkv.weight: nextn {mine} is not llama.cpp's q, k, v {parts} stacked")
     return out

@@ -10,6 +10,9 @@
   with its own `embed_tokens` and `shared_head.head`.
 - DeepSeek-V3 / Kimi-K2: `DeepseekV3ForCausalLM`, `num_nextn_predict_layers` = 1 (`model.layers.{n}.*`),
   `scoring_func` "sigmoid" in the config.
+- MiMo-V2-Flash: `MiMoV2FlashForCausalLM` with MiMo's own config keys beside transformers' (hybrid_layer_pattern,
+  swa_num_key_value_heads, swa_rope_theta, sliding_window_size, layernorm_epsilon, ...), sink logits named
+  `attention_sink_bias`, three MTP layers under `model.mtp.layers.{j}.*` that the config does not count.
 All of them: experts one by one (`mlp.experts.{e}.gate_proj` ...), weights in `model-0000i-of-0000n`
 safetensors shards listed by `model.safetensors.index.json`, the MTP block in the last shard.
 """
@@ -49,13 +52,25 @@ def wrap(arch: str, model):
 GENERATION = {"qwen35": {"temperature": 0.6, "top_p": 0.95, "top_k": 20}, "qwen35moe": {"temperature": 0.6, "top_p": 0.95, "top_k": 20},
               "qwen3next": {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05},
               "glm4moe": {"temperature": 0.6, "top_p": 0.95}, "deepseek2": {"temperature": 0.6, "top_p": 0.95},
-              "glm4moelite": {"temperature": 1.0, "top_p": 0.95}}
+              "glm4moelite": {"temperature": 1.0, "top_p": 0.95}, "mimo2": {"temperature": 0.8, "top_p": 0.95}}
 
 
 def ship_config(arch: str, raw: dict) -> None:
     """Edit a saved config.json (in place) into the form the authors ship."""
     if arch in ("deepseek2", "glm4moelite"):   # their own config.json names the router (transformers' omits it)
         raw.update(scoring_func="sigmoid", topk_method="noaux_tc")
+    if arch == "mimo2":     # MiMo's config.json: its own keys only (transformers derives the rest from its defaults)
+        pattern = [int(t == "sliding_attention") for t in raw.pop("layer_types")]
+        rope = raw.pop("rope_parameters")
+        window = raw.pop("sliding_window") - 1
+        raw.update(hybrid_layer_pattern=pattern, swa_num_key_value_heads=2 * raw["num_key_value_heads"],
+                   swa_num_attention_heads=raw["num_attention_heads"], swa_head_dim=raw["head_dim"],
+                   swa_v_head_dim=raw["v_head_dim"], rope_theta=rope["full_attention"]["rope_theta"],
+                   swa_rope_theta=rope["sliding_attention"]["rope_theta"],
+                   partial_rotary_factor=rope["full_attention"]["partial_rotary_factor"],
+                   layernorm_epsilon=raw.pop("rms_norm_eps"), sliding_window=window, sliding_window_size=window,
+                   add_swa_attention_sink_bias=True, add_full_attention_sink_bias=False, topk_method="noaux_tc",
+                   scoring_func="sigmoid", moe_layer_freq=[int(t == "sparse") for t in raw.pop("mlp_layer_types")])
     if arch == "qwen3next":
         raw.pop("mtp_num_hidden_layers", None)
         types = raw.pop("layer_types", None)
@@ -84,10 +99,17 @@ def write_generation_config(out_dir: Path, arch: str) -> None:
     (out_dir / "generation_config.json").write_text(json.dumps({"do_sample": True, **GENERATION[arch]}, indent=1))
 
 
-def shard(out_dir: Path, mtp: dict[str, torch.Tensor]) -> None:
-    """Rewrite model.safetensors as indexed shards: the model, then the MTP block (if any)."""
+AUTHOR_NAMES = {"mimo2": (("self_attn.sinks", "self_attn.attention_sink_bias"),)}   # transformers' -> the authors'
+
+
+def shard(out_dir: Path, mtp: dict[str, torch.Tensor], arch: str = "") -> None:
+    """Rewrite model.safetensors as indexed shards: the model (in its authors' tensor names), then the MTP
+    block (if any)."""
     single = out_dir / "model.safetensors"
-    parts = [load_file(str(single))]
+    trunk = load_file(str(single))
+    for ours, theirs in AUTHOR_NAMES.get(arch, ()):
+        trunk = {k.replace(ours, theirs): v for k, v in trunk.items()}
+    parts = [trunk]
     single.unlink()
     if mtp:
         parts.append({k: v.contiguous() for k, v in unfuse_experts(mtp).items()})

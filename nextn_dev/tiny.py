@@ -23,6 +23,8 @@ from . import published as pub
 ARCHS = ("qwen35", "qwen35moe", "qwen3next", "glm4moe")
 MLA = ("deepseek2", "glm4moelite")     # checkpoints of the deepseek2 GGUF architecture (DeepSeek-V3, GLM-4.7-Flash)
 GLM_STYLE = ("glm4moe", "deepseek2", "glm4moelite")   # the NextN layer as model.layers.{n}.*
+MIMO = ("mimo2",)       # MiMo-V2-Flash: sliding-window layers with sinks; MTP layers as model.mtp.layers.{j}.*
+PLAIN_NORMS = GLM_STYLE + MIMO                         # RMSNorm weights not zero-centred
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # GLM-4.5's own special tokens (llama.cpp's converter looks up [gMASK], <|user|> and <|observation|>)
 GLM_SPECIALS = ["<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<|system|>", "<|user|>",
@@ -103,7 +105,12 @@ def _config(arch: str, vocab: int, n_layer: int):
             return tf.DeepseekV3Config(**mla, n_group=2, topk_group=1, routed_scaling_factor=1.5), tf.DeepseekV3ForCausalLM
         return (tf.Glm4MoeLiteConfig(**mla, n_group=1, topk_group=1, routed_scaling_factor=1.8),
                 tf.Glm4MoeLiteForCausalLM)
-    raise ValueError(f"unknown arch {arch!r} (choose from {ARCHS + MLA})")
+    if arch == "mimo2":   # transformers' layer pattern and RoPE bases (as MiMo's); windows of 9 keys; MoE after layer 0
+        return (tf.MiMoV2FlashConfig(**{**common, "head_dim": 24, "rms_norm_eps": 1e-5}, v_head_dim=16,
+                                     intermediate_size=96, moe_intermediate_size=32, n_routed_experts=8,
+                                     num_experts_per_tok=2, n_group=1, topk_group=1, norm_topk_prob=True,
+                                     sliding_window=9, attention_value_scale=0.707), tf.MiMoV2FlashForCausalLM)
+    raise ValueError(f"unknown arch {arch!r} (choose from {ARCHS + MLA + MIMO})")
 
 
 def _randomize(state: dict, zero_centered: bool, gen: torch.Generator) -> dict:
@@ -112,7 +119,7 @@ def _randomize(state: dict, zero_centered: bool, gen: torch.Generator) -> dict:
         if name.endswith("norm.weight") or name.endswith(("enorm.weight", "hnorm.weight")):
             base = 0.0 if zero_centered and "linear_attn.norm" not in name else 1.0
             state[name] = base + 0.2 * torch.randn(t.shape, generator=gen)
-        elif name.endswith(("dt_bias", "e_score_correction_bias")) or name.endswith("bias"):
+        elif name.endswith(("dt_bias", "e_score_correction_bias", "sinks")) or name.endswith("bias"):
             state[name] = 0.3 * torch.randn(t.shape, generator=gen)
     return state
 
@@ -121,6 +128,8 @@ def _mtp_tensors(arch: str, cfg, model_cls, n_layer: int, gen: torch.Generator, 
                  n_mtp: int = 1) -> dict:
     """Random MTP blocks in the checkpoint's own naming (Qwen: one, mtp.*; GLM / DeepSeek: model.layers.{n+j}.*,
     n_mtp of them, DeepSeek-V3's sequential modules)."""
+    if arch in MIMO:
+        return _mimo_mtp_tensors(cfg, model_cls, gen, n_mtp)
     if n_mtp > 1:
         if arch not in GLM_STYLE:
             raise ValueError(f"several MTP layers are made for {GLM_STYLE} only")
@@ -156,6 +165,26 @@ def _mtp_tensors(arch: str, cfg, model_cls, n_layer: int, gen: torch.Generator, 
 
 
 
+def _mimo_mtp_tensors(cfg, model_cls, gen: torch.Generator, n_mtp: int) -> dict:
+    """MiMo-V2's MTP layers in its checkpoints' naming: model.mtp.layers.{j}.{enorm, hnorm, eh_proj,
+    input_layernorm, self_attn.* (a sliding-window block with sinks), pre_mlp_layernorm, mlp.* (dense),
+    final_layernorm}."""
+    import copy
+
+    one = copy.deepcopy(cfg)
+    one.num_hidden_layers, one.layer_types, one.mlp_layer_types = 1, ["sliding_attention"], ["dense"]
+    rename = {"post_attention_layernorm.weight": "pre_mlp_layernorm.weight",
+              "self_attn.sinks": "self_attn.attention_sink_bias"}
+    d, out = cfg.hidden_size, {}
+    for j in range(n_mtp):
+        block = {k.split(".", 3)[3]: v for k, v in model_cls(one).state_dict().items() if k.startswith("model.layers.0.")}
+        block = {rename.get(k, k): v for k, v in block.items()}
+        block.update({"eh_proj.weight": torch.randn(d, 2 * d, generator=gen) * 0.08, "enorm.weight": torch.ones(d),
+                      "hnorm.weight": torch.ones(d), "final_layernorm.weight": torch.ones(d)})
+        out.update({f"model.mtp.layers.{j}.{k}": v for k, v in block.items()})
+    return out
+
+
 def make_checkpoint(out_dir: str | Path, arch: str = "qwen35", *, seed: int = 0, n_layer: int = 4,
                     vocab_size: int = 320, mtp: bool | int = True, mtp_own_head: bool = False,
                     published: bool = False, rope: dict | None = None) -> Path:
@@ -171,7 +200,7 @@ def make_checkpoint(out_dir: str | Path, arch: str = "qwen35", *, seed: int = 0,
     if rope is not None:                 # e.g. DeepSeek-V3's YaRN
         cfg.rope_parameters = rope
     model = model_cls(cfg)
-    zero_centered = arch not in GLM_STYLE
+    zero_centered = arch not in PLAIN_NORMS
     model.load_state_dict(_randomize(dict(model.state_dict()), zero_centered, gen))
     if published:
         model = pub.wrap(arch, model)
@@ -179,12 +208,14 @@ def make_checkpoint(out_dir: str | Path, arch: str = "qwen35", *, seed: int = 0,
     raw = json.loads((out_dir / "config.json").read_text())
     text = raw.get("text_config", raw)
     text.update(eos_token_id=0, bos_token_id=None)
-    extra = _randomize(_mtp_tensors(arch, cfg, model_cls, n_layer, gen, mtp_own_head, int(mtp)), zero_centered,
+    n_mtp = (3 if arch in MIMO else 1) if mtp is True else int(mtp)     # MiMo-V2 ships three MTP layers
+    extra = _randomize(_mtp_tensors(arch, cfg, model_cls, n_layer, gen, mtp_own_head, n_mtp), zero_centered,
                        gen) if mtp else {}
-    text["num_nextn_predict_layers" if arch in GLM_STYLE else "mtp_num_hidden_layers"] = int(mtp)
+    if arch not in MIMO:      # MiMo's config does not count its MTP layers (the converter counts the tensors)
+        text["num_nextn_predict_layers" if arch in GLM_STYLE else "mtp_num_hidden_layers"] = n_mtp if mtp else 0
     if published:
         pub.ship_config(arch, raw)
-        pub.shard(out_dir, extra)
+        pub.shard(out_dir, extra, arch)
         pub.write_generation_config(out_dir, arch)
     elif extra:
         save_file({k: v.contiguous() for k, v in extra.items()}, str(out_dir / "mtp.safetensors"))

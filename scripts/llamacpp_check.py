@@ -38,7 +38,10 @@ from nextn.engine.params import SamplingParams
 from nextn.engine.sequence import SpecConfig
 from nextn.gguf.convert import convert
 from nextn.gguf.reader import open_gguf
-from nextn.gguf.tools import extract_mtp, strip_mtp
+from gguf import GGUFValueType
+
+from nextn.gguf.tools import _copy_metadata, _copy_tensors, extract_mtp, strip_mtp
+from nextn.gguf.writer import write_gguf
 from nextn.models.loader import DEMO_MODEL
 from nextn_dev.tiny import load_reference, make_checkpoint
 
@@ -182,23 +185,45 @@ def llamacpp_convert(llama_dir: str, hf: Path, out: Path) -> Path:
 def check_llamacpp_file(llama_dir: str, hf: Path, n: int, tmp: Path) -> bool:
     """llama.cpp -> nextn: llama.cpp's conversion decodes in nextn as transformers decodes the checkpoint."""
     path = llamacpp_convert(llama_dir, hf, tmp / f"llamacpp-{hf.stem}.gguf")
+    gf = open_gguf(path)
+    if gf.arch == "mimo2":
+        # llama.cpp writes MiMo's sliding_window_size as its n_swa, but masks keys n_swa or more positions back:
+        # its windows hold one key fewer than the checkpoint's (transformers', SGLang's). nextn follows the file;
+        # report it as written, then check it with the window the checkpoint was trained with
+        key = "mimo2.attention.sliding_window"
+        report(engine_on(path), prompt_of(path), hf, n, f"(as written, {key} = {gf.meta(key)})")
+        path = write_gguf(tmp / f"llamacpp-{hf.stem}-window.gguf", gf.arch, lambda w: _copy_metadata(
+            w, gf, {key: (gf.meta(key) + 1, GGUFValueType.UINT32, None)}, set()), _copy_tensors(list(gf.tensors.values())))
+        print(f"  (with {key} = {gf.meta(key) + 1}, the checkpoint's window):")
     has_mtp = open_gguf(path).n_mtp > 0           # llama.cpp drops DeepSeek-V3's MTP layer (skip_mtp)
-    engine = Engine(model=str(path), spec="mtp" if has_mtp else "none", progress=False, ctx_size=1024)
-    prompt_ids = engine.tokenizer.encode(PROMPT)
+    return report(engine_on(path), prompt_of(path), hf, n)
+
+
+def engine_on(path: Path) -> Engine:
+    has_mtp = open_gguf(path).n_mtp > 0           # llama.cpp drops DeepSeek-V3's MTP layer (skip_mtp)
+    return Engine(model=str(path), spec="mtp" if has_mtp else "none", progress=False, ctx_size=1024)
+
+
+def prompt_of(path: Path) -> list[int]:
+    return Engine(model=str(path), spec="none", progress=False, ctx_size=64).tokenizer.encode(PROMPT)
+
+
+def report(engine: Engine, prompt_ids: list[int], hf: Path, n: int, note: str = "") -> bool:
     with torch.inference_mode():
         ref = load_reference(hf).generate(torch.tensor([prompt_ids]), max_new_tokens=n, do_sample=False,
                                           eos_token_id=None, pad_token_id=0)[0, len(prompt_ids):].tolist()
     params = SamplingParams(max_tokens=n, ignore_eos=True)
     plain = engine.generate(prompt_ids, params, spec=SpecConfig(draft_max=0))
-    if not has_mtp:
+    if engine.drafter is None:
         same = sum(a == b for a, b in zip(plain.tokens, ref))
         print(f"  llama.cpp's conversion (no MTP layer: its converter drops it) in nextn: greedy {same}/{n} tokens "
               f"equal transformers'")
         return same == n
     mtp = engine.generate(prompt_ids, params, spec=SpecConfig(draft_max=3, adaptive=False))
     same = [sum(a == b for a, b in zip(x.tokens, ref)) for x in (plain, mtp)]
-    print(f"  llama.cpp's conversion in nextn: greedy {same[0]}/{n} tokens equal transformers' plain, "
-          f"{same[1]}/{n} with MTP (drafted {mtp.stats.n_draft_tokens}, accepted {mtp.stats.n_accepted})")
+    print(f"  llama.cpp's conversion {note + ' ' if note else ''}in nextn: greedy {same[0]}/{n} tokens equal "
+          f"transformers' plain, {same[1]}/{n} with MTP (drafted {mtp.stats.n_draft_tokens}, accepted "
+          f"{mtp.stats.n_accepted})")
     return same == [n, n] and mtp.stats.n_draft_tokens > 0
 
 

@@ -4,6 +4,8 @@ import shutil
 
 import numpy as np
 import pytest
+
+from nextn_dev.interop import summary
 from gguf import GGMLQuantizationType as Q
 
 from nextn.gguf.convert import convert
@@ -163,13 +165,18 @@ def test_converted_types_load_and_stay_close(forms, tmp_path, outtype):
     assert ((got - ref).norm() / ref.norm()).item() < {"f16": 5e-3, "bf16": 3e-2, "q8_0": 6e-2}[outtype]
 
 
-@pytest.mark.parametrize("arch", ["qwen35moe", "qwen3next", "glm4moe", "deepseek2", "glm4moelite"])
+@pytest.mark.parametrize("arch", ["qwen35moe", "qwen3next", "glm4moe", "deepseek2", "glm4moelite", "mimo2"])
 def test_every_family_converts_to_all_forms_that_agree(tiny, tmp_path, arch):
     hf = tiny(arch).parent / f"{arch}.hf"
     bundled = convert(hf, tmp_path / "b.gguf", outtype="f32", progress=False)
     trunk = convert(hf, tmp_path / "t.gguf", outtype="f32", mode="no-mtp", progress=False)
     head = convert(hf, tmp_path / "t.gguf", outtype="f32", mode="mtp", progress=False)
     assert [form_of(open_gguf(p)) for p in (bundled, trunk, head)] == [BUNDLED, TRUNK_ONLY, HEAD_ONLY]
+    # the tools give the converter's files, per-block arrays (recurrent layers, MiMo's KV heads and sliding
+    # pattern) cut to the trunk and back
+    assert strip_mtp(bundled, tmp_path / "s.gguf").read_bytes() == trunk.read_bytes()
+    assert extract_mtp(bundled, tmp_path / "e.gguf").read_bytes() == head.read_bytes()
+    assert summary(graft_mtp(trunk, head, tmp_path / "g.gguf")) == summary(bundled)     # the same keys and tensors
     prompt = list(range(5, 90))
     spec = SpecConfig(3, adaptive=False)
     a = Engine(model=str(bundled), progress=False).generate(prompt, GREEDY, spec=spec)

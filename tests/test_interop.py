@@ -23,7 +23,7 @@ from nextn_dev.tiny import ARCHS, load_reference, make_checkpoint
 RECORD = recording()
 # (family, form) pairs recorded: every form of every family, except DeepSeek-V3, whose MTP layer llama.cpp's
 # converter drops (its output is the trunk-only form)
-CASES = [(a, f) for a in (*ARCHS, "glm4moelite") for f in FORMS] + [("deepseek2", "no-mtp")]
+CASES = [(a, f) for a in (*ARCHS, "glm4moelite", "mimo2") for f in FORMS] + [("deepseek2", "no-mtp")]
 
 
 @pytest.fixture(scope="session")
@@ -54,11 +54,14 @@ def test_the_comparison_can_fail():
     assert "nextn_predict_layers" in found and "block_count" in found and "blk.0.attn_qkv" in found
 
 
-def as_llamacpp_wrote_it(path, arch, out, form="bundled"):
+def as_llamacpp_wrote_it(path, arch, out, form="bundled", window_fix: bool = False):
     """nextn's file with llama.cpp's metadata: keys llama.cpp does not write dropped, values replaced by
-    the ones it wrote (tensors are byte-identical, see the test above)."""
+    the ones it wrote (tensors are byte-identical, see the test above). window_fix: MiMo's sliding window
+    kept as the checkpoint trained it (llama.cpp's is one key short: nextn_dev.interop.differences)."""
     gf = open_gguf(path)
-    theirs = RECORD["archs"][arch][form]["keys"]
+    theirs = dict(RECORD["archs"][arch][form]["keys"])
+    if window_fix:
+        theirs["mimo2.attention.sliding_window"] += 1
     drop = {k for k in gf.fields if k not in theirs}
     overrides = {}
     for key, value in theirs.items():
@@ -71,14 +74,15 @@ def as_llamacpp_wrote_it(path, arch, out, form="bundled"):
     return write_gguf(out, gf.arch, lambda w: _copy_metadata(w, gf, overrides, drop), _copy_tensors(list(gf.tensors.values())))
 
 
-@pytest.mark.parametrize("arch", [*ARCHS, "glm4moelite", "deepseek2"])
+@pytest.mark.parametrize("arch", [*ARCHS, "glm4moelite", "deepseek2", "mimo2"])
 def test_a_file_with_llamacpps_metadata_decodes_like_transformers(published, tmp_path, arch):
     """The Qwen3-Next bug: llama.cpp writes no expert_weights_norm (its runtime always renormalises) and
-    nextn read the absence as 'do not'. Every family: only llama.cpp's keys, transformers' tokens."""
+    nextn read the absence as 'do not'. Every family: only llama.cpp's keys, transformers' tokens (MiMo: with
+    the checkpoint's sliding window, one key more than llama.cpp writes)."""
     hf = published(arch)
     form = "no-mtp" if arch == "deepseek2" else "bundled"
     path = as_llamacpp_wrote_it(convert(hf, tmp_path / "n.gguf", outtype="f32", mode=form, progress=False), arch,
-                                tmp_path / "l.gguf", form)
+                                tmp_path / "l.gguf", form, window_fix=arch == "mimo2")
     assert differences(RECORD["archs"][arch][form], summary(path)) == []
     prompt = torch.randint(3, 300, (1, 40), generator=torch.Generator().manual_seed(7))
     with torch.inference_mode():

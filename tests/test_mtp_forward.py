@@ -8,10 +8,10 @@ import torch
 from nextn.models.cache import Cache
 from nextn.engine.engine import Engine
 from nextn.models.step import Step
-from nextn_dev.reference import mtp_reference
+from nextn_dev.reference import mtp_mask, mtp_reference, mtp_rope
 from nextn_dev.tiny import make_gguf
 
-ARCHS = ["qwen35", "qwen35moe", "qwen3next", "glm4moe", "deepseek2", "glm4moelite"]
+ARCHS = ["qwen35", "qwen35moe", "qwen3next", "glm4moe", "deepseek2", "glm4moelite", "mimo2"]
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +32,8 @@ def _reference(path, hf_dir, arch, n, seed):
     with torch.inference_mode():
         h = hf.model(input_ids=ids).last_hidden_state                  # post-norm trunk hidden
         pos = torch.arange(1, n)[None]
-        rope = hf.model.rotary_emb(h, pos[None].expand(3, 1, n - 1) if arch.startswith("qwen35") else pos)
-        g = head(embed(ids[:, 1:]), h[:, :-1], rope)                    # row t: (x_{t+1}, h_t) at position t+1
+        rope = mtp_rope(hf, h, pos[None].expand(3, 1, n - 1) if arch.startswith("qwen35") else pos)
+        g = head(embed(ids[:, 1:]), h[:, :-1], rope, mtp_mask(hf, n - 1))   # row t: (x_{t+1}, h_t) at position t+1
         logits = lm_head(g)                                             # row t predicts x_{t+2}
     return ids, g[0], logits[0]
 
@@ -91,7 +91,7 @@ def test_mtp_forward_whole_sequence_matches_reference(tiny, glm_own_head, arch):
     assert (logits[0] - logits_ref).abs().max().item() <= 1e-4
 
 
-@pytest.mark.parametrize("arch", ["deepseek2", "glm4moe"])
+@pytest.mark.parametrize("arch", ["deepseek2", "glm4moe", "mimo2"])
 def test_second_mtp_layer_drafts_depth_two_from_the_first_layers_output(models_dir, arch):
     """DeepSeek-V3's sequential MTP modules: layer 2 takes (x_{t+2}, g1_t) at position t + 2, its cache
     caught up over every base whose token is known; its draft matches the chain built from the checkpoint's
@@ -107,9 +107,10 @@ def test_second_mtp_layer_drafts_depth_two_from_the_first_layers_output(models_d
     with torch.inference_mode():
         h = hf.model(input_ids=ids).last_hidden_state
         (head1, embed1, _), (head2, embed2, lm2) = refs
-        g1 = head1(embed1(ids[:, 1:]), h[:, :-1], hf.model.rotary_emb(h, torch.arange(1, n)[None]))   # bases 0..n-2
+        mask = mtp_mask(hf, n - 1)
+        g1 = head1(embed1(ids[:, 1:]), h[:, :-1], mtp_rope(hf, h, torch.arange(1, n)[None]), mask)   # bases 0..n-2
         x2 = torch.cat((ids[:, 2:], torch.tensor([[z]])), 1)                                          # x_{t+2}
-        g2 = head2(embed2(x2), g1, hf.model.rotary_emb(h, torch.arange(2, n + 1)[None]))
+        g2 = head2(embed2(x2), g1, mtp_rope(hf, h, torch.arange(2, n + 1)[None]), mask)
         want = lm2(g2[0, -1])
     engine, seq, drafter = _prefilled(path, ids, 16)
     drafter._flush([seq])

@@ -9,8 +9,9 @@ from nextn.gguf.reader import open_gguf
 from nextn.models.model import Model
 from nextn.models.step import Step
 
-ARCHS = ["qwen35", "qwen35moe", "qwen3next", "glm4moe", "deepseek2", "glm4moelite"]
-NATIVE_ARCHS = [a for a in ARCHS if a not in ("deepseek2", "glm4moelite")]       # MLA decodes through the torch forward on CPU
+ARCHS = ["qwen35", "qwen35moe", "qwen3next", "glm4moe", "deepseek2", "glm4moelite", "mimo2"]
+# MLA and MiMo's sliding windows with sinks decode through the torch forward on CPU
+NATIVE_ARCHS = [a for a in ARCHS if a not in ("deepseek2", "glm4moelite", "mimo2")]
 
 
 def _hf(path):
@@ -154,3 +155,40 @@ def test_absorbed_and_expanded_mla_agree(tiny, arch, monkeypatch):
         monkeypatch.setattr(mla, "expanded_is_cheaper", lambda *a, form=form: form)
         got[form] = model.score(ids, chunk=32)
     assert (got[True] - got[False]).abs().max().item() <= 1e-4
+
+
+def test_mimo_file_with_q_k_v_apart_decodes_like_the_fused_one(tiny, tmp_path):
+    """nextn writes MiMo's q, k, v as one attn_qkv (llama.cpp's MiMo MTP graph needs it); llama.cpp's converter
+    keeps them apart for checkpoints that ship them apart. Both load, to the same logits and drafts."""
+    from types import SimpleNamespace
+
+    from gguf import GGMLQuantizationType as Q
+
+    from nextn.engine.engine import Engine
+    from nextn.engine.params import SamplingParams
+    from nextn.engine.sequence import SpecConfig
+    from nextn.gguf.tools import _copy_metadata, _copy_tensors
+    from nextn.gguf.writer import write_gguf
+
+    path = tiny("mimo2")
+    gf = open_gguf(path)
+    cfg = ModelConfig.from_gguf(gf)
+    tensors = []
+    for t in gf.tensors.values():
+        if not t.name.endswith("attn_qkv.weight"):
+            tensors.append(t)
+            continue
+        il = int(t.name.split(".")[1])
+        sizes = [cfg.n_head * cfg.head_dim, cfg.kv_heads(il) * cfg.head_dim, cfg.kv_heads(il) * cfg.v_dim]
+        assert t.tensor_type == Q.F32 and sum(sizes) == t.data.shape[0]
+        for x, part in zip("qkv", torch.from_numpy(t.data.copy()).split(sizes)):
+            tensors.append(SimpleNamespace(name=t.name.replace("qkv", x), data=part.numpy(), tensor_type=Q.F32))
+    apart = write_gguf(tmp_path / "apart.gguf", gf.arch, lambda w: _copy_metadata(w, gf, {}, set()),
+                       _copy_tensors(sorted(tensors, key=lambda t: t.name)))
+    assert "blk.1.attn_k.weight" in open_gguf(apart).tensors and "blk.1.attn_qkv.weight" not in open_gguf(apart).tensors
+    ids = torch.randint(0, cfg.n_vocab, (1, 60), generator=torch.Generator().manual_seed(4))
+    assert torch.equal(_ours(path)[1].score(ids), _ours(apart)[1].score(ids))
+    prompt, params = ids[0].tolist(), SamplingParams(max_tokens=24, ignore_eos=True)
+    runs = [Engine(model=str(p), progress=False).generate(prompt, params, spec=SpecConfig(3, adaptive=False))
+            for p in (path, apart)]
+    assert runs[0].tokens == runs[1].tokens and runs[0].stats.n_draft_tokens == runs[1].stats.n_draft_tokens > 0

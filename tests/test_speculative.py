@@ -33,7 +33,7 @@ def engines(tiny):
     return get
 
 
-@pytest.mark.parametrize("arch", ["qwen35", "qwen35moe", "qwen3next", "glm4moe", "deepseek2", "glm4moelite"])
+@pytest.mark.parametrize("arch", ["qwen35", "qwen35moe", "qwen3next", "glm4moe", "deepseek2", "glm4moelite", "mimo2"])
 @pytest.mark.parametrize("spec", SPECS, ids=IDS)
 def test_mtp_greedy_equals_plain_on_random_models(engines, arch, spec):
     prompt = _prompt()                                      # longer than the 32-token prefill chunk
@@ -43,7 +43,7 @@ def test_mtp_greedy_equals_plain_on_random_models(engines, arch, spec):
     assert got.stats.n_draft_tokens > 0
 
 
-@pytest.mark.parametrize("arch", ["qwen35", "qwen35moe", "qwen3next", "glm4moe", "deepseek2"])
+@pytest.mark.parametrize("arch", ["qwen35", "qwen35moe", "qwen3next", "glm4moe", "deepseek2", "mimo2"])
 def test_every_acceptance_length_keeps_output_identical(engines, arch, monkeypatch):
     """Oracle drafts (the true continuation, corrupted at a random position) make every acceptance
     length 0..k happen; verification and rollback must still give exactly the plain output."""

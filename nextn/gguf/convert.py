@@ -27,7 +27,9 @@ HF_ARCHS = {
     "Qwen3_5MoeForCausalLM": "qwen35moe", "Qwen3_5MoeForConditionalGeneration": "qwen35moe",
     "Qwen3NextForCausalLM": "qwen3next", "Glm4MoeForCausalLM": "glm4moe",
     "DeepseekV3ForCausalLM": "deepseek2", "Glm4MoeLiteForCausalLM": "deepseek2",
+    "MiMoV2FlashForCausalLM": "mimo2", "MiMoV2ForCausalLM": "mimo2",
 }
+_QKV = {"self_attn.q_proj.weight": 0, "self_attn.k_proj.weight": 1, "self_attn.v_proj.weight": 2}
 MODES = ("bundled", "no-mtp", "mtp")
 _QWEN_MTP_LAYER = re.compile(r"^(?:model\.)?mtp\.layers\.(\d+)\.")
 
@@ -136,6 +138,7 @@ def _is_mtp(gguf_name: str, n_trunk: int) -> bool:
 def _tensors(ck: Checkpoint, mode: str):
     """Yield (gguf_name, float tensor) in llama.cpp order, transformed for the GGUF layout."""
     experts: dict[tuple[int, str], dict[int, torch.Tensor]] = {}
+    qkv: dict[int, dict[int, torch.Tensor]] = {}     # MiMo-V2: q, k, v fused as llama.cpp's MTP graph wants them
     n_exp = int(ck.hp.get("num_experts", ck.hp.get("n_routed_experts", 0)) or 0)
     out = []
     for raw_name in ck.where:
@@ -158,7 +161,15 @@ def _tensors(ck: Checkpoint, mode: str):
                 out += _transform(ck, f"model.layers.{blk[0]}.mlp.experts.{e[1]}.weight", stacked)
                 del experts[(blk[0], e[1])]
             continue
+        if ck.arch == "mimo2" and blk is not None and blk[1] in _QKV:
+            parts = qkv.setdefault(blk[0], {})
+            parts[_QKV[blk[1]]] = ck.get(raw_name)
+            if len(parts) == 3:
+                out.append((f"blk.{blk[0]}.attn_qkv.weight", torch.cat([parts.pop(i) for i in range(3)]).contiguous()))
+            continue
         out += _transform(ck, name, ck.get(raw_name))
+    if any(qkv.values()):
+        raise NextnError(f"{ck.dir}: q_proj, k_proj and v_proj are not all present in layer(s) {sorted(qkv)}")
     if experts:
         raise NextnError(f"{ck.dir}: incomplete expert tensors for {sorted(experts)}")
     if mode != "no-mtp" and ck.n_mtp and not any(n.startswith(f"blk.{ck.n_trunk}.nextn.") for n, _ in out):
@@ -192,7 +203,7 @@ def _transform(ck: Checkpoint, name: str, t: torch.Tensor) -> list[tuple[str, to
         base = name.rsplit(".kv_b_proj", 1)[0]
         return _transform(ck, base + ".k_b_proj.weight", k_b.transpose(1, 2)) + \
             _transform(ck, base + ".v_b_proj.weight", v_b)
-    if arch == "deepseek2" and suffix == "post_attention_layernorm.weight":
+    if arch in ("deepseek2", "mimo2") and suffix == "post_attention_layernorm.weight":
         return [(f"blk.{names.split_block(name)[0]}.ffn_norm.weight", t.contiguous())]
     if name == "lm_head.weight" and hp.get("tie_word_embeddings") and "model.embed_tokens.weight" in _canonical_names(ck):
         return []

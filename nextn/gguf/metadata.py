@@ -40,11 +40,15 @@ def write(w: GGUFWriter, arch: str, hp: dict, n_trunk: int, n_mtp: int) -> None:
     if hp.get("intermediate_size"):
         w.add_feed_forward_length(int(hp["intermediate_size"]))
     w.add_head_count(n_head)
-    w.add_head_count_kv(1 if arch == "deepseek2" else hp.get("num_key_value_heads", n_head))  # MLA: one wide KV head
-    w.add_rope_freq_base(float(rope.get("rope_theta", hp.get("rope_theta", 10000.0))))
-    w.add_layer_norm_rms_eps(float(hp.get("rms_norm_eps", 1e-6)))
+    if arch != "mimo2":     # MiMo-V2: per block (_write_mimo2)
+        w.add_head_count_kv(1 if arch == "deepseek2" else hp.get("num_key_value_heads", n_head))  # MLA: one wide KV head
+        w.add_rope_freq_base(float(rope.get("rope_theta", hp.get("rope_theta", 10000.0))))
+    w.add_layer_norm_rms_eps(float(hp.get("rms_norm_eps", hp.get("layernorm_epsilon", 1e-6))))
     if arch == "deepseek2":
         _write_deepseek2(w, hp, n_mtp)
+        return
+    if arch == "mimo2":
+        _write_mimo2(w, hp, head_dim, n_trunk, n_mtp)
         return
     w.add_key_length(head_dim)
     w.add_value_length(head_dim)
@@ -160,5 +164,59 @@ def _write_deepseek2(w: GGUFWriter, hp: dict, n_mtp: int) -> None:
             raise NextnError("yarn with mscale != mscale_all_dim (a cos/sin factor other than 1) is not supported")
     elif kind not in ("default", None):
         raise NextnError(f"rope scaling {kind!r} is not implemented for deepseek2 in nextn yet")
+    if n_mtp:
+        w.add_nextn_predict_layers(n_mtp)
+
+
+def mimo2_swa_layers(hp: dict, n_trunk: int) -> list[bool]:
+    """Which trunk layers slide: MiMo's own `hybrid_layer_pattern` (1 = sliding) or transformers' `layer_types`."""
+    if hp.get("hybrid_layer_pattern") is not None:
+        return [bool(x) for x in hp["hybrid_layer_pattern"][:n_trunk]]
+    types = hp.get("layer_types") or ["full_attention" if i == 0 or (i + 1) % 6 == 0 else "sliding_attention"
+                                      for i in range(n_trunk)]
+    return [t == "sliding_attention" for t in types[:n_trunk]]
+
+
+def _write_mimo2(w: GGUFWriter, hp: dict, head_dim: int, n_trunk: int, n_mtp: int) -> None:
+    """MiMo-V2-Flash as llama.cpp's mimo2 reads it, from MiMo's own config (hybrid_layer_pattern, swa_* keys) or
+    transformers' (layer_types, rope_parameters per layer type; sliding layers have twice the KV heads). The
+    MTP blocks are sliding-window blocks. `sliding_window` is written as the number of keys a query sees
+    (itself included): MiMo's `sliding_window_size` previous tokens plus one, as transformers reads it."""
+    swa = mimo2_swa_layers(hp, n_trunk) + [True] * n_mtp
+    kv = int(hp["num_key_value_heads"])
+    kv_swa = int(hp.get("swa_num_key_value_heads") or 2 * kv)
+    rope = hp.get("rope_parameters") or {}
+    full, sliding = rope.get("full_attention", rope), rope.get("sliding_attention", {})
+    theta = float(full.get("rope_theta", hp.get("rope_theta", 10000.0)))
+    theta_swa = float(sliding.get("rope_theta", hp.get("swa_rope_theta", theta)))
+    partial = full.get("partial_rotary_factor", hp.get("partial_rotary_factor", 1.0))
+    window = int(hp["sliding_window_size"]) + 1 if hp.get("sliding_window_size") else int(hp["sliding_window"])
+    v_dim = int(hp.get("v_head_dim") or head_dim)
+    for key in ("swa_head_dim", "swa_v_head_dim", "swa_num_attention_heads"):
+        want = {"swa_head_dim": head_dim, "swa_v_head_dim": v_dim, "swa_num_attention_heads": hp["num_attention_heads"]}
+        if hp.get(key) not in (None, want[key]):
+            raise NextnError(f"MiMo-V2 with {key} = {hp[key]} (unlike the full-attention layers' {want[key]}) is "
+                             f"not supported")
+    w.add_head_count_kv([kv_swa if s else kv for s in swa])
+    w.add_rope_freq_base(theta)
+    w.add_rope_freq_base_swa(theta_swa)
+    w.add_rope_dimension_count(int(head_dim * partial))
+    w.add_key_length(head_dim)
+    w.add_value_length(v_dim)
+    w.add_sliding_window(window)
+    w.add_sliding_window_pattern([int(s) for s in swa])
+    if hp.get("attention_value_scale") is not None:
+        w.add_float32(f"{w.arch}.attention.value_scale", float(hp["attention_value_scale"]))   # gguf-py 0.19 has no adder
+    n_exp = int(hp.get("n_routed_experts") or 0)
+    if n_exp:
+        w.add_expert_count(n_exp)
+        w.add_expert_used_count(int(hp["num_experts_per_tok"]))
+        w.add_expert_feed_forward_length(int(hp["moe_intermediate_size"]))
+        w.add_expert_gating_func(ExpertGatingFuncType.SIGMOID)
+        for key, add in (("n_group", w.add_expert_group_count), ("topk_group", w.add_expert_group_used_count)):
+            if hp.get(key) is not None:
+                add(int(hp[key]))
+        if hp.get("routed_scaling_factor") not in (None, 1.0):
+            w.add_expert_weights_scale(float(hp["routed_scaling_factor"]))
     if n_mtp:
         w.add_nextn_predict_layers(n_mtp)

@@ -55,6 +55,11 @@ BLOCK = {
     "mlp.shared_experts.up_proj.weight": "ffn_up_shexp.weight",
     "mlp.shared_experts.down_proj.weight": "ffn_down_shexp.weight",
     "mlp.shared_expert_gate.weight": "ffn_gate_inp_shexp.weight",
+    "self_attn.qkv_proj.weight": "attn_qkv.weight",
+    "self_attn.sinks": "attn_sinks.weight",                   # transformers' MiMo-V2-Flash
+    "self_attn.attention_sink_bias": "attn_sinks.weight",     # MiMo-V2's own checkpoints
+    "pre_mlp_layernorm.weight": "ffn_norm.weight",            # MiMo-V2 MTP layers
+    "final_layernorm.weight": "layer_output_norm.weight",     # MiMo-V2 MTP layers: the norm before the head
     "eh_proj.weight": "nextn.eh_proj.weight",
     "enorm.weight": "nextn.enorm.weight",
     "hnorm.weight": "nextn.hnorm.weight",

@@ -111,13 +111,28 @@ def _copy_tensors(tensors: list):
     return add
 
 
-def _recurrent_override(gf: GGUFFile, n_blocks: int) -> dict:
-    key = f"{gf.arch}.attention.recurrent_layers"
-    flags = gf.meta(key)
-    if flags is None:
-        return {}
-    flags = [bool(x) for x in flags][:gf.n_trunk] + [False] * (n_blocks - gf.n_trunk)
-    return {key: (flags, GGUFValueType.ARRAY, GGUFValueType.BOOL)}
+# metadata that may hold one value per block (llama.cpp reads each of these as a scalar or a per-layer array)
+PER_BLOCK = (".attention.recurrent_layers", ".attention.head_count", ".attention.head_count_kv",
+             ".attention.sliding_window_pattern", ".feed_forward_length", ".expert_feed_forward_length")
+
+
+def _per_block_overrides(gf: GGUFFile, n_blocks: int, donor: GGUFFile | None = None) -> dict:
+    """Per-block arrays (recurrent_layers, MiMo's head_count_kv and sliding_window_pattern, ...) cut or extended
+    to n_blocks: the trunk's entries of gf, then the MTP blocks' (the donor's, where it lists them)."""
+    out = {}
+    for key, field in gf.fields.items():
+        value = gf.meta(key)
+        if not key.endswith(PER_BLOCK) or not isinstance(value, list) or len(value) != gf.n_layer_all:
+            continue
+        theirs = donor.meta(key) if donor is not None else None
+        if isinstance(theirs, list) and len(theirs) == donor.n_layer_all:
+            tail = list(theirs[donor.n_trunk:])
+        elif key.endswith(".recurrent_layers"):
+            tail = [False] * (n_blocks - gf.n_trunk)      # MTP blocks are attention blocks
+        else:
+            tail = [value[-1]] * (n_blocks - gf.n_trunk)
+        out[key] = ((list(value[:gf.n_trunk]) + tail)[:n_blocks], GGUFValueType.ARRAY, field.types[-1])
+    return out
 
 
 def _need_bundled(gf: GGUFFile, command: str) -> None:
@@ -140,7 +155,7 @@ def strip_mtp(src: str | Path, out: str | Path) -> Path:
     _need_bundled(gf, "strip-mtp")
     keep = [t for t in gf.tensors.values() if not is_mtp_tensor(gf, t.name)]
     overrides = {f"{gf.arch}.block_count": (gf.n_trunk, GGUFValueType.UINT32, None),
-                 **_recurrent_override(gf, gf.n_trunk)}
+                 **_per_block_overrides(gf, gf.n_trunk)}
     drop = {f"{gf.arch}.nextn_predict_layers"}
     return write_gguf(Path(out), gf.arch, lambda w: _copy_metadata(w, gf, overrides, drop), _copy_tensors(keep))
 
@@ -158,7 +173,7 @@ def graft_mtp(trunk_path: str | Path, donor_path: str | Path, out: str | Path) -
     n_all = trunk.n_trunk + donor.n_mtp
     overrides = {f"{trunk.arch}.block_count": (n_all, GGUFValueType.UINT32, None),
                  f"{trunk.arch}.nextn_predict_layers": (donor.n_mtp, GGUFValueType.UINT32, None),
-                 **_recurrent_override(trunk, n_all)}
+                 **_per_block_overrides(trunk, n_all, donor)}
     tensors = sorted(body + head, key=lambda t: tensor_order(t.name))
     return write_gguf(Path(out), trunk.arch, lambda w: _copy_metadata(w, trunk, overrides, set()), _copy_tensors(tensors))
 

@@ -151,6 +151,13 @@ def _to_float(raw: torch.Tensor, qtype: Q, shape) -> torch.Tensor:
     return w.dequantize().reshape(shape)
 
 
+def row_range(w, first: int, end: int):
+    """Rows first..end-1 of a weight matrix as a view (a QWeight's rows stay in their type and in place)."""
+    if isinstance(w, QWeight):
+        return QWeight(w.data[first:end], w.qtype, (end - first, w.K), w.int8)
+    return w[first:end]
+
+
 def take_rows(w, rows: torch.Tensor):
     """The given rows of a weight matrix, in order (a QWeight's rows stay in their type)."""
     if isinstance(w, QWeight):

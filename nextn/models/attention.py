@@ -1,5 +1,6 @@
 """Softmax attention over the position-indexed KV cache: GQA, q/k norm, partial RoPE, optional bias,
-and Qwen's output gate (q_proj yields [q | gate] per head)."""
+Qwen's output gate (q_proj yields [q | gate] per head), and MiMo-V2's sliding-window layers (their own
+RoPE base and KV head count, a learned sink logit per head, values narrower than keys and scaled)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from .step import Step
 
 def attention(x: torch.Tensor, w: dict, cfg: ModelConfig, step: Step, cache: Cache, il: int) -> torch.Tensor:
     B, T, _ = x.shape
-    hd = cfg.head_dim
+    hd, vd, nkv = cfg.head_dim, cfg.v_dim, cfg.kv_heads(il)
     q = linear(x, w["attn_q.weight"], w.get("attn_q.bias"))
     k = linear(x, w["attn_k.weight"], w.get("attn_k.bias"))
     v = linear(x, w["attn_v.weight"], w.get("attn_v.bias"))
@@ -26,19 +27,22 @@ def attention(x: torch.Tensor, w: dict, cfg: ModelConfig, step: Step, cache: Cac
         q, gate = q[..., :hd], q[..., hd:].reshape(B, T, cfg.n_head * hd)
     else:
         q = q.reshape(B, T, cfg.n_head, hd)
-    k = k.reshape(B, T, cfg.n_head_kv, hd)
-    v = v.reshape(B, T, cfg.n_head_kv, hd)
+    k = k.reshape(B, T, nkv, hd)
+    v = v.reshape(B, T, nkv, vd)
+    if cfg.attn_value_scale != 1.0:
+        v = v * cfg.attn_value_scale
     if "attn_q_norm.weight" in w:
         q = rms_norm(q, w["attn_q_norm.weight"], cfg.rms_eps)
         k = rms_norm(k, w["attn_k_norm.weight"], cfg.rms_eps)
-    cos, sin = step.rope
+    cos, sin = step.rope_swa if cfg.is_swa(il) else step.rope
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
     kc, vc = cache.k[il], cache.v[il]
     rows = step.write_rows
-    kc[step.write_slots, step.write_pos] = k.reshape(B * T, cfg.n_head_kv, hd)[rows].to(kc.dtype)
-    vc[step.write_slots, step.write_pos] = v.reshape(B * T, cfg.n_head_kv, hd)[rows].to(vc.dtype)
-    if layers.fused_short(x, step) and hd & (hd - 1) == 0:
+    kc[step.write_slots, step.write_pos] = k.reshape(B * T, nkv, hd)[rows].to(kc.dtype)
+    vc[step.write_slots, step.write_pos] = v.reshape(B * T, nkv, vd)[rows].to(vc.dtype)
+    sinks = w.get("attn_sinks.weight")
+    if layers.fused_short(x, step) and hd & (hd - 1) == 0 and vd == hd and sinks is None and not cfg.is_swa(il):
         from ..kernels import gpu_attention
         out = gpu_attention.attend(q, kc, vc, step.slot_index, step.key_end)
         out = out.reshape(B, T, cfg.n_head * hd)
@@ -46,14 +50,37 @@ def attention(x: torch.Tensor, w: dict, cfg: ModelConfig, step: Step, cache: Cac
             out = out * torch.sigmoid(gate)
         return linear(out, w["attn_output.weight"])
     keys, values = kc[step.sel, :step.kv_len], vc[step.sel, :step.kv_len]
-    out = F.scaled_dot_product_attention(
-        q.transpose(1, 2), keys.transpose(1, 2).to(q.dtype), values.transpose(1, 2).to(q.dtype),
-        attn_mask=step.mask, is_causal=step.mask is None and T > 1, enable_gqa=cfg.n_head != cfg.n_head_kv,
-    )
-    out = out.transpose(1, 2).reshape(B, T, cfg.n_head * hd)
+    if sinks is not None or cfg.is_swa(il):
+        mask = step.key_mask(cfg.n_swa if cfg.is_swa(il) else 0)
+        out = attend(q, keys.to(q.dtype), values.to(q.dtype), mask, sinks)
+    else:
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), keys.transpose(1, 2).to(q.dtype), values.transpose(1, 2).to(q.dtype),
+            attn_mask=step.mask, is_causal=step.mask is None and T > 1, enable_gqa=cfg.n_head != nkv,
+        ).transpose(1, 2)
+    out = out.reshape(B, T, cfg.n_head * vd)
     if gate is not None:
         out = out * torch.sigmoid(gate)
     return linear(out, w["attn_output.weight"])
+
+
+def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
+           sinks: torch.Tensor | None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) | sink) v over the keys `mask` [B, 1, T, S] admits, a sink logit per head (a
+    column every query sees, whose probability mass goes nowhere). q [B, T, H, d], keys [B, S, G, d],
+    values [B, S, G, dv] -> [B, T, H, dv]."""
+    B, T, H, d = q.shape
+    rep = H // keys.shape[2]
+    kh = keys.transpose(1, 2).repeat_interleave(rep, 1)
+    vh = values.transpose(1, 2).repeat_interleave(rep, 1)
+    scores = (q.transpose(1, 2) @ kh.transpose(-1, -2)) * d ** -0.5
+    scores = scores.masked_fill(~mask, float("-inf"))
+    if sinks is not None:
+        sink = sinks.to(scores.dtype).view(1, H, 1, 1).expand(B, H, T, 1)
+        probs = torch.cat((scores, sink), -1).softmax(-1)[..., :-1]
+    else:
+        probs = scores.softmax(-1)
+    return (probs @ vh).transpose(1, 2)
 
 
 def attention_native(w: dict, cfg: ModelConfig, cache: Cache, il: int, x: torch.Tensor, out: torch.Tensor, buf,

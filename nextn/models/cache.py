@@ -74,8 +74,9 @@ class Cache:
                 cache.k[il] = _zeros((n_slots, max_len, 1, cfg.kv_lora_rank), dtype, device)
                 cache.v[il] = _zeros((n_slots, max_len, 1, cfg.n_rot), dtype, device)
             else:
-                shape = (n_slots, max_len, cfg.n_head_kv, cfg.head_dim)
-                cache.k[il], cache.v[il] = _zeros(shape, dtype, device), _zeros(shape, dtype, device)
+                kv = cfg.kv_heads(il)
+                cache.k[il] = _zeros((n_slots, max_len, kv, cfg.head_dim), dtype, device)
+                cache.v[il] = _zeros((n_slots, max_len, kv, cfg.v_dim), dtype, device)
         return cache
 
     def nbytes(self) -> int:

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from ..errors import ModelFileError
 from ..gguf.reader import GGUFFile
 
-SUPPORTED_ARCHS = ("qwen35", "qwen35moe", "qwen3next", "glm4moe", "deepseek2")
+SUPPORTED_ARCHS = ("qwen35", "qwen35moe", "qwen3next", "glm4moe", "deepseek2", "mimo2")
 MLA_ARCHS = ("deepseek2",)      # Multi-head Latent Attention: DeepSeek-V3/R1, Kimi-K2
 HYBRID_ARCHS = ("qwen35", "qwen35moe", "qwen3next")
 # llama.cpp's qwen3next / qwen35moe graphs always renormalise the top-k expert weights (no key is read)
-ALWAYS_NORM_TOPK = ("qwen35moe", "qwen3next")
+ALWAYS_NORM_TOPK = ("qwen35moe", "qwen3next", "mimo2")
+SWA_ARCHS = ("mimo2",)          # sliding-window layers beside full-attention ones (MiMo-V2-Flash)
 
 
 @dataclass(slots=True)
@@ -61,6 +62,12 @@ class ModelConfig:
     yarn_beta_slow: float = 1.0
     yarn_log_mul: float = 0.0         # softmax scale x (1 + log_mul ln factor)^2 (DeepSeek's mscale_all_dim / 10)
     yarn_attn_factor: float = 1.0     # cos/sin scale
+    # sliding-window attention (MiMo-V2): per block, MTP blocks included; empty = every block full attention
+    swa: tuple[bool, ...] = ()
+    n_swa: int = 0                    # a query sees the keys less than n_swa positions back (itself included)
+    rope_theta_swa: float = 0.0       # the sliding-window layers' RoPE base (0: rope_theta)
+    head_kv: tuple[int, ...] = ()     # per-block KV head counts where they differ (empty: n_head_kv everywhere)
+    attn_value_scale: float = 1.0     # values scaled before attention (MiMo-V2)
     # tensor parallelism (parallel.shard): this rank's place; head counts above are then this rank's
     tp_rank: int = 0
     tp_size: int = 1
@@ -75,8 +82,15 @@ class ModelConfig:
         for name in ("n_embd", "n_head", "n_head_kv", "head_dim", "n_vocab"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} = {getattr(self, name)} must be positive")
-        if self.n_head % self.n_head_kv:
-            raise ValueError(f"{self.n_head} attention heads cannot share {self.n_head_kv} KV heads evenly")
+        for kv in {self.n_head_kv, *self.head_kv}:
+            if kv <= 0 or self.n_head % kv:
+                raise ValueError(f"{self.n_head} attention heads cannot share {kv} KV heads evenly")
+        n_blocks = self.n_layer + self.n_mtp
+        for name in ("swa", "head_kv"):
+            if getattr(self, name) and len(getattr(self, name)) != n_blocks:
+                raise ValueError(f"{name} has {len(getattr(self, name))} entries for {n_blocks} blocks")
+        if any(self.swa) and self.n_swa <= 0:
+            raise ValueError(f"sliding window {self.n_swa} must be positive")
         if not self.rms_eps > 0:
             raise ValueError(f"layer_norm_rms_epsilon = {self.rms_eps} must be positive")
         if self.n_expert and not 0 < self.n_expert_used <= self.n_expert:
@@ -111,6 +125,23 @@ class ModelConfig:
     def ssm_head_v_dim(self) -> int:
         return self.ssm_inner // self.ssm_n_v_heads if self.ssm_n_v_heads else 0
 
+    def kv_heads(self, il: int) -> int:
+        return self.head_kv[il] if self.head_kv else self.n_head_kv
+
+    def is_swa(self, il: int) -> bool:
+        return bool(self.swa) and self.swa[il]
+
+    @property
+    def v_dim(self) -> int:
+        """Value head size of a (non-MLA) attention block: v_head_dim where it differs from head_dim."""
+        return self.v_head_dim or self.head_dim
+
+    @property
+    def torch_decode(self) -> bool:
+        """Decode runs the torch forward on CPU too: the native ops cover neither MLA nor attention sinks,
+        sliding windows and value heads narrower than keys (MiMo-V2)."""
+        return self.mla or self.arch in SWA_ARCHS
+
     def is_moe_layer(self, il: int) -> bool:
         return self.n_expert > 0 and il >= self.n_leading_dense
 
@@ -118,11 +149,21 @@ class ModelConfig:
     def recurrent_layers(self) -> list[int]:
         return [i for i, r in enumerate(self.recurrent) if r]
 
-    def with_mtp_blocks(self, n_mtp: int) -> "ModelConfig":
-        """This trunk with n_mtp MTP blocks after it (MTP blocks are attention blocks)."""
+    def with_mtp_blocks(self, head: "ModelConfig") -> "ModelConfig":
+        """This trunk with the MTP blocks of `head` (the config of the file holding them: this one, or a
+        head-only file) after it; MTP blocks are attention blocks, their per-block values are head's."""
         from dataclasses import replace
 
-        return replace(self, n_mtp=n_mtp, recurrent=self.recurrent[:self.n_layer] + (False,) * n_mtp)
+        n = head.n_mtp
+
+        def extend(mine: tuple, theirs: tuple, fill) -> tuple:
+            if not mine and not theirs:
+                return ()
+            tail = theirs[head.n_layer:] if len(theirs) == head.n_layer + n else (fill,) * n
+            return (mine[:self.n_layer] or (fill,) * self.n_layer) + tuple(tail)
+
+        return replace(self, n_mtp=n, recurrent=self.recurrent[:self.n_layer] + (False,) * n,
+                       swa=extend(self.swa, head.swa, False), head_kv=extend(self.head_kv, head.head_kv, self.n_head_kv))
 
     @classmethod
     def from_gguf(cls, gf: GGUFFile) -> "ModelConfig":
@@ -175,6 +216,8 @@ class ModelConfig:
             cfg.update(q_lora_rank=int(gf.arch_meta("attention.q_lora_rank", 0) or 0),
                        kv_lora_rank=int(gf.require("attention.kv_lora_rank")),
                        v_head_dim=int(gf.require("attention.value_length_mla")), rope_pairs=True)
+        if arch in SWA_ARCHS:
+            cfg.update(_swa_config(gf, n_all))
         if arch in ALWAYS_NORM_TOPK:
             cfg["expert_weights_norm"] = True
         else:
@@ -200,6 +243,23 @@ def _scalar(gf: GGUFFile, suffix: str, default=None) -> int:
     if isinstance(value, list):  # per-layer arrays: nextn uses the first (uniform) value
         value = value[0]
     return int(value)
+
+
+def _swa_config(gf: GGUFFile, n_all: int) -> dict:
+    """MiMo-V2 (llama.cpp's mimo2 keys): which blocks slide, their window and RoPE base, per-block KV heads,
+    value heads narrower than keys, the value scale; experts gated by a sigmoid."""
+    pattern = gf.arch_meta("attention.sliding_window_pattern")
+    if not isinstance(pattern, list) or len(pattern) < n_all:
+        raise ModelFileError(f"{gf.path}: {gf.arch}.attention.sliding_window_pattern must list all {n_all} blocks")
+    kv = gf.arch_meta("attention.head_count_kv")
+    kv = [int(x) for x in kv] if isinstance(kv, list) else [int(kv)] * n_all
+    if len(kv) < n_all:
+        raise ModelFileError(f"{gf.path}: {gf.arch}.attention.head_count_kv has {len(kv)} entries, expected {n_all}")
+    base = float(gf.arch_meta("rope.freq_base", 10000.0))
+    return dict(swa=tuple(bool(x) for x in pattern[:n_all]), n_swa=int(gf.require("attention.sliding_window")),
+                rope_theta_swa=float(gf.arch_meta("rope.freq_base_swa", base)), head_kv=tuple(kv[:n_all]),
+                v_head_dim=int(gf.arch_meta("attention.value_length", 0) or 0),
+                attn_value_scale=float(gf.arch_meta("attention.value_scale", 1.0) or 1.0), expert_gating="sigmoid")
 
 
 def _recurrent_flags(gf: GGUFFile, arch: str, n_layer: int, n_all: int) -> tuple[bool, ...]:

@@ -103,7 +103,7 @@ def load(model_path: str | Path | None = None, *, mtp_path: str | Path | None = 
     cfg = ModelConfig.from_gguf(trunk)
     head = find_head(trunk, mtp_path) if use_mtp else None
     if use_mtp:
-        cfg = cfg.with_mtp_blocks((head or trunk).n_mtp)
+        cfg = cfg.with_mtp_blocks(ModelConfig.from_gguf(head) if head is not None else cfg)
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
     model = Model.load(trunk, cfg, head=head, use_mtp=use_mtp, device=dev, dtype=dt, progress=progress,

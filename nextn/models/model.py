@@ -21,12 +21,12 @@ from tqdm import tqdm
 from ..errors import ModelFileError
 from ..gguf.reader import GGUFFile, block_index
 from ..kernels import native, ops
-from ..kernels.weights import GPU_TYPES, QWeight, from_gguf, take_rows
+from ..kernels.weights import GPU_TYPES, QWeight, from_gguf, row_range, take_rows
 from .attention import attention, attention_native
 from .mla import mla_attention
 from .buffers import Buffers
 from .cache import Cache
-from .config import HYBRID_ARCHS, ModelConfig
+from .config import HYBRID_ARCHS, SWA_ARCHS, ModelConfig
 from .deltanet import deltanet_native, gated_deltanet
 from .layers import dense_ffn, linear, rms_norm, rope_tables, swiglu_native
 from .moe import moe_ffn, moe_native
@@ -93,6 +93,8 @@ class Model:
             if name not in globals_:
                 raise ModelFileError(f"{gf.path}: tensor '{name}' is missing")
         for il, w in enumerate(blocks):
+            if "attn_qkv.weight" in w and not cfg.recurrent[il]:
+                _split_qkv(w, local, il)
             _check_block(head if (head is not None and il >= cfg.n_layer) else gf, local, il, w)
         return cls(local, globals_, blocks, device, dtype, comm)
 
@@ -124,8 +126,12 @@ class Model:
         return self.comm.all_reduce(part.contiguous()) if self.comm is not None else part
 
     def _prepare(self, step: Step) -> None:
+        cfg = self.cfg
         if step.rope is None:
-            step.rope = rope_tables(step.positions, self.cfg.n_rot, self.cfg.rope_theta, self.dtype, self.cfg.yarn)
+            step.rope = rope_tables(step.positions, cfg.n_rot, cfg.rope_theta, self.dtype, cfg.yarn)
+        if any(cfg.swa) and step.rope_swa is None:
+            step.rope_swa = rope_tables(step.positions, cfg.n_rot, cfg.rope_theta_swa or cfg.rope_theta, self.dtype,
+                                        cfg.yarn)
 
     def embed(self, tokens: torch.Tensor, table) -> torch.Tensor:
         if self.comm is not None:         # this rank's vocabulary rows; the others contribute zeros
@@ -177,7 +183,7 @@ class Model:
         u = linear(torch.cat((rms_norm(e, w["nextn.enorm.weight"], eps), rms_norm(hidden, w["nextn.hnorm.weight"], eps)), -1),
                    w["nextn.eh_proj.weight"])
         u = self.block(il, u, step, cache)
-        return rms_norm(u, w.get("nextn.shared_head_norm.weight", self.output_norm), eps)
+        return rms_norm(u, _head_norm(w, self.output_norm), eps)
 
     def mtp_head(self, i: int = 0):
         """MTP block i's output head: its own, else the trunk's (rows: `draft_ids`, or every token)."""
@@ -279,12 +285,30 @@ class Model:
         ops.rmsnorm(buf.mtp_in, w["nextn.hnorm.weight"], buf.cat[:, D:], cfg.rms_eps, rows)
         ops.matmul(buf.cat, w["nextn.eh_proj.weight"], buf.x, rows)
         self._block_native(il, cache, buf, save=False, shift=1 + i)
-        ops.rmsnorm(buf.x, w.get("nextn.shared_head_norm.weight", self.output_norm), buf.hidden, cfg.rms_eps, rows)
+        ops.rmsnorm(buf.x, _head_norm(w, self.output_norm), buf.hidden, cfg.rms_eps, rows)
 
     def emit_mtp_head(self, buf: Buffers, i: int = 0) -> None:
         """buf.hidden rows -> buf.logits and buf.ids through MTP block i's output head (a draft vocabulary
         fills the first len(draft_ids) columns; ids are row numbers of the head)."""
         ops.argmax(self._head_native(self.mtp_head(i), buf), buf.ids, buf.rows)
+
+
+def _head_norm(w: dict, output_norm):
+    """An MTP block's norm before its head: its own (`nextn.shared_head_norm`; MiMo's final_layernorm, which
+    llama.cpp's converter names `layer_output_norm`), else the trunk's output norm."""
+    return w.get("nextn.shared_head_norm.weight", w.get("layer_output_norm.weight", output_norm))
+
+
+def _split_qkv(w: dict, cfg: ModelConfig, il: int) -> None:
+    """A fused attention projection [q | k | v] (MiMo-V2 files) as the three row ranges it holds (views)."""
+    qkv = w.pop("attn_qkv.weight")
+    q, k = cfg.n_head * cfg.head_dim, cfg.kv_heads(il) * cfg.head_dim
+    v = cfg.kv_heads(il) * cfg.v_dim
+    if qkv.shape[0] != q + k + v:
+        raise ModelFileError(f"tensor 'blk.{il}.attn_qkv.weight' has {qkv.shape[0]} rows; the head counts and sizes "
+                             f"make q + k + v = {q} + {k} + {v}")
+    for name, (a, b) in (("attn_q", (0, q)), ("attn_k", (q, q + k)), ("attn_v", (q + k, q + k + v))):
+        w[f"{name}.weight"] = row_range(qkv, a, b)
 
 
 def _place(t, name: str, device: torch.device, dtype: torch.dtype):
@@ -302,6 +326,8 @@ def _place(t, name: str, device: torch.device, dtype: torch.dtype):
 
 def _check_block(gf: GGUFFile, cfg: ModelConfig, il: int, w: dict) -> None:
     required = list(RECURRENT_REQUIRED if cfg.recurrent[il] else MLA_REQUIRED if cfg.mla else ATTN_REQUIRED)
+    if cfg.arch in SWA_ARCHS:       # MiMo-V2 names its post-attention norm ffn_norm (as DeepSeek does)
+        required[required.index("post_attention_norm.weight")] = "ffn_norm.weight"
     if cfg.mla:
         required += ["attn_q_a.weight", "attn_q_a_norm.weight", "attn_q_b.weight"] if cfg.q_lora_rank else ["attn_q.weight"]
     if cfg.recurrent[il] and "ssm_ba.weight" not in w:
@@ -348,6 +374,11 @@ def _inner_dims(cfg: ModelConfig, il: int) -> dict:
         return {"ssm_out.weight": (cfg.n_embd, cfg.ssm_inner), "ssm_alpha.weight": (v, cfg.n_embd),
                 "ssm_beta.weight": (v, cfg.n_embd), "ssm_conv1d.weight": (qkv, cfg.ssm_conv_kernel),
                 "attn_qkv.weight": (qkv, cfg.n_embd)}
+    if cfg.arch in SWA_ARCHS:
+        kv = cfg.kv_heads(il)
+        return {"attn_q.weight": (cfg.n_head * cfg.head_dim, cfg.n_embd),
+                "attn_k.weight": (kv * cfg.head_dim, cfg.n_embd), "attn_v.weight": (kv * cfg.v_dim, cfg.n_embd),
+                "attn_output.weight": (cfg.n_embd, cfg.n_head * cfg.v_dim), "attn_sinks.weight": (cfg.n_head,)}
     if cfg.arch in HYBRID_ARCHS:   # gated attention: q and its gate interleaved per head
         return {"attn_q.weight": (2 * cfg.n_head * cfg.head_dim, cfg.n_embd),
                 "attn_k.weight": (cfg.n_head_kv * cfg.head_dim, cfg.n_embd),

@@ -31,6 +31,22 @@ class Step:
     valid_f: torch.Tensor = None     # valid as float, for masking
     rope: tuple[torch.Tensor, torch.Tensor] | None = None
     key_end: torch.Tensor | None = None   # [B, T] the last cache row each row attends to (its own)
+    rope_swa: tuple[torch.Tensor, torch.Tensor] | None = None   # sliding-window layers' own RoPE base
+    masks: dict = None               # key masks by window (attention.key_mask), built once per step
+
+    def key_mask(self, window: int = 0) -> torch.Tensor:
+        """[B, 1, T, kv_len] bool: the cache rows each query row sees: up to its own, and with `window` > 0 only
+        the last `window` of them (sliding-window attention)."""
+        if self.masks is None:
+            self.masks = {}
+        if window not in self.masks:
+            keys = torch.arange(self.kv_len, device=self.key_end.device)[None, None, :]
+            end = self.key_end[:, :, None]
+            m = keys <= end
+            if window > 0:
+                m = m & (keys > end - window)
+            self.masks[window] = m[:, None]
+        return self.masks[window]
 
     @property
     def B(self) -> int:

@@ -34,6 +34,9 @@ def local_config(cfg: ModelConfig, rank: int, size: int) -> ModelConfig:
     global: routing and sampling see every expert and token)."""
     if size == 1:
         return cfg
+    if cfg.head_kv or cfg.swa:
+        raise NextnError(f"--tp {size}: {cfg.arch} (per-layer KV heads, sliding-window layers) is not split over "
+                         f"ranks yet; run it with --tp 1")
     counts = {"attention heads": cfg.n_head, "experts": cfg.n_expert}
     if not cfg.mla:
         counts["KV heads"] = cfg.n_head_kv
