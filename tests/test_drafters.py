@@ -85,7 +85,7 @@ def engines(tiny):
     return get
 
 
-@pytest.mark.parametrize("arch", ["qwen35", "qwen35moe", "qwen3next", "glm4moe"])
+@pytest.mark.parametrize("arch", ["qwen35", "qwen35moe", "qwen3next", "glm4moe", "mimo2"])
 @pytest.mark.parametrize("spec", ["ngram", "mtp+ngram"])
 def test_ngram_drafting_keeps_greedy_output_identical(engines, arch, spec):
     prompt = _repeating_prompt()
@@ -138,7 +138,7 @@ def test_requests_choose_among_the_engines_drafters(engines):
 
 
 # ---- reduced-vocabulary MTP drafting ---------------------------------------------------------------
-@pytest.mark.parametrize("arch", ["qwen35", "qwen35moe", "qwen3next", "glm4moe"])
+@pytest.mark.parametrize("arch", ["qwen35", "qwen35moe", "qwen3next", "glm4moe", "mimo2"])
 def test_a_reduced_draft_vocabulary_keeps_greedy_output_identical(tiny, arch):
     prompt = _repeating_prompt(seed=4)
     plain = Engine(model=str(tiny(arch)), spec="none", progress=False).generate(prompt, GREEDY).tokens

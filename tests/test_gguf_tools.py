@@ -4,6 +4,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from nextn_dev.interop import summary
 from gguf import GGMLQuantizationType as Q
@@ -125,6 +126,19 @@ def test_convert_errors_leave_no_file(tmp_path):
     (tmp_path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
     with pytest.raises(NextnError, match="LlamaForCausalLM is not supported"):
         convert(tmp_path, tmp_path / "out.gguf")
+    assert not (tmp_path / "out.gguf").exists()
+
+
+def test_an_fp8_checkpoint_is_refused_with_what_to_do(tiny, tmp_path, capsys):
+    """DeepSeek-V3 and MiMo publish FP8 weights with per-block `weight_scale_inv`: read as they are they would
+    convert to garbage, so the converter says what to do instead."""
+    from safetensors.torch import save_file
+
+    hf = tmp_path / "fp8.hf"
+    shutil.copytree(tiny("mimo2").parent / "mimo2.hf", hf)
+    save_file({"model.layers.1.self_attn.q_proj.weight_scale_inv": torch.ones(1, 1)}, str(hf / "scales.safetensors"))
+    with pytest.raises(NextnError, match="FP8 checkpoint .*weight_scale_inv.*dequantize it to BF16"):
+        convert(hf, tmp_path / "out.gguf")
     assert not (tmp_path / "out.gguf").exists()
 
 

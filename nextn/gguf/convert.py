@@ -63,6 +63,11 @@ class Checkpoint:
             with safe_open(f, "pt") as sf:
                 for k in sf.keys():
                     self.where[k] = f
+        quant = raw.get("quantization_config") or {}
+        scaled = next((k for k in self.where if k.endswith("_scale_inv")), None)
+        if quant.get("quant_method") == "fp8" or scaled:
+            raise NextnError(f"{hf_dir}: an FP8 checkpoint ({scaled or 'quantization_config fp8'}); nextn convert reads "
+                             f"BF16/F16/F32 weights: dequantize it to BF16 first")
         self.n_mtp = self._count_mtp_layers()
         gen = hf_dir / "generation_config.json"
         try:
