@@ -191,12 +191,12 @@ def check_llamacpp_file(llama_dir: str, hf: Path, n: int, tmp: Path) -> bool:
         # its windows hold one key fewer than the checkpoint's (transformers', SGLang's). nextn follows the file;
         # report it as written, then check it with the window the checkpoint was trained with
         key = "mimo2.attention.sliding_window"
-        report(engine_on(path), prompt_of(path), hf, n, f"(as written, {key} = {gf.meta(key)})")
+        report(engine_on(path), hf, n, f"(as written, {key} = {gf.meta(key)})")
         path = write_gguf(tmp / f"llamacpp-{hf.stem}-window.gguf", gf.arch, lambda w: _copy_metadata(
             w, gf, {key: (gf.meta(key) + 1, GGUFValueType.UINT32, None)}, set()), _copy_tensors(list(gf.tensors.values())))
         print(f"  (with {key} = {gf.meta(key) + 1}, the checkpoint's window):")
     has_mtp = open_gguf(path).n_mtp > 0           # llama.cpp drops DeepSeek-V3's MTP layer (skip_mtp)
-    return report(engine_on(path), prompt_of(path), hf, n)
+    return report(engine_on(path), hf, n)
 
 
 def engine_on(path: Path) -> Engine:
@@ -204,11 +204,8 @@ def engine_on(path: Path) -> Engine:
     return Engine(model=str(path), spec="mtp" if has_mtp else "none", progress=False, ctx_size=1024)
 
 
-def prompt_of(path: Path) -> list[int]:
-    return Engine(model=str(path), spec="none", progress=False, ctx_size=64).tokenizer.encode(PROMPT)
-
-
-def report(engine: Engine, prompt_ids: list[int], hf: Path, n: int, note: str = "") -> bool:
+def report(engine: Engine, hf: Path, n: int, note: str = "") -> bool:
+    prompt_ids = engine.tokenizer.encode(PROMPT)
     with torch.inference_mode():
         ref = load_reference(hf).generate(torch.tensor([prompt_ids]), max_new_tokens=n, do_sample=False,
                                           eos_token_id=None, pad_token_id=0)[0, len(prompt_ids):].tolist()
