@@ -192,11 +192,11 @@ def _write_mimo2(w: GGUFWriter, hp: dict, head_dim: int, n_trunk: int, n_mtp: in
     partial = full.get("partial_rotary_factor", hp.get("partial_rotary_factor", 1.0))
     window = int(hp["sliding_window_size"]) + 1 if hp.get("sliding_window_size") else int(hp["sliding_window"])
     v_dim = int(hp.get("v_head_dim") or head_dim)
-    for key in ("swa_head_dim", "swa_v_head_dim", "swa_num_attention_heads"):
-        want = {"swa_head_dim": head_dim, "swa_v_head_dim": v_dim, "swa_num_attention_heads": hp["num_attention_heads"]}
-        if hp.get(key) not in (None, want[key]):
-            raise NextnError(f"MiMo-V2 with {key} = {hp[key]} (unlike the full-attention layers' {want[key]}) is "
-                             f"not supported")
+    same = {"swa_head_dim": head_dim, "swa_v_head_dim": v_dim, "swa_num_attention_heads": hp["num_attention_heads"]}
+    for key, want in same.items():
+        if hp.get(key) not in (None, want):
+            raise NextnError(f"MiMo-V2 with {key} = {hp[key]} (unlike the full-attention layers' {want}) is not "
+                             f"supported")
     w.add_head_count_kv([kv_swa if s else kv for s in swa])
     w.add_rope_freq_base(theta)
     w.add_rope_freq_base_swa(theta_swa)

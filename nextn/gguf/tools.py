@@ -121,7 +121,7 @@ def _per_block_overrides(gf: GGUFFile, n_blocks: int, donor: GGUFFile | None = N
     to n_blocks: the trunk's entries of gf, then the MTP blocks' (the donor's, where it lists them)."""
     out = {}
     for key, field in gf.fields.items():
-        value = gf.meta(key)
+        value = field.value
         if not key.endswith(PER_BLOCK) or not isinstance(value, list) or len(value) != gf.n_layer_all:
             continue
         theirs = donor.meta(key) if donor is not None else None

@@ -50,13 +50,14 @@ def attention(x: torch.Tensor, w: dict, cfg: ModelConfig, step: Step, cache: Cac
             out = out * torch.sigmoid(gate)
         return linear(out, w["attn_output.weight"])
     keys, values = kc[step.sel, :step.kv_len], vc[step.sel, :step.kv_len]
-    if sinks is not None or cfg.is_swa(il):
-        mask = step.key_mask(cfg.n_swa if cfg.is_swa(il) else 0)
-        out = attend(q, keys.to(q.dtype), values.to(q.dtype), mask, sinks)
+    window = cfg.n_swa if cfg.is_swa(il) else 0
+    if sinks is not None:
+        out = attend_with_sinks(q, keys.to(q.dtype), values.to(q.dtype), step.key_mask(window), sinks)
     else:
+        mask = step.key_mask(window) if window else step.mask
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2), keys.transpose(1, 2).to(q.dtype), values.transpose(1, 2).to(q.dtype),
-            attn_mask=step.mask, is_causal=step.mask is None and T > 1, enable_gqa=cfg.n_head != nkv,
+            attn_mask=mask, is_causal=mask is None and T > 1, enable_gqa=cfg.n_head != nkv,
         ).transpose(1, 2)
     out = out.reshape(B, T, cfg.n_head * vd)
     if gate is not None:
@@ -64,22 +65,18 @@ def attention(x: torch.Tensor, w: dict, cfg: ModelConfig, step: Step, cache: Cac
     return linear(out, w["attn_output.weight"])
 
 
-def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
-           sinks: torch.Tensor | None) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d) | sink) v over the keys `mask` [B, 1, T, S] admits, a sink logit per head (a
-    column every query sees, whose probability mass goes nowhere). q [B, T, H, d], keys [B, S, G, d],
-    values [B, S, G, dv] -> [B, T, H, dv]."""
+def attend_with_sinks(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
+                      sinks: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) | sink) v over the keys `mask` [B, 1, T, S] admits, with a sink logit per head (a
+    column every query sees, whose probability mass goes nowhere; SDPA has no such column).
+    q [B, T, H, d], keys [B, S, G, d], values [B, S, G, dv] -> [B, T, H, dv]."""
     B, T, H, d = q.shape
     rep = H // keys.shape[2]
     kh = keys.transpose(1, 2).repeat_interleave(rep, 1)
     vh = values.transpose(1, 2).repeat_interleave(rep, 1)
-    scores = (q.transpose(1, 2) @ kh.transpose(-1, -2)) * d ** -0.5
-    scores = scores.masked_fill(~mask, float("-inf"))
-    if sinks is not None:
-        sink = sinks.to(scores.dtype).view(1, H, 1, 1).expand(B, H, T, 1)
-        probs = torch.cat((scores, sink), -1).softmax(-1)[..., :-1]
-    else:
-        probs = scores.softmax(-1)
+    scores = ((q.transpose(1, 2) @ kh.transpose(-1, -2)) * d ** -0.5).masked_fill(~mask, float("-inf"))
+    sink = sinks.to(scores.dtype).view(1, H, 1, 1).expand(B, H, T, 1)
+    probs = torch.cat((scores, sink), -1).softmax(-1)[..., :-1]
     return (probs @ vh).transpose(1, 2)
 
 

@@ -70,8 +70,7 @@ def mla_attention(x: torch.Tensor, w: dict, cfg: ModelConfig, step: Step, cache:
     keys_lat = lat[step.sel, :L, 0].float()          # [B, L, kv_lora_rank]
     keys_pe = pe[step.sel, :L, 0].float()            # [B, L, n_rot]
 
-    mask = step.mask if step.mask is not None else \
-        torch.ones(T, L, dtype=torch.bool, device=x.device).tril(L - T)      # one sequence from its start: causal
+    mask = step.mask if step.mask is not None else step.key_mask()     # one sequence from its start: causal
     if expanded_is_cheaper(cfg, T, L):
         out = _expanded(q_nope, q_pe, keys_lat, keys_pe, w, cfg, mask)
     else:

@@ -40,12 +40,7 @@ class Step:
         if self.masks is None:
             self.masks = {}
         if window not in self.masks:
-            keys = torch.arange(self.kv_len, device=self.key_end.device)[None, None, :]
-            end = self.key_end[:, :, None]
-            m = keys <= end
-            if window > 0:
-                m = m & (keys > end - window)
-            self.masks[window] = m[:, None]
+            self.masks[window] = _key_mask(self.key_end, self.kv_len, window)
         return self.masks[window]
 
     @property
@@ -67,10 +62,7 @@ class Step:
         rows = valid.flatten().nonzero().squeeze(1)
         slot_index = torch.tensor(slots, device=device, dtype=torch.long)
         kv_len = max(s + n for s, n in zip(starts, n_tokens)) - shift
-        mask = None
-        if not (B == 1 and starts[0] == shift):
-            keys = torch.arange(kv_len, device=device)
-            mask = (keys[None, None, :] <= rows_idx[:, :, None])[:, None]
+        mask = None if B == 1 and starts[0] == shift else _key_mask(rows_idx, kv_len)
         return cls(slots=list(slots), starts=list(starts), n_tokens=list(n_tokens), T=T, positions=positions,
                    valid=valid, slot_index=slot_index, write_slots=slot_index.repeat_interleave(T)[rows],
                    write_pos=rows_idx.flatten()[rows], write_rows=rows, kv_len=kv_len, mask=mask,
@@ -89,10 +81,20 @@ class Step:
         positions = starts[:, None] + t[None, :]
         rows_idx = (positions - shift).clamp(0, max_len - 1)
         valid = t[None, :] < n_tokens[:, None]
-        keys = torch.arange(kv_len, device=device)
         return cls(slots=[0] * B, starts=[0] * B, n_tokens=[T] * B, T=T, positions=positions, valid=valid,
                    slot_index=slots, write_slots=slots[:, None].expand(B, T).reshape(-1),
                    write_pos=torch.where(valid, rows_idx, max_len).reshape(-1),
                    write_rows=torch.arange(B * T, device=device), kv_len=kv_len,
-                   mask=(keys[None, None, :] <= rows_idx[:, :, None])[:, None], chunked=False, sel=slots,
+                   mask=_key_mask(rows_idx, kv_len), chunked=False, sel=slots,
                    valid_f=valid.to(torch.float32), key_end=rows_idx)
+
+
+def _key_mask(key_end: torch.Tensor, kv_len: int, window: int = 0) -> torch.Tensor:
+    """[B, 1, T, kv_len] bool: cache rows up to each query row's own (key_end [B, T]), and with `window` > 0
+    only the last `window` of them."""
+    keys = torch.arange(kv_len, device=key_end.device)[None, None, :]
+    end = key_end[:, :, None]
+    seen = keys <= end
+    if window > 0:
+        seen = seen & (keys > end - window)
+    return seen[:, None]
