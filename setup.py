@@ -14,6 +14,6 @@ if platform.system() == "Darwin":
 setup(ext_modules=[Extension(
     "nextn.kernels._native",
     sources=[CSRC + f for f in ("module.cpp", "pool.cpp", "isa_avx512.cpp", "isa_avx2.cpp", "isa_generic.cpp")],
-    depends=[CSRC + f for f in ("ops.h", "pool.h", "simd.h", "quants.h", "idot.h", "kernels.inc")],
+    depends=[CSRC + f for f in ("ops.h", "pool.h", "simd.h", "quants.h", "idot.h", "pvec.h", "kernels.inc", "packed.inc")],
     extra_compile_args=args, extra_link_args=["-pthread"], language="c++",
 )])

@@ -15,7 +15,7 @@ from gguf.quants import dequantize
 
 from nextn.gguf.reader import open_gguf
 from nextn.kernels import native
-from nextn.kernels.weights import INT8_TYPES, SUPPORTED, QWeight, from_gguf
+from nextn.kernels.weights import INT8_TYPES, SUPPORTED, QWeight, from_gguf, row_range, take_rows
 from nextn_dev.quant_blocks import random_rows
 
 TYPES = [q.name for q in SUPPORTED]
@@ -65,13 +65,26 @@ def int8_reference(x: torch.Tensor) -> torch.Tensor:
     return (torch.round(xb * inv).clamp(-127, 127).double() * d.double()).reshape(x.shape)
 
 
-@pytest.mark.parametrize("name", [q.name for q in INT8_TYPES])
-def test_int8_products_are_exact_on_int8_activations(name):
-    """`--kernels int8`: the product of the weight (bit for bit gguf-py's) with the documented int8
-    quantization of x, up to float rounding; and within int8 error of the exact product."""
-    w, raw = weight(Q[name], 45, 768, seed=5)
+INT8_LAYOUTS = [q.name for q in INT8_TYPES] + [f"{q.name}@packed" for q in INT8_TYPES]
+
+
+def int8_weight(layout: str, rows: int, cols: int, seed: int = 0) -> tuple[QWeight, np.ndarray]:
+    """A weight on the int8 kernels, in the file's layout ('Q4_K') or packed sixteen rows at a time
+    ('Q4_K@packed', as Model.load holds such weights)."""
+    name, _, packed = layout.partition("@")
+    w, raw = weight(Q[name], rows, cols, seed)
     w.int8 = True
-    exact = torch.from_numpy(dequantize(raw, Q[name]).reshape(45, 768)).double()
+    return (w.pack() if packed else w), raw
+
+
+@pytest.mark.parametrize("layout", INT8_LAYOUTS)
+def test_int8_products_are_exact_on_int8_activations(layout):
+    """`--kernels int8`: the product of the weight (bit for bit gguf-py's) with the documented int8
+    quantization of x, up to float rounding; and within int8 error of the exact product. The same for a
+    packed weight."""
+    name = layout.partition("@")[0]
+    w, raw = int8_weight(layout, 48, 768, seed=5)
+    exact = torch.from_numpy(dequantize(raw, Q[name]).reshape(48, 768)).double()
     for M in (1, 2, 3, 4, 5, 8, 9, 16):
         x = torch.randn(M, 768, generator=torch.Generator().manual_seed(M))
         x[0, :256] = 0.0                                 # an all-zero block: scale 0, codes 0
@@ -96,19 +109,23 @@ def test_int8_flag_on_types_without_an_int8_kernel_keeps_them_exact(name):
     assert torch.equal(q8.linear(x), exact)
 
 
-@pytest.mark.parametrize("name", TYPES + [f"{q.name}@int8" for q in INT8_TYPES])
+@pytest.mark.parametrize("name", TYPES + [f"{q.name}@int8" for q in INT8_TYPES] + INT8_LAYOUTS[len(INT8_TYPES):])
 def test_a_rows_result_does_not_depend_on_its_batch(name):
-    name, _, int8 = name.partition("@")
-    w, _ = weight(Q[name], 33, 512, seed=9)
-    w.int8 = bool(int8)
-    x = torch.randn(8, 512, generator=torch.Generator().manual_seed(1))
-    alone = torch.cat([w.linear(x[i:i + 1]) for i in range(8)])
-    for M in (2, 3, 4, 8):
-        assert torch.equal(torch.cat([w.linear(x[i:i + M]) for i in range(0, 8, M)]), alone)
+    if name.endswith("@int8"):
+        w, _ = int8_weight(name.partition("@")[0], 48, 512, seed=9)
+    elif "@" in name:
+        w, _ = int8_weight(name, 48, 512, seed=9)
+    else:
+        w, _ = weight(Q[name], 33, 512, seed=9)
+    x = torch.randn(9, 512, generator=torch.Generator().manual_seed(1))
+    alone = torch.cat([w.linear(x[i:i + 1]) for i in range(9)])
+    for M in (2, 3, 4, 5, 9):
+        assert torch.equal(torch.cat([w.linear(x[i:i + M]) for i in range(0, 9, M)]), alone)
 
 
-def test_thread_count_does_not_change_results():
-    w, _ = weight(Q.Q4_K, 300, 1024, seed=2)
+@pytest.mark.parametrize("layout", ["Q4_K", "Q4_K@packed", "Q6_K@packed"])
+def test_thread_count_does_not_change_results(layout):
+    w, _ = int8_weight(layout, 304, 1024, seed=2) if "@" in layout else weight(Q.Q4_K, 300, 1024, seed=2)
     x = torch.randn(4, 1024, generator=torch.Generator().manual_seed(2))
     before = native.threads()
     try:
@@ -151,6 +168,8 @@ for q in SUPPORTED:
     if q in INT8_TYPES:
         w.int8 = True
         out[q.name + "@int8"] = [w.linear(x[:m]).view(torch.int32).sum().item() for m in (1, 5)]
+        p = QWeight(torch.from_numpy(random_rows(q, 32, 512, 11)), q, (32, 512), int8=True).pack()
+        out[q.name + "@packed"] = [p.linear(x[:m]).view(torch.int32).sum().item() for m in (1, 5)]
 print(json.dumps(out))
 """
 
@@ -196,14 +215,73 @@ def test_a_stack_of_matrices_dequantizes_whole_in_its_shape():
         assert torch.equal(dense[e], stack.expert(e).dequantize())
 
 
-@pytest.mark.parametrize("name", [q.name for q in INT8_TYPES])
-def test_a_prompt_sized_product_on_int8_activations_is_row_by_row_decode(name):
+@pytest.mark.parametrize("layout", INT8_LAYOUTS)
+def test_a_prompt_sized_product_on_int8_activations_is_row_by_row_decode(layout):
     """Prefill runs the int8 kernel too (not dequantized tiles + GEMM): every row of a 300-row product is
     bit for bit what that row gives alone, as in decoding."""
-    w, _ = weight(Q[name], 40, 512, seed=3)
-    w.int8 = True
+    w, _ = int8_weight(layout, 48, 512, seed=3)
     x = torch.randn(300, 512, generator=torch.Generator().manual_seed(2))
     alone = torch.cat([w.linear(x[i:i + 1]) for i in range(300)])
     assert torch.equal(w.linear(x), alone)
+    w = w.unpacked()
     w.int8 = False                                   # --kernels exact: many rows still go through the GEMM
     assert (w.linear(x) - alone).abs().max() > 0
+
+
+@pytest.mark.parametrize("name", [q.name for q in INT8_TYPES])
+def test_a_packed_weight_is_the_files_weight(name):
+    """Packing is a same-size rearrangement: unpacking gives the file's bytes back, and every way of reading
+    the weight (rows, dequantize, views of row groups, taken rows, the experts of a stack) reads the same
+    numbers as the file's layout."""
+    qtype = Q[name]
+    E, N, K = 2, 48, 512
+    raw = torch.from_numpy(random_rows(qtype, E * N, K, seed=6)).reshape(E, N, -1)
+    stack = QWeight(raw, qtype, (E, N, K), int8=True)
+    packed = stack.pack()
+    assert packed.packed and not stack.packed and packed.nbytes <= raw.numel() * 1.03
+    assert torch.equal(packed.unpacked().data, raw)
+    assert torch.equal(packed.dense(), stack.dense())
+    x = torch.randn(3, K, generator=torch.Generator().manual_seed(0))
+    for e in range(E):
+        p, w = packed.expert(e), stack.expert(e)
+        assert torch.equal(p.rows(torch.tensor([0, 17, 47]), torch.float32), w.rows(torch.tensor([0, 17, 47]), torch.float32))
+        assert torch.equal(p.dequantize(slice(5, 9)), w.dequantize(slice(5, 9)))
+        assert torch.equal(p.linear(x), w.pack().linear(x))
+        for a, b in ((16, 48), (3, 40)):             # whole groups: a view; otherwise a repacked copy
+            part = row_range(p, a, b)
+            assert part.shape == (b - a, K) and torch.equal(part.unpacked().data, w.data[a:b])
+            assert (part.data.data_ptr() == p.data.data_ptr() + a * p.row_bytes) == (a % 16 == 0)
+            assert torch.equal(part.linear(x), row_range(w, a, b).linear(x) if not part.packed else
+                               QWeight(w.data[a:b].contiguous(), qtype, (b - a, K), int8=True).pack().linear(x))
+        ids = torch.tensor(list(range(47, -1, -1)))
+        taken = take_rows(p, ids)
+        assert taken.packed and torch.equal(taken.unpacked().data, w.data[ids])
+
+
+def test_a_loaded_quantized_model_holds_one_copy_of_its_weights(demo_q8):
+    """Model.load packs the int8-kernel matrices and drops its resident pages of their bytes in the file, so
+    the process holds the weights once (not file pages + packed copy); embeddings stay in the file's layout."""
+    from nextn.models.loader import load
+
+    _, model, _, gf = load(demo_q8, use_mtp=True, progress=False)
+    mats = [t for w in model.layers for t in w.values() if isinstance(t, QWeight)]
+    assert all(t.packed for t in mats if t.N % 16 == 0 and t.K % 256 == 0) and model.head.packed
+    assert not model.tok_embd.packed
+    size = demo_q8.stat().st_size
+    resident = _resident_bytes(demo_q8)
+    assert resident < 0.15 * size, (resident, size)      # the packed weights alone would leave ~0.8 of it
+    in_file = sum(t.n_bytes for n, t in gf.tensors.items() if n != "token_embd.weight")
+    assert model.nbytes() - model.tok_embd.nbytes <= in_file
+
+
+def _resident_bytes(path) -> int:
+    """This process's resident bytes of every mapping of `path` (/proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if head and "-" in head[0] and len(head) >= 5:       # a mapping's first line
+                inside = line.rstrip().endswith(str(path))
+            elif inside and head and head[0] == "Rss:":
+                total += int(head[1]) * 1024
+    return total

@@ -64,6 +64,18 @@ class Tensor:
     data_offset: int
     n_bytes: int
     data: np.ndarray = field(repr=False)
+    mapping: mmap.mmap | None = field(default=None, repr=False)   # the file mapping the bytes lie in
+
+    def release(self) -> None:
+        """Drop this process's resident pages of the tensor's bytes (whole pages inside it), once they have
+        been copied elsewhere: they no longer count toward the process's memory, and a later read faults
+        them back in from the file (the mapping is read-only)."""
+        if self.mapping is None:
+            return
+        start = -(-self.data_offset // mmap.PAGESIZE) * mmap.PAGESIZE
+        end = (self.data_offset + self.n_bytes) // mmap.PAGESIZE * mmap.PAGESIZE
+        if end > start:
+            self.mapping.madvise(mmap.MADV_DONTNEED, start, end - start)
 
 
 class _Cursor:
@@ -274,7 +286,7 @@ def _open_one(path: Path) -> GGUFFile:
         else:
             block, size = GGML_QUANT_SIZES[qtype]
             view = view.reshape(*logical[:-1], logical[-1] // block * size)
-        tensors[name] = Tensor(name, qtype, np.array(dims, dtype=np.uint64), at, n_bytes, view)
+        tensors[name] = Tensor(name, qtype, np.array(dims, dtype=np.uint64), at, n_bytes, view, buf)
     return GGUFFile(path, fields, tensors, [path])
 
 

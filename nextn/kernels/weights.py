@@ -27,6 +27,9 @@ NATIVE_ROWS = 128      # CPU: up to this many rows the native kernel beats dequa
 TILE_BYTES = 8 << 20   # float32 bytes of one dequantized tile
 INT8 = 0x100           # flag on a matmul's type id: int8 activations (csrc/kernels.inc, mm_int8)
 INT8_TYPES = (Q.Q4_K, Q.Q6_K, Q.Q8_0)   # the types that have an int8-activation kernel (rows of 256k)
+PACKED = 0x200         # flag on a matmul's type id: the weight is packed (csrc/packed.inc)
+PACK_ROWS = 16         # a packed weight interleaves its rows sixteen at a time
+PACKED_ROW_BYTES = {Q.Q4_K: 148, Q.Q6_K: 210, Q.Q8_0: 34 * 8}   # per row and 256 weights
 GPU_TYPES = (Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q4_K, Q.Q5_K, Q.Q6_K)   # kernels.gpu.TYPES
 
 
@@ -38,11 +41,38 @@ class QWeight:
     qtype: Q
     shape: tuple[int, ...]      # logical shape, row-major: (N, K) or (E, N, K)
     int8: bool = False          # few-row products quantize x to int8 where the type has such a kernel
+    packed: bool = False        # rows interleaved for the int8 kernels (`pack`): only the matmul op reads them
 
     @property
     def kernel_type(self) -> int:
-        """The type as the matmul kernels take it: the GGUF type id, plus INT8 when asked for."""
-        return int(self.qtype) | (INT8 if self.int8 else 0)
+        """The type as the matmul kernels take it: the GGUF type id, plus INT8 when asked for (PACKED when
+        packed)."""
+        return int(self.qtype) | (PACKED if self.packed else INT8 if self.int8 else 0)
+
+    @property
+    def packable(self) -> bool:
+        """A CPU weight whose products run on int8 activations, with whole groups of PACK_ROWS rows."""
+        return (self.int8_kernel and not self.packed and not self.data.is_cuda and self.N % PACK_ROWS == 0
+                and self.data.is_contiguous())
+
+    def pack(self) -> "QWeight":
+        """This weight with its rows interleaved sixteen at a time for the int8 kernels (csrc/packed.inc):
+        the same bytes but for 4 more per Q4_K block. Products give what the int8 kernel gives up to float
+        rounding (each output summed in its own order), and are batch invariant like every kernel."""
+        n_rows = self.data.numel() // self.row_bytes        # every matrix of a stack: whole groups each
+        out = torch.empty(*self.shape[:-1], self.K // 256 * PACKED_ROW_BYTES[self.qtype], dtype=torch.uint8)
+        native.run("repack", [native.p(self.data), int(self.qtype), n_rows, self.K, native.p(out), 1])
+        return QWeight(out, self.qtype, self.shape, self.int8, packed=True)
+
+    def unpacked(self) -> "QWeight":
+        """The weight in its GGUF layout (itself when not packed): bytes equal to the file's."""
+        if not self.packed:
+            return self
+        block, size = GGML_QUANT_SIZES[self.qtype]
+        n_rows = self.data.numel() // self.row_bytes
+        out = torch.empty(*self.shape[:-1], self.K // block * size, dtype=torch.uint8)
+        native.run("repack", [native.p(out), int(self.qtype), n_rows, self.K, native.p(self.data), 0])
+        return QWeight(out, self.qtype, self.shape, self.int8)
 
     @property
     def int8_kernel(self) -> bool:
@@ -66,13 +96,16 @@ class QWeight:
         return self.data.numel()
 
     def expert(self, e: int) -> "QWeight":
-        return QWeight(self.data[e], self.qtype, self.shape[1:], self.int8)
+        return QWeight(self.data[e], self.qtype, self.shape[1:], self.int8, self.packed)
 
     def to(self, device: torch.device) -> "QWeight":
-        return QWeight(self.data.to(device), self.qtype, self.shape, self.int8)
+        w = self.unpacked()
+        return QWeight(w.data.to(device), w.qtype, w.shape, w.int8)
 
     def rows(self, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """The decoded rows `ids` [n] -> [n, K] in `dtype` (embedding lookups)."""
+        if self.packed:
+            return self.unpacked().rows(ids, dtype)
         if self.data.is_cuda:
             from . import gpu
             return gpu.rows(self.data, self.qtype, self.K, ids.to(torch.int32).contiguous(), dtype)
@@ -84,6 +117,8 @@ class QWeight:
 
     def dequantize(self, rows: slice | None = None) -> torch.Tensor:
         """Float32 rows [n, K] (all of them by default), bit for bit gguf-py's dequantization."""
+        if self.packed:
+            return self.unpacked().dequantize(rows)
         if self.data.is_cuda:
             return self.rows(torch.arange(self.N, device=self.data.device)[rows or slice(None)], torch.float32)
         start, stop, _ = (rows or slice(None)).indices(self.N)
@@ -93,6 +128,8 @@ class QWeight:
 
     def dense(self) -> torch.Tensor:
         """Every weight as float32 in the logical shape (a stack of matrices included)."""
+        if self.packed:
+            return self.unpacked().dense()
         flat = self.data.reshape(-1, self.row_bytes)
         return QWeight(flat, self.qtype, (flat.shape[0], self.K)).dequantize().reshape(self.shape)
 
@@ -154,12 +191,18 @@ def _to_float(raw: torch.Tensor, qtype: Q, shape) -> torch.Tensor:
 def row_range(w, first: int, end: int):
     """Rows first..end-1 of a weight matrix as a view (a QWeight's rows stay in their type and in place)."""
     if isinstance(w, QWeight):
-        return QWeight(w.data[first:end], w.qtype, (end - first, w.K), w.int8)
+        if w.packed and (first % PACK_ROWS or end % PACK_ROWS):   # not whole groups: a copy in the file's layout
+            part = QWeight(row_range(w.unpacked(), first, end).data.contiguous(), w.qtype, (end - first, w.K), w.int8)
+            return part.pack() if part.packable else part
+        return QWeight(w.data[first:end], w.qtype, (end - first, w.K), w.int8, w.packed)
     return w[first:end]
 
 
 def take_rows(w, rows: torch.Tensor):
     """The given rows of a weight matrix, in order (a QWeight's rows stay in their type)."""
     if isinstance(w, QWeight):
+        if w.packed:
+            taken = take_rows(w.unpacked(), rows)
+            return taken.pack() if taken.packable else taken
         return QWeight(w.data[rows.to(w.data.device)].contiguous(), w.qtype, (len(rows), w.K), w.int8)
     return w[rows.to(w.device)].contiguous()

@@ -43,6 +43,7 @@ MLA_REQUIRED = ("attn_norm.weight", "attn_kv_a_mqa.weight", "attn_kv_a_norm.weig
                 "attn_v_b.weight", "attn_output.weight", "ffn_norm.weight")
 MTP_REQUIRED = ("nextn.eh_proj.weight", "nextn.enorm.weight", "nextn.hnorm.weight")
 DENSE = ("ssm_conv1d.weight",)       # read elementwise by the kernels, never multiplied: plain float tensors
+EMBEDDINGS = ("token_embd.weight", "nextn.embed_tokens.weight")   # tables read by row (kept in the file's layout)
 
 
 class Model:
@@ -83,6 +84,8 @@ class Model:
                 t = _place(shard(name, from_gguf(src.tensor(name), src.path), cfg, rank, size), name, device, dtype)
                 if isinstance(t, QWeight):
                     t.int8 = int8
+                    if t.packable and not name.endswith(EMBEDDINGS):
+                        t = _pack(t, src.tensor(name))
                 il = block_index(name)
                 if il is None:
                     globals_[name] = t
@@ -322,6 +325,16 @@ def _place(t, name: str, device: torch.device, dtype: torch.dtype):
     if device.type == "cpu":
         return t
     return t.to(device=device, dtype=dtype if t.dim() > 1 else torch.float32)
+
+
+def _pack(t: QWeight, source) -> QWeight:
+    """`t` repacked for the int8 kernels (QWeight.pack); where `t` was the file's own bytes, their pages are
+    released, so that the process holds one copy of the weight, not two."""
+    packed = t.pack()
+    start, addr = source.data.ctypes.data, t.data.data_ptr()
+    if start <= addr < start + source.n_bytes:
+        source.release()
+    return packed
 
 
 def _check_block(gf: GGUFFile, cfg: ModelConfig, il: int, w: dict) -> None:

@@ -15,7 +15,7 @@ using OpFn = void (*)(const Args&);
 // Order matters: op ids are indices into this list (nextn/kernels/native.py reads the names).
 #define NX_OPS(X) \
     X(matmul) X(dequant) X(embed) X(rmsnorm) X(add) X(silu_mul) X(sigmoid_mul) X(add_gated) X(argmax) \
-    X(attention) X(deltanet) X(deltanet_commit) X(moe_route) X(moe_experts) X(copy_rows) X(probs) X(penalize)
+    X(attention) X(deltanet) X(deltanet_commit) X(moe_route) X(moe_experts) X(copy_rows) X(probs) X(penalize) X(repack)
 
 enum OpId {
 #define NX_ENUM(name) OP_##name,
@@ -30,6 +30,8 @@ enum QType { T_F32 = 0, T_F16 = 1, T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q5_1 = 
 
 // a matmul's type id may carry this flag: quantize the activations to int8 where the type has such a kernel
 constexpr int INT8 = 0x100;
+// or this one: the weight is packed (csrc/packed.inc), its products run on int8 activations
+constexpr int PACKED = 0x200;
 
 }  // namespace nx
 
