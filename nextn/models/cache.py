@@ -3,8 +3,9 @@ included; for MLA the latent and the RoPE key) and conv + recurrent state for Ga
 
 Rolling back attention is free (the caller just keeps a shorter length). Recurrent state cannot be
 truncated: the CPU torch path keeps the state after every token of a short forward and `commit`
-installs the one for the number of tokens kept; the native path saves the state before the step
-(`conv_backup`, `ssm_backup`, allocated when speculating) and replays the kept tokens; on CUDA the
+installs the one for the number of tokens kept; the native path saves the conv window before the step and
+the recurrent state after its first token, which is always kept (`conv_backup`, `ssm_backup`, allocated
+when speculating), and replays the other kept tokens; on CUDA the
 fused kernels leave the state untouched and `commit` replays the kept tokens into it.
 """
 
