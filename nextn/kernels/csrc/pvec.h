@@ -84,10 +84,12 @@ template <int S> inline PB pb_hi2(PB lo, PB h) {
     return {_mm256_or_si256(lo.v, _mm256_and_si256(t, _mm256_set1_epi8(0x30)))};
 }
 inline PI pi_zero() { return {_mm256_setzero_si256()}; }
-// scales as madd takes them: the same int16 in both halves of each int32 lane
-inline __m256i pair16(__m256i v) { return _mm256_or_si256(_mm256_and_si256(v, _mm256_set1_epi32(0xFFFF)), _mm256_slli_epi32(v, 16)); }
-inline PI pi_scale_u8(const uint8_t* p) { return {pair16(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)p)))}; }
-inline PI pi_scale_i8(const uint8_t* p) { return {pair16(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)))}; }
+// eight scale bytes as madd takes them: each byte twice, widened, so that an int32 lane holds the same int16 twice
+inline __m128i twice8(const uint8_t* p) {
+    return _mm_shuffle_epi8(_mm_loadl_epi64((const __m128i*)p), _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7));
+}
+inline PI pi_scale_u8(const uint8_t* p) { return {_mm256_cvtepu8_epi16(twice8(p))}; }
+inline PI pi_scale_i8(const uint8_t* p) { return {_mm256_cvtepi8_epi16(twice8(p))}; }
 inline __m256i dp2(PB u, const int8_t* x) { return _mm256_maddubs_epi16(u.v, _mm256_set1_epi32(ld32(x))); }   // int16 pair sums
 // the int16 sums of eight quads of 4-bit codes stay below 8 * 2 * 15 * 127 = 30480
 inline PI q4_sub(PI acc, const PB* q, const int8_t* x, PI sc) {
