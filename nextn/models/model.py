@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from ..errors import ModelFileError
 from ..gguf.reader import GGUFFile, block_index
-from ..kernels import native, ops
+from ..kernels import native, ops, weights
 from ..kernels.weights import GPU_TYPES, QWeight, from_gguf, row_range, take_rows
 from .attention import attention, attention_native
 from .mla import mla_attention
@@ -84,7 +84,7 @@ class Model:
                 t = _place(shard(name, from_gguf(src.tensor(name), src.path), cfg, rank, size), name, device, dtype)
                 if isinstance(t, QWeight):
                     t.int8 = int8
-                    if t.packable and not name.endswith(EMBEDDINGS):
+                    if t.packable and t.qtype in weights.PACK_TYPES and not name.endswith(EMBEDDINGS):
                         t = _pack(t, src.tensor(name))
                 il = block_index(name)
                 if il is None:
