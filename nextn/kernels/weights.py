@@ -1,7 +1,9 @@
 """A weight kept in its GGUF type: the file's bytes (memory-mapped on CPU, copied as they are to a GPU)
 and what to do with them.
 
-Model code calls `linear` and never knows the format or the device. On CPU a product of a few rows
+Model code calls `linear` and never knows the format or the device. Q4_K / Q6_K / Q8_0 matrices on
+the int8 kernels are repacked once at load (`pack`: sixteen rows interleaved, csrc/packed.inc), a
+same-size rearrangement that every other way of reading the weight undoes. On CPU a product of a few rows
 (decode, MTP drafts, verification) runs the native kernel straight from the quantized bytes; a product
 of many rows (prefill) dequantizes tiles of the weight and hands them to torch's GEMM. Dequantization
 is the native kernel's, equal bit for bit to gguf-py's reference. On CUDA the Triton kernels of
@@ -30,8 +32,8 @@ INT8_TYPES = (Q.Q4_K, Q.Q6_K, Q.Q8_0)   # the types that have an int8-activation
 PACKED = 0x200         # flag on a matmul's type id: the weight is packed (csrc/packed.inc)
 PACK_ROWS = 16         # a packed weight interleaves its rows sixteen at a time
 PACKED_ROW_BYTES = {Q.Q4_K: 148, Q.Q6_K: 210, Q.Q8_0: 34 * 8}   # per row and 256 weights
-# the types Model.load packs (`packable` ones): on AVX2 (no VNNI) a packed Q8_0 product needs a sign fix per row of x and
-# measured 10-20% slower at 3-4 rows than the file layout's int8 kernel, so Q8_0 stays as it is there
+# the types Model.load packs (`packable` ones): on AVX2 (no VNNI) a packed Q8_0 product needs a sign fix
+# per row of x and measured 10-20% slower at 3-4 rows than the file layout's int8 kernel: Q8_0 stays as is there
 PACK_TYPES = (Q.Q4_K, Q.Q6_K) if native.isa() == "avx2" else INT8_TYPES
 GPU_TYPES = (Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q4_K, Q.Q5_K, Q.Q6_K)   # kernels.gpu.TYPES
 
@@ -106,7 +108,8 @@ class QWeight:
         return QWeight(w.data.to(device), w.qtype, w.shape, w.int8)
 
     def rows(self, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """The decoded rows `ids` [n] -> [n, K] in `dtype` (embedding lookups)."""
+        """The decoded rows `ids` [n] -> [n, K] in `dtype` (embedding lookups; embedding tables are never
+        packed, and a packed weight decodes whole here)."""
         if self.packed:
             return self.unpacked().rows(ids, dtype)
         if self.data.is_cuda:
