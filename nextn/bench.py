@@ -211,7 +211,7 @@ def make_engines(args, configs: list[BenchConfig]) -> dict[str, Engine]:
     """One engine per configuration with its own tuner; the speculative ones share one loaded model (a draft
     vocabulary gets a view of it with its own MTP head rows)."""
     base = dict(progress=not args.quiet, model_draft=None)
-    plain = EngineConfig.from_args(args, spec="none", **base)
+    plain = EngineConfig.from_args(args, spec="none", mtp_layers=0, **base)
     engines = {"none": Engine(plain, tuner=KTuner(0))}
     spec = [c for c in configs if c.spec.draft_max > 0]
     if spec:
@@ -222,6 +222,7 @@ def make_engines(args, configs: list[BenchConfig]) -> dict[str, Engine]:
                 raise NextnError(f"--spec {c.name}: give the draft model with --model-draft")
             cfg = EngineConfig.from_args(args, spec="+".join(c.spec.drafters), draft_max=k_max,
                                          draft_vocab=c.draft_vocab, progress=not args.quiet,
+                                         mtp_layers=args.mtp_layers if "mtp" in c.spec.drafters else 0,
                                          model_draft=args.model_draft if "draft" in c.spec.drafters else None)
             engines[c.name] = Engine(cfg, tuner=KTuner(c.spec.draft_max, c.spec.draft_min, ngram_max=cfg.ngram_max),
                                      loaded=loader.with_draft_vocab(loaded, cfg))

@@ -98,7 +98,8 @@ def cmd_generate(args) -> int:
         d = t["drafters"].get(name, {"draft_tokens": 0, "accepted_tokens": 0, "acceptance_rate": 0.0,
                                      "acceptance_per_position": []})
         per_pos = " ".join(f"{a:.2f}" for a in d["acceptance_per_position"])
-        line += (f"; {LABELS.get(name, name)}: {d['draft_tokens']} drafted, {d['accepted_tokens']} accepted "
+        label = mtp_label(engine) if name == "mtp" else LABELS.get(name, name)
+        line += (f"; {label}: {d['draft_tokens']} drafted, {d['accepted_tokens']} accepted "
                  f"({d['acceptance_rate']:.1%}), per position [{per_pos}]")
     if engine.drafters:
         line += f"; mean accepted length {t['mean_accepted_length']:.2f}"
@@ -112,6 +113,15 @@ def cmd_generate(args) -> int:
 
 
 LABELS = {"mtp": "MTP", "ngram": "n-gram", "draft": "draft model"}
+
+
+def mtp_label(engine) -> str:
+    """"MTP", or with several layers in the file how many drafts go through: "MTP (3 layers)", "MTP (1 of 3 layers)"."""
+    used = engine.model.cfg.n_mtp
+    shipped = engine.file.n_mtp if engine.config.mtp_model is None else used
+    if shipped <= 1 and used <= 1:
+        return "MTP"
+    return f"MTP ({used} layers)" if used == shipped else f"MTP ({used} of {shipped} layers)"
 
 
 def describe_sampling(p) -> str:

@@ -2,7 +2,7 @@
 MTP acceptance per draft position with k = 3, and a sample of what it writes; sampling with the model's
 recommended settings (as `nextn generate` does; seeded per file), or greedy with --greedy.
 
-    python scripts/eval_demo.py [MODEL.gguf] [--files 40] [--tokens 96] [--greedy]
+    python scripts/eval_demo.py [MODEL.gguf] [--files 40] [--tokens 96] [--greedy] [--mtp-layers N]
 """
 
 import argparse
@@ -23,11 +23,12 @@ def main():
     ap.add_argument("--tokens", type=int, default=96)
     ap.add_argument("--corpus", default=None)
     ap.add_argument("--greedy", action="store_true", help="greedy instead of the model's recommended sampling")
+    ap.add_argument("--mtp-layers", type=int, default=0, help="use only the model's first N MTP layers")
     args = ap.parse_args()
     files = [f for f in corpus_files(corpus_root(args.corpus), held_out=True) if f.stat().st_size > 2000]
     step = max(1, len(files) // args.files)
     files = files[::step][:args.files]
-    engine = Engine(model=args.model, spec="mtp", progress=False)
+    engine = Engine(model=args.model, spec="mtp", mtp_layers=args.mtp_layers, progress=False)
     total = SpecStats()
     sample = None
     for i, f in enumerate(files):
@@ -38,7 +39,8 @@ def main():
         if sample is None and len(r.text) > 200:
             sample = (f.name, prompt, r.text)
     per = total.acceptance_per_position
-    print(json.dumps({"files": len(files), "generated_tokens": total.n_generated,
+    print(json.dumps({"model": engine.file.path.name, "mtp_layers": engine.model.cfg.n_mtp, "files": len(files),
+                      "generated_tokens": total.n_generated,
                       "acceptance_rate": round(total.acceptance_rate, 3),
                       "acceptance_per_position": [round(a, 3) for a in per],
                       "conditional_acceptance": [round(per[0], 3)] + [round(per[i] / per[i - 1], 3) if per[i - 1] else 0

@@ -360,3 +360,32 @@ def test_two_mtp_layers_at_their_own_depths_keep_greedy_output(models_dir, arch)
         engine.step()
     assert all(s.generated == plain for s in seqs)
     assert seqs[2].stats.drafted_per_pos[2] > 0                   # depth 3 was drafted (layer 2 reused)
+
+
+def test_mtp_layers_option_loads_only_the_first_layers(models_dir):
+    """--mtp-layers 1 on a two-layer head: only MTP layer 1 is read (fewer weight bytes, no tensor of layer 2),
+    every depth reuses it, and the output still equals plain greedy."""
+    from nextn.cli import mtp_label
+    from nextn.errors import NextnError
+    from nextn_dev.tiny import make_gguf
+
+    path = make_gguf(models_dir / "deepseek2-mtp2-spec.gguf", "deepseek2", workdir=models_dir / "deepseek2-mtp2-spec.hf",
+                     mtp=2, seed=4)
+    prompt = _prompt(seed=9)
+    plain = Engine(model=str(path), spec="none", prefill_chunk=32, progress=False)
+    both = Engine(model=str(path), spec="mtp", prefill_chunk=32, progress=False)
+    one = Engine(model=str(path), spec="mtp", mtp_layers=1, prefill_chunk=32, progress=False)
+    n = plain.model.cfg.n_layer
+    assert (both.model.cfg.n_mtp, one.model.cfg.n_mtp) == (2, 1) and one.drafter.model.n_layers == 1
+    assert len(one.model.layers) == n + 1 and len(both.model.layers) == n + 2
+    assert one.model.nbytes() < both.model.nbytes()
+    assert one.model.layers[n].keys() == both.model.layers[n].keys()
+    assert (mtp_label(both), mtp_label(one)) == ("MTP (2 layers)", "MTP (1 of 2 layers)")
+    res = one.generate(prompt, GREEDY, spec=SpecConfig(draft_max=3, adaptive=False))
+    assert res.tokens == plain.generate(prompt, GREEDY).tokens
+    assert res.stats.drafted_per_pos[2] > 0                      # depth 3 drafted through the one layer kept
+    assert Engine(model=str(path), spec="mtp", mtp_layers=5, progress=False).model.cfg.n_mtp == 2
+    with pytest.raises(NextnError, match="--mtp-layers"):
+        Engine(model=str(path), spec="none", mtp_layers=1, progress=False)
+    with pytest.raises(NextnError, match="--mtp-layers"):
+        Engine(model=str(path), spec="mtp", mtp_layers=-1, progress=False)

@@ -19,6 +19,7 @@ class EngineConfig:
     ngram_min: int = 3                # n-gram drafts need a match of at least this many tokens
     ngram_max: int = 8                # and propose at most this many
     draft_vocab: int = 0              # > 0: the MTP head scores only this many (most frequent) token ids
+    mtp_layers: int = 0               # > 0: load only the first N of the file's MTP layers (deeper drafts reuse the last)
     draft_min: int = 0
     draft_p_min: float = 0.0
     adaptive: bool = True             # False: always draft draft_max tokens
@@ -43,6 +44,9 @@ class EngineConfig:
                              "is a smaller model with the same vocabulary")
         if self.draft_vocab < 0 or (self.draft_vocab and "mtp" not in self.drafters):
             raise NextnError("--draft-vocab N (N > 0) restricts the MTP head: it needs --spec mtp or mtp+ngram")
+        if not 0 <= self.mtp_layers <= 64 or (self.mtp_layers and "mtp" not in self.drafters):
+            raise NextnError(f"--mtp-layers N (N in [1, 64], got {self.mtp_layers}) chooses the MTP layers drafts go "
+                             f"through: it needs --spec mtp or mtp+ngram")
         if not 1 <= self.ngram_min <= 64 or not 1 <= self.ngram_max <= 16:
             raise NextnError(f"--ngram-min must be in [1, 64] and --ngram-max in [1, 16] "
                              f"(got {self.ngram_min} and {self.ngram_max})")
@@ -90,6 +94,9 @@ class EngineConfig:
         p.add_argument("--draft-vocab", type=int, default=0, metavar="N",
                        help="MTP drafts over the N most frequent token ids only (cheaper draft steps, same output; "
                             "ranked by a list in or beside the model, see nextn gguf draft-vocab)")
+        p.add_argument("--mtp-layers", type=int, default=0, metavar="N",
+                       help="of a model with several MTP layers, load only the first N: draft depth d runs layer d up "
+                            "to N, deeper drafts reuse layer N (default: all; 1 = one layer reused at every depth)")
         p.add_argument("--ngram-min", type=int, default=3, help="n-gram drafts need a match this long (default 3)")
         p.add_argument("--ngram-max", type=int, default=8, help="most n-gram draft tokens per step (default 8)")
         p.add_argument("--draft-min", type=int, default=0, help="verify drafts only when at least this many")

@@ -124,7 +124,7 @@ class Engine:
         try:
             loaded = loader.load(config.model, mtp_path=config.mtp_model, use_mtp=config.use_mtp, device=config.device,
                                  dtype=config.dtype, progress=config.progress, kernels=config.kernels,
-                                 draft_vocab=config.draft_vocab, comm=comm)
+                                 draft_vocab=config.draft_vocab, mtp_layers=config.mtp_layers, comm=comm)
         except NextnError as e:
             if session is not None:
                 session.channel.agree(str(e))

@@ -149,17 +149,18 @@ class ModelConfig:
     def recurrent_layers(self) -> list[int]:
         return [i for i, r in enumerate(self.recurrent) if r]
 
-    def with_mtp_blocks(self, head: "ModelConfig") -> "ModelConfig":
+    def with_mtp_blocks(self, head: "ModelConfig", keep: int = 0) -> "ModelConfig":
         """This trunk with the MTP blocks of `head` (the config of the file holding them: this one, or a
-        head-only file) after it; MTP blocks are attention blocks, their per-block values are head's."""
+        head-only file) after it; MTP blocks are attention blocks, their per-block values are head's.
+        `keep` > 0: only the first `keep` MTP blocks (deeper drafts then reuse the last one kept)."""
         from dataclasses import replace
 
-        n = head.n_mtp
+        n = min(head.n_mtp, keep) if keep > 0 else head.n_mtp
 
         def extend(mine: tuple, theirs: tuple, fill) -> tuple:
             if not mine and not theirs:
                 return ()
-            tail = theirs[head.n_layer:] if len(theirs) == head.n_layer + n else (fill,) * n
+            tail = theirs[head.n_layer:head.n_layer + n] if len(theirs) == head.n_layer + head.n_mtp else (fill,) * n
             return (mine[:self.n_layer] or (fill,) * self.n_layer) + tuple(tail)
 
         return replace(self, n_mtp=n, recurrent=self.recurrent[:self.n_layer] + (False,) * n,

@@ -93,17 +93,18 @@ def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
 
 def load(model_path: str | Path | None = None, *, mtp_path: str | Path | None = None, use_mtp: bool = False,
          device: str | None = None, dtype: str | None = None, progress: bool = True, kernels: str = "int8",
-         draft_vocab: int = 0, comm=None):
+         draft_vocab: int = 0, mtp_layers: int = 0, comm=None):
     """Open, check and load a model. Returns (model config, model, tokenizer, trunk file).
     `kernels`: "int8" (Q4_K, Q6_K and Q8_0 weights meet int8-quantized activations in few-row CPU products,
     as llama.cpp runs them) or "exact" (weights decoded to floats in every product).
     `draft_vocab`: > 0 restricts the MTP head to that many token ids (gguf/draft_vocab.py).
+    `mtp_layers`: > 0 loads only the file's first that many MTP layers (deeper drafts reuse the last).
     `comm` (parallel.comm): load this rank's shard of a tensor-parallel run."""
     trunk = open_trunk(model_path or default_model())
     cfg = ModelConfig.from_gguf(trunk)
     head = find_head(trunk, mtp_path) if use_mtp else None
     if use_mtp:
-        cfg = cfg.with_mtp_blocks(ModelConfig.from_gguf(head) if head is not None else cfg)
+        cfg = cfg.with_mtp_blocks(ModelConfig.from_gguf(head) if head is not None else cfg, keep=mtp_layers)
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
     model = Model.load(trunk, cfg, head=head, use_mtp=use_mtp, device=dev, dtype=dt, progress=progress,

@@ -74,7 +74,8 @@ class Model:
         plan += [(gf, n) for n in gf.tensors if block_index(n) is not None and block_index(n) < cfg.n_layer]
         if use_mtp:
             src = head or gf
-            plan += [(src, n) for n in src.tensors if block_index(n) is not None and block_index(n) >= cfg.n_layer]
+            plan += [(src, n) for n in src.tensors
+                     if block_index(n) is not None and cfg.n_layer <= block_index(n) < cfg.n_layer + cfg.n_mtp]
         device = torch.device(device)
         globals_, blocks = {}, [dict() for _ in range(cfg.n_layer + (cfg.n_mtp if use_mtp else 0))]
         total = sum(src.tensors[n].n_bytes for src, n in plan)
