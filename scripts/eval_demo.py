@@ -2,7 +2,7 @@
 MTP acceptance per draft position with k = 3, and a sample of what it writes; sampling with the model's
 recommended settings (as `nextn generate` does; seeded per file), or greedy with --greedy.
 
-    python scripts/eval_demo.py [MODEL.gguf] [--files 40] [--tokens 96] [--greedy] [--mtp-layers N]
+    python scripts/eval_demo.py [MODEL.gguf] [--files 40] [--tokens 96] [--greedy | --temp T] [--mtp-layers N]
 """
 
 import argparse
@@ -23,6 +23,7 @@ def main():
     ap.add_argument("--tokens", type=int, default=96)
     ap.add_argument("--corpus", default=None)
     ap.add_argument("--greedy", action="store_true", help="greedy instead of the model's recommended sampling")
+    ap.add_argument("--temp", type=float, default=None, help="sample at this temperature instead")
     ap.add_argument("--mtp-layers", type=int, default=0, help="use only the model's first N MTP layers")
     args = ap.parse_args()
     files = [f for f in corpus_files(corpus_root(args.corpus), held_out=True) if f.stat().st_size > 2000]
@@ -32,14 +33,15 @@ def main():
     total = SpecStats()
     sample = None
     for i, f in enumerate(files):
-        params = engine.sampling_params(max_tokens=args.tokens, seed=i, temperature=0 if args.greedy else None)
+        params = engine.sampling_params(max_tokens=args.tokens, seed=i, temperature=0 if args.greedy else args.temp)
         prompt = "".join(f.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)[:args.lines])
         r = engine.generate(prompt, params, spec=SpecConfig(draft_max=3, adaptive=False))
         total.merge(r.stats)
         if sample is None and len(r.text) > 200:
             sample = (f.name, prompt, r.text)
     per = total.acceptance_per_position
-    print(json.dumps({"model": engine.file.path.name, "mtp_layers": engine.model.cfg.n_mtp, "files": len(files),
+    print(json.dumps({"model": engine.file.path.name, "mtp_layers": engine.model.cfg.n_mtp,
+                      "temperature": 0.0 if args.greedy else args.temp, "files": len(files),
                       "generated_tokens": total.n_generated,
                       "acceptance_rate": round(total.acceptance_rate, 3),
                       "acceptance_per_position": [round(a, 3) for a in per],
