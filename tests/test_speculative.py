@@ -389,3 +389,34 @@ def test_mtp_layers_option_loads_only_the_first_layers(models_dir):
         Engine(model=str(path), spec="none", mtp_layers=1, progress=False)
     with pytest.raises(NextnError, match="--mtp-layers"):
         Engine(model=str(path), spec="mtp", mtp_layers=-1, progress=False)
+
+
+def test_sliding_window_rings_wrap_and_keep_output(tiny, monkeypatch):
+    """MiMo's sliding-window layers (the MTP layers among them) keep a ring of window + chunk + slack rows;
+    over a context many rings long, batched and speculating (rejected drafts overwrite ring rows), the tokens
+    equal those of the same engine with a row per position, and the cache is smaller."""
+    import nextn.engine.runner as runner
+
+    path = str(tiny("mimo2"))
+    prompts = [_prompt(60, seed=1), _prompt(23, seed=2)]
+    params = SamplingParams(max_tokens=150, ignore_eos=True)
+
+    def run(**kw):
+        engine = Engine(model=path, spec="mtp", prefill_chunk=16, n_parallel=2, ctx_size=512, progress=False, **kw)
+        seqs = [engine.add_request(p, params, SpecConfig(draft_max=k, adaptive=False)) for p, k in zip(prompts, (3, 2))]
+        while engine.has_work:
+            engine.step()
+        return engine, [s.generated for s in seqs]
+
+    ringed, out = run()
+    cfg = ringed.model.cfg
+    rings = ringed.runner.cache.ring
+    assert sorted(rings) == [il for il in range(cfg.n_layer + cfg.n_mtp) if cfg.is_swa(il)] and cfg.n_mtp > 1
+    assert set(rings.values()) == {cfg.n_swa + 16 + 2 * runner.SLACK} and 210 > 3 * max(rings.values())
+    assert ringed.stats.n_draft_tokens > ringed.stats.n_accepted          # rejected drafts were written and rolled back
+    plain = Engine(model=path, spec="none", prefill_chunk=16, ctx_size=512, progress=False)
+    assert plain.runner.cache.ring and out[1] == plain.generate(prompts[1], params).tokens
+    monkeypatch.setattr(runner, "ring_rows", lambda cfg, chunk: 0)
+    full, expected = run()
+    assert not full.runner.cache.ring and full.runner.cache.nbytes() > ringed.runner.cache.nbytes()
+    assert out == expected

@@ -112,10 +112,11 @@ class MTPDrafter(Drafter):
             self.queue_hidden[slot].append(hidden[:len(tokens)].clone())
 
     @torch.inference_mode()
-    def _flush(self, seqs: list[Sequence], chunk: int = 256) -> None:
+    def _flush(self, seqs: list[Sequence]) -> None:
         """Run every queued pair of these slots through the MTP block: a short backlog (what a few steps
         without drafting leave) in native forwards of as many rows as the decode buffers hold, a long one
-        (a prompt) through the torch forward in chunks of `chunk`."""
+        (a prompt) through the torch forward in chunks of up to 256 rows (fewer if the prefill chunk is)."""
+        chunk = min(256, self.runner.max_chunk)
         while todo := [s for s in seqs if self.queued(s.slot)]:
             if self.runner.native and max(self.queued(s.slot) for s in todo) <= NATIVE_BACKLOG:
                 chunk = max(1, self.runner.buf.rows.max_rows // len(todo))
@@ -161,8 +162,10 @@ class MTPDrafter(Drafter):
         if not todo:
             return
         starts = [self.base[i][s.slot] - len(t) + i + 1 for s, t in zip(todo, tokens)]
-        for c in range(0, max(len(t) for t in tokens), 256):
-            part = [(s, st + c, t[c:c + 256], h[c:c + 256]) for s, st, t, h in zip(todo, starts, tokens, hidden) if t[c:]]
+        chunk = min(256, self.runner.max_chunk)
+        for c in range(0, max(len(t) for t in tokens), chunk):
+            part = [(s, st + c, t[c:c + chunk], h[c:c + chunk]) for s, st, t, h in zip(todo, starts, tokens, hidden)
+                    if t[c:]]
             out = self._forward([p[0] for p in part], [p[1] for p in part], [p[2] for p in part], [p[3] for p in part],
                                 layer=i, all_rows=True)
             if i + 1 < self.n_layers:

@@ -80,7 +80,8 @@ class Engine:
         ngram = "ngram" in drafters and config.draft_max > 0
         max_draft = max(config.draft_max if config.model_drafter else 0, config.ngram_max if ngram else 0)
         runner_args = dict(n_slots=config.n_parallel, max_len=config.ctx_size, use_mtp=config.use_mtp,
-                           max_draft=max_draft, compile=config.compile, threads=config.threads)
+                           max_draft=max_draft, compile=config.compile, threads=config.threads,
+                           max_chunk=config.prefill_chunk)
         self.runner = ModelRunner(self.model, **runner_args)
         mtp = MTPDrafter(self.runner, compile=config.compile) if self.use_mtp else None
         model_drafter = mtp or (self._draft_model(config) if config.model_drafter == "draft" else None)
@@ -109,7 +110,7 @@ class Engine:
                              f"({self.model_config.n_vocab} tokens; first difference at id {where}): a draft model "
                              f"must share the tokenizer")
         runner = ModelRunner(model, config.n_parallel, config.ctx_size, use_mtp=False, max_draft=16,
-                             compile=config.compile, threads=config.threads)
+                             compile=config.compile, threads=config.threads, max_chunk=config.prefill_chunk)
         return DraftModelDrafter(runner)
 
     @staticmethod

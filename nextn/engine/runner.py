@@ -25,9 +25,17 @@ from .sequence import Sequence
 SLACK = 16          # cache rows past the context limit, for draft tokens that may be rejected
 
 
+def ring_rows(cfg, max_chunk: int) -> int:
+    """Rows of a sliding-window layer's ring: the window, the longest forward's rows, and room for drafts a
+    rollback discarded (whose rows then read as positions one ring earlier, outside every window)."""
+    return cfg.n_swa + max_chunk + 2 * SLACK if any(cfg.swa) else 0
+
+
 class ModelRunner:
     def __init__(self, model: Model, n_slots: int, max_len: int, use_mtp: bool, max_draft: int = 0,
-                 compile: bool = True, threads: int | None = None):
+                 compile: bool = True, threads: int | None = None, max_chunk: int = 512):
+        """max_chunk: the most rows one sequence brings to a forward (the prefill chunk; the MTP head's
+        catch-up runs at most that many at a time): it sizes the sliding-window rings."""
         self.model, self.cfg, self.device = model, model.cfg, model.device
         native.set_threads(threads or native.default_threads())
         torch.set_num_threads(native.threads())
@@ -39,7 +47,9 @@ class ModelRunner:
         # (nor tensor parallel: the collectives run eagerly)
         graphs = self.device.type == "cuda" and compile and not model.cfg.n_expert and model.comm is None
         self.cache = Cache.allocate(model.cfg, n_slots, self.rows + int(graphs), model.dtype, model.device,
-                                    self.use_mtp, rollback=self.native and max_draft > 0)
+                                    self.use_mtp, rollback=self.native and max_draft > 0,
+                                    ring_rows=ring_rows(model.cfg, max_chunk))
+        self.max_chunk = max_chunk
         self.graph_pool = torch.cuda.graph_pool_handle() if graphs else None
         self.graphs = ShortForwards(self._trunk_step, self.cache, self.rows, pool=self.graph_pool) if graphs else None
         self.last_hidden = torch.zeros(n_slots, model.cfg.n_embd, dtype=model.dtype, device=model.device)

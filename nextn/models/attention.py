@@ -38,9 +38,13 @@ def attention(x: torch.Tensor, w: dict, cfg: ModelConfig, step: Step, cache: Cac
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
     kc, vc = cache.k[il], cache.v[il]
-    rows = step.write_rows
-    kc[step.write_slots, step.write_pos] = k.reshape(B * T, nkv, hd)[rows].to(kc.dtype)
-    vc[step.write_slots, step.write_pos] = v.reshape(B * T, nkv, vd)[rows].to(vc.dtype)
+    rows, window = step.write_rows, cfg.n_swa if cfg.is_swa(il) else 0
+    ring = cache.ring.get(il, 0)
+    write_pos, ring_mask = step.ring(ring, window) if ring else (step.write_pos, None)
+    if ring and T + window > ring:
+        raise RuntimeError(f"a forward of {T} rows does not fit layer {il}'s sliding-window ring ({ring} rows)")
+    kc[step.write_slots, write_pos] = k.reshape(B * T, nkv, hd)[rows].to(kc.dtype)
+    vc[step.write_slots, write_pos] = v.reshape(B * T, nkv, vd)[rows].to(vc.dtype)
     sinks = w.get("attn_sinks.weight")
     if layers.fused_short(x, step) and hd & (hd - 1) == 0 and vd == hd and sinks is None and not cfg.is_swa(il):
         from ..kernels import gpu_attention
@@ -49,12 +53,13 @@ def attention(x: torch.Tensor, w: dict, cfg: ModelConfig, step: Step, cache: Cac
         if gate is not None:
             out = out * torch.sigmoid(gate)
         return linear(out, w["attn_output.weight"])
-    keys, values = kc[step.sel, :step.kv_len], vc[step.sel, :step.kv_len]
-    window = cfg.n_swa if cfg.is_swa(il) else 0
+    n_keys = ring or step.kv_len
+    keys, values = kc[step.sel, :n_keys], vc[step.sel, :n_keys]
     if sinks is not None:
-        out = attend_with_sinks(q, keys.to(q.dtype), values.to(q.dtype), step.key_mask(window), sinks)
+        out = attend_with_sinks(q, keys.to(q.dtype), values.to(q.dtype),
+                                ring_mask if ring else step.key_mask(window), sinks)
     else:
-        mask = step.key_mask(window) if window else step.mask
+        mask = ring_mask if ring else step.key_mask(window) if window else step.mask
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2), keys.transpose(1, 2).to(q.dtype), values.transpose(1, 2).to(q.dtype),
             attn_mask=mask, is_causal=mask is None and T > 1, enable_gqa=cfg.n_head != nkv,

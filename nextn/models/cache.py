@@ -1,5 +1,6 @@
 """Per-slot state allocated once: a position-indexed KV cache for attention blocks (the MTP blocks'
-included; for MLA the latent and the RoPE key) and conv + recurrent state for Gated DeltaNet blocks.
+included; for MLA the latent and the RoPE key; for sliding-window layers a ring a little longer than the
+window) and conv + recurrent state for Gated DeltaNet blocks.
 
 Rolling back attention is free (the caller just keeps a shorter length). Recurrent state cannot be
 truncated: the CPU torch path keeps the state after every token of a short forward and `commit`
@@ -54,11 +55,14 @@ class Cache:
     pending: dict[int, PendingState] = field(default_factory=dict)
     conv_backup: dict[int, torch.Tensor] = field(default_factory=dict)
     ssm_backup: dict[int, torch.Tensor] = field(default_factory=dict)
+    ring: dict[int, int] = field(default_factory=dict)     # sliding-window layer -> rows of its ring (Step.ring)
 
     @classmethod
     def allocate(cls, cfg: ModelConfig, n_slots: int, max_len: int, dtype, device, use_mtp: bool,
-                 rollback: bool = False) -> "Cache":
-        """rollback: also the native path's saved states (only needed when speculating)."""
+                 rollback: bool = False, ring_rows: int = 0) -> "Cache":
+        """rollback: also the native path's saved states (only needed when speculating).
+        ring_rows > 0: sliding-window layers keep a ring of that many rows (+1 spare for padding writes)
+        instead of a row per position, when it is the smaller."""
         cache = cls(cfg, n_slots, max_len)
         n_blocks = cfg.n_layer + (cfg.n_mtp if use_mtp else 0)
         for il in range(n_blocks):
@@ -75,9 +79,11 @@ class Cache:
                 cache.k[il] = _zeros((n_slots, max_len, 1, cfg.kv_lora_rank), dtype, device)
                 cache.v[il] = _zeros((n_slots, max_len, 1, cfg.n_rot), dtype, device)
             else:
-                kv = cfg.kv_heads(il)
-                cache.k[il] = _zeros((n_slots, max_len, kv, cfg.head_dim), dtype, device)
-                cache.v[il] = _zeros((n_slots, max_len, kv, cfg.v_dim), dtype, device)
+                kv, rows = cfg.kv_heads(il), max_len
+                if cfg.is_swa(il) and 0 < ring_rows < max_len:
+                    cache.ring[il], rows = ring_rows, ring_rows + 1
+                cache.k[il] = _zeros((n_slots, rows, kv, cfg.head_dim), dtype, device)
+                cache.v[il] = _zeros((n_slots, rows, kv, cfg.v_dim), dtype, device)
         return cache
 
     def nbytes(self) -> int:
@@ -93,8 +99,12 @@ class Cache:
     def copy_slot(self, src: int, dst: int, n: int) -> None:
         """Give slot dst the state of slot src after its first n positions (a prompt prefilled once for
         several sequences)."""
-        for t in (*self.k.values(), *self.v.values()):
-            t[dst, :n] = t[src, :n]
+        for il in self.k:
+            for t in (self.k[il], self.v[il]):
+                if il in self.ring:          # a ring's rows are not positions: the whole of it
+                    t[dst] = t[src]
+                else:
+                    t[dst, :n] = t[src, :n]
         for t in (*self.conv.values(), *self.ssm.values()):
             t[dst] = t[src]
 

@@ -33,6 +33,8 @@ class Step:
     key_end: torch.Tensor | None = None   # [B, T] the last cache row each row attends to (its own)
     rope_swa: tuple[torch.Tensor, torch.Tensor] | None = None   # sliding-window layers' own RoPE base
     masks: dict = None               # key masks by window (attention.key_mask), built once per step
+    last_row: torch.Tensor | None = None   # [B] each sequence's last cache row written by this step
+    spare_row: int | None = None     # static steps: the row padding writes go to (a ring's own spare is its last)
 
     def key_mask(self, window: int = 0) -> torch.Tensor:
         """[B, 1, T, kv_len] bool: the cache rows each query row sees: up to its own, and with `window` > 0 only
@@ -42,6 +44,21 @@ class Step:
         if window not in self.masks:
             self.masks[window] = _key_mask(self.key_end, self.kv_len, window)
         return self.masks[window]
+
+    def ring(self, n_rows: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A sliding-window layer's cache as a ring of n_rows rows (row r holds the latest position p = r mod
+        n_rows written): where this step writes [N], and the [B, 1, T, n_rows] mask of the rows each query
+        sees. Rows holding positions a rollback discarded count as older positions: the ring is sized so
+        that those fall out of every window (ModelRunner.ring_rows)."""
+        key = ("ring", n_rows, window)
+        if self.masks is None:
+            self.masks = {}
+        if key not in self.masks:
+            pos = self.write_pos % n_rows
+            if self.spare_row is not None:
+                pos = torch.where(self.write_pos == self.spare_row, n_rows, pos)
+            self.masks[key] = (pos, _ring_mask(self.last_row, self.key_end, self.valid, n_rows, window))
+        return self.masks[key]
 
     @property
     def B(self) -> int:
@@ -68,7 +85,8 @@ class Step:
                    write_pos=rows_idx.flatten()[rows], write_rows=rows, kv_len=kv_len, mask=mask,
                    chunked=(T > 16) if chunked is None else chunked,
                    sel=slice(slots[0], slots[0] + B) if list(slots) == list(range(slots[0], slots[0] + B))
-                   else slot_index, valid_f=valid.to(torch.float32), key_end=rows_idx)
+                   else slot_index, valid_f=valid.to(torch.float32), key_end=rows_idx,
+                   last_row=start_t + n_t - 1 - shift)
 
     @classmethod
     def static(cls, slots: torch.Tensor, starts: torch.Tensor, n_tokens: torch.Tensor, T: int, kv_len: int,
@@ -86,7 +104,21 @@ class Step:
                    write_pos=torch.where(valid, rows_idx, max_len).reshape(-1),
                    write_rows=torch.arange(B * T, device=device), kv_len=kv_len,
                    mask=_key_mask(rows_idx, kv_len), chunked=False, sel=slots,
-                   valid_f=valid.to(torch.float32), key_end=rows_idx)
+                   valid_f=valid.to(torch.float32), key_end=rows_idx,
+                   last_row=starts + n_tokens - 1 - shift, spare_row=max_len)
+
+
+def _ring_mask(last_row: torch.Tensor, key_end: torch.Tensor, valid: torch.Tensor, n_rows: int,
+               window: int) -> torch.Tensor:
+    """[B, 1, T, n_rows] bool: ring row r holds position last - ((last - r) mod n_rows) of its sequence (negative:
+    never written); a query sees the positions up to its own and less than `window` back. Padding queries see
+    every row (their outputs are discarded; no query row is left without keys)."""
+    r = torch.arange(n_rows, device=key_end.device)[None, None, :]
+    last = last_row[:, None, None]
+    held = last - (last - r) % n_rows
+    end = key_end[:, :, None]
+    seen = (held >= 0) & (held <= end) & (held > end - window)
+    return (seen | ~valid[:, :, None])[:, None]
 
 
 def _key_mask(key_end: torch.Tensor, kv_len: int, window: int = 0) -> torch.Tensor:
