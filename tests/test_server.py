@@ -65,6 +65,7 @@ def test_models_and_health(server, client):
 
 def test_greedy_completion_matches_generate_with_and_without_mtp(client, reference):
     model = _model_id(client)
+    drafted = []
     for prompt in PROMPTS[:3]:
         extra = {"ignore_eos": True}
         spec = client.completions.create(model=model, prompt=prompt, max_tokens=24, temperature=0, extra_body=extra)
@@ -73,8 +74,11 @@ def test_greedy_completion_matches_generate_with_and_without_mtp(client, referen
         assert spec.choices[0].text == plain.choices[0].text == reference[prompt]
         assert spec.usage.completion_tokens == 24 and spec.choices[0].finish_reason == "length"
         timings = spec.model_extra["timings"]
-        assert timings["draft_tokens"] > 0 and timings["tokens_per_second"] > 0
-        assert plain.model_extra["timings"]["draft_tokens"] == 0
+        drafted.append(timings["draft_tokens"])
+        assert timings["tokens_per_second"] > 0 and plain.model_extra["timings"]["draft_tokens"] == 0
+    # the tuner measures drafting on the first request; on these random weights nothing is accepted, so later
+    # requests draft only when its exploration (timing-driven) comes round
+    assert drafted[0] > 0
 
 
 def test_a_request_picks_its_drafters(client, reference):
