@@ -18,7 +18,7 @@ from nextn.errors import NextnError
 from nextn.kernels.weights import QWeight
 from nextn.models.config import ModelConfig
 from nextn.parallel.shard import _take, local_config
-from nextn_dev.tiny import ARCHS, MLA
+from nextn_dev.tiny import ARCHS, MIMO, MLA
 
 PROMPT = "def fibonacci(n):"
 
@@ -33,7 +33,7 @@ def pair(tiny):
     return get
 
 
-@pytest.mark.parametrize("arch", ARCHS + MLA)
+@pytest.mark.parametrize("arch", ARCHS + MLA + MIMO)
 @pytest.mark.parametrize("spec", ["none", "mtp"])
 def test_two_ranks_decode_the_same_tokens_as_one(pair, arch, spec):
     one, two = pair(arch, spec, draft_max=3, adaptive=False)

@@ -1,7 +1,8 @@
 """Which part of each GGUF weight a rank holds under `--tp N` (Megatron-style splits, expressed on the
 file's own tensors so every rank memory-maps only its slice):
 
-- column-parallel (output rows split): attention / MLA query heads, K and V heads, Gated DeltaNet heads
+- column-parallel (output rows split): attention / MLA query heads, K and V heads (per layer where layers
+  differ), attention sinks, Gated DeltaNet heads
   (q, k, v, z, beta, alpha, conv channels, A, dt), FFN gate and up by intermediate size, expert stacks
   by expert, and the vocabulary rows of the embedding and output matrices;
 - row-parallel (input columns split): attention and DeltaNet output projections and FFN down, whose
@@ -34,12 +35,11 @@ def local_config(cfg: ModelConfig, rank: int, size: int) -> ModelConfig:
     global: routing and sampling see every expert and token)."""
     if size == 1:
         return cfg
-    if cfg.head_kv or cfg.swa:
-        raise NextnError(f"--tp {size}: {cfg.arch} (per-layer KV heads, sliding-window layers) is not split over "
-                         f"ranks yet; run it with --tp 1")
     counts = {"attention heads": cfg.n_head, "experts": cfg.n_expert}
     if not cfg.mla:
         counts["KV heads"] = cfg.n_head_kv
+    for n in sorted(set(cfg.head_kv) - {cfg.n_head_kv}):     # per-layer KV head counts (MiMo's sliding layers)
+        counts[f"KV heads of the layers with {n}"] = n
     if cfg.recurrent_layers:
         counts["linear-attention key heads"] = cfg.ssm_n_k_heads
     bad = {k: v for k, v in counts.items() if v and v % size}
@@ -51,6 +51,7 @@ def local_config(cfg: ModelConfig, rank: int, size: int) -> ModelConfig:
     if cfg.n_vocab < size:
         raise NextnError(f"--tp {size}: more ranks than the {cfg.n_vocab} vocabulary rows")
     return replace(cfg, n_head=cfg.n_head // size, n_head_kv=max(1, cfg.n_head_kv // size),
+                   head_kv=tuple(n // size for n in cfg.head_kv),
                    ssm_n_k_heads=cfg.ssm_n_k_heads // size, ssm_n_v_heads=cfg.ssm_n_v_heads // size,
                    ssm_inner=cfg.ssm_inner // size, tp_rank=rank, tp_size=size)
 
@@ -59,15 +60,16 @@ def shard(name: str, t, cfg: ModelConfig, rank: int, size: int):
     """This rank's part of tensor `name` (a QWeight or a float tensor, as the file holds it)."""
     if size == 1:
         return t
-    rule = _rule(name.split(".", 2)[2] if name.startswith("blk.") else name, cfg, rank, size, t)
+    il = int(name.split(".")[1]) if name.startswith("blk.") else None
+    rule = _rule(name.split(".", 2)[2] if il is not None else name, cfg, rank, size, t, il)
     if rule is None:
         return t
     axis, index = rule
     return _take(t, axis, index)
 
 
-def _rule(sub: str, cfg: ModelConfig, r: int, n: int, t) -> tuple[int, list[int]] | None:
-    """(axis, kept indices) for a weight named `sub` within its block; axis 0: rows (or the stack of a
+def _rule(sub: str, cfg: ModelConfig, r: int, n: int, t, il: int | None = None) -> tuple[int, list[int]] | None:
+    """(axis, kept indices) for a weight named `sub` within block `il`; axis 0: rows (or the stack of a
     stacked matrix), -1: columns. None: held whole."""
     if sub in VOCAB:
         per = -(-cfg.n_vocab // n)
@@ -81,19 +83,29 @@ def _rule(sub: str, cfg: ModelConfig, r: int, n: int, t) -> tuple[int, list[int]
         return (0 if sub in FFN_ROWS else -1), _part(f, r, n)
     if cfg.mla:
         return _mla_rule(sub, cfg, r, n)
-    if sub.startswith(("attn_qkv.", "ssm_", "attn_gate.")):
+    if il is not None and cfg.recurrent[il] and sub.startswith(("attn_qkv.", "ssm_", "attn_gate.")):
         return _deltanet_rule(sub, cfg, r, n)
-    return _attention_rule(sub, cfg, r, n)
+    return _attention_rule(sub, cfg, r, n, il)
 
 
-def _attention_rule(sub: str, cfg: ModelConfig, r: int, n: int):
-    hd = cfg.head_dim
+def _attention_rule(sub: str, cfg: ModelConfig, r: int, n: int, il: int | None):
+    hd, vd = cfg.head_dim, cfg.v_dim
+    kv = cfg.kv_heads(il) if il is not None else cfg.n_head_kv
+    heads, kv_heads = _part(cfg.n_head, r, n), _part(kv, r, n)
+    q = _rows(heads, hd * (2 if cfg.attn_output_gate else 1))
     if sub in ("attn_q.weight", "attn_q.bias"):
-        return 0, _rows(_part(cfg.n_head, r, n), hd * (2 if cfg.attn_output_gate else 1))
-    if sub in ("attn_k.weight", "attn_k.bias", "attn_v.weight", "attn_v.bias"):
-        return 0, _rows(_part(cfg.n_head_kv, r, n), hd)
+        return 0, q
+    if sub in ("attn_k.weight", "attn_k.bias"):
+        return 0, _rows(kv_heads, hd)
+    if sub in ("attn_v.weight", "attn_v.bias"):
+        return 0, _rows(kv_heads, vd)
+    if sub == "attn_qkv.weight":                             # one projection [q | k | v] (MiMo-V2 files)
+        q_all, k_all = cfg.n_head * hd * (2 if cfg.attn_output_gate else 1), kv * hd
+        return 0, q + [q_all + i for i in _rows(kv_heads, hd)] + [q_all + k_all + i for i in _rows(kv_heads, vd)]
+    if sub == "attn_sinks.weight":
+        return 0, heads
     if sub == "attn_output.weight":
-        return -1, _rows(_part(cfg.n_head, r, n), hd)
+        return -1, _rows(heads, vd)
     return None
 
 
