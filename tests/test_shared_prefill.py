@@ -74,3 +74,18 @@ def test_scheduler_holds_a_copy_until_its_sibling_is_done_or_gone():
     lone = Sequence(list(range(10)), SamplingParams(), spec, share=Sequence(list(range(10)), SamplingParams(), spec))
     sched.add(lone)
     assert lone in sched.schedule().prefill                  # a sibling that never got a slot holds nothing up
+
+
+def test_copies_of_a_wrapped_sliding_window_ring(tiny):
+    """MiMo's sliding-window layers hold rings (window + chunk + slack rows): a prompt several rings long,
+    prefilled once and copied, decodes in each copy as it does alone."""
+    import torch
+
+    engine = Engine(model=str(tiny("mimo2")), spec="mtp", n_parallel=3, prefill_chunk=16, progress=False)
+    ring = max(engine.runner.cache.ring.values())
+    ids = torch.randint(3, 300, (3 * ring,), generator=torch.Generator().manual_seed(5)).tolist()
+    sampled = [SamplingParams(max_tokens=24, temperature=0.9, seed=s, ignore_eos=True) for s in (1, 2)]
+    draft = SpecConfig(draft_max=2, adaptive=False)
+    alone = [engine.generate(ids, p, spec=draft).tokens for p in sampled]
+    together, rows = _run_together(engine, ids, sampled, draft)
+    assert together == alone and len(set(map(tuple, alone))) > 1 and rows == len(ids)

@@ -99,12 +99,8 @@ class Cache:
     def copy_slot(self, src: int, dst: int, n: int) -> None:
         """Give slot dst the state of slot src after its first n positions (a prompt prefilled once for
         several sequences)."""
-        for il in self.k:
-            for t in (self.k[il], self.v[il]):
-                if il in self.ring:          # a ring's rows are not positions: the whole of it
-                    t[dst] = t[src]
-                else:
-                    t[dst, :n] = t[src, :n]
+        for t in (*self.k.values(), *self.v.values()):      # a ring: rows 0..n-1 too, all of it once wrapped
+            t[dst, :n] = t[src, :n]
         for t in (*self.conv.values(), *self.ssm.values()):
             t[dst] = t[src]
 
