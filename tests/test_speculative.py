@@ -420,3 +420,21 @@ def test_sliding_window_rings_wrap_and_keep_output(tiny, monkeypatch):
     full, expected = run()
     assert not full.runner.cache.ring and full.runner.cache.nbytes() > ringed.runner.cache.nbytes()
     assert out == expected
+
+
+def test_ring_rows_and_masks_of_static_steps_match_built_ones():
+    """The CUDA graphs' static steps (every row written, padding to the spare row) address a ring as built
+    steps do: the same rows for real tokens, padding to the ring's own spare row, the same masks."""
+    from nextn.models.step import Step
+
+    slots, starts, n = [0, 1], [5, 70], [3, 2]
+    built = Step.build(slots, starts, n, "cpu", max_len=200, shift=1)
+    static = Step.static(torch.tensor(slots), torch.tensor(starts), torch.tensor(n), T=3, kv_len=80, max_len=200,
+                         shift=1)
+    (bpos, bmask), (spos, smask) = built.ring(20, 9), static.ring(20, 9)
+    valid = static.valid.flatten()
+    assert spos[valid].tolist() == bpos.tolist() == [4, 5, 6, 9, 10] and spos[~valid].tolist() == [20]
+    assert torch.equal(smask[built.valid[:, None, :, None].expand_as(bmask)], bmask[built.valid[:, None, :, None]
+                                                                                   .expand_as(bmask)])
+    row = bmask[1, 0, 1]                 # position 71 at row 70 (ring row 10): rows of positions 63..71 only
+    assert row.nonzero().flatten().tolist() == sorted(p % 20 for p in range(62, 71))
