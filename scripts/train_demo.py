@@ -116,6 +116,21 @@ def batches(ids: torch.Tensor, batch: int, seq: int, gen: torch.Generator):
 
 
 @torch.no_grad()
+def schedule(opt, base_lr: float, step: int, frac: float) -> float:
+    """100 steps of warm-up, then a cosine over the time budget (frac: its fraction spent) down to 0.1x."""
+    lr = base_lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+    for grp in opt.param_groups:
+        grp["lr"] = lr
+    return lr
+
+
+def update(opt, loss: torch.Tensor, params) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+
+
 def evaluate(model, mtp, ids: torch.Tensor, seq: int, depth: int, device, n_batches: int = 20) -> dict:
     gen = torch.Generator().manual_seed(1)
     it = batches(ids, 8, seq, gen)
@@ -196,18 +211,13 @@ def main(argv=None):
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     while time.time() - start < budget:
         frac = (time.time() - start) / budget
-        lr = args.lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
-        for grp in opt.param_groups:
-            grp["lr"] = lr
+        lr = schedule(opt, args.lr, step, frac)
         x = next(it).to(device)
         with amp:
             parts = losses(model, mtp, x, args.depth)
         mtp_loss = sum(w * parts[f"mtp{d + 1}"] for d, w in enumerate(MTP_DEPTH_WEIGHTS[:args.depth]))
         loss = parts["trunk"] + args.mtp_weight * mtp_loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        update(opt, loss, params)
         step += 1
         tokens += x.numel()
         if step % 50 == 0:

@@ -24,7 +24,6 @@ import argparse
 import copy
 import importlib
 import json
-import math
 import shutil
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ from safetensors.torch import save_file
 from nextn.gguf.convert import convert
 from nextn_dev.reference import mtp_head, mtp_mask, mtp_rope
 from nextn_dev.tiny import make_tokenizer
-from train_demo import MTP_DEPTH_WEIGHTS, batches, corpus_files, corpus_root, read
+from train_demo import MTP_DEPTH_WEIGHTS, batches, corpus_files, corpus_root, read, schedule, update
 
 # MiMo's names for an MTP layer's tensors, from mtp_head's (Qwen-style) module names
 MIMO_NAMES = {"fc.weight": "eh_proj.weight", "pre_fc_norm_embedding.weight": "enorm.weight",
@@ -171,16 +170,11 @@ def main(argv=None):
     budget, start, step = args.minutes * 60, time.time(), 0
     while time.time() - start < budget:
         frac = (time.time() - start) / budget
-        lr = args.lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
-        for grp in opt.param_groups:
-            grp["lr"] = lr
+        lr = schedule(opt, args.lr, step, frac)
         parts = losses(model, depths, recursive, next(it).to(device), depth)
         mtp_loss = sum(weights[d - 1] * (parts[f"depths{d}"] + parts[f"recursive{d}"]) for d in range(1, depth + 1))
         loss = parts["trunk"] + args.mtp_weight * mtp_loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        update(opt, loss, params)
         step += 1
         if step % 50 == 0:
             print(f"step {step} {(time.time() - start) / 60:.1f}min lr {lr:.2e} "
