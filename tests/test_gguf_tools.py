@@ -260,3 +260,24 @@ def test_split_model_errors_name_the_part_at_fault(forms, tmp_path):
     renamed = first.rename(tmp_path / "renamed.gguf")
     with pytest.raises(ModelFileError, match="its other parts cannot be found"):
         open_gguf(renamed)
+
+
+@pytest.mark.parametrize("arch", ["qwen35", "deepseek2", "mimo2"])
+def test_inspect_reports_the_cache_the_engine_allocates(tiny, arch):
+    """Bytes per token and per sequence: GQA rows, MLA's latent + RoPE key, recurrent state and sliding-window
+    rings as fixed costs; with and without the MTP head they add up to what an engine allocates."""
+    path = tiny(arch)
+    c = describe(open_gguf(path))["cache"]
+    cfg = Engine(model=str(path), spec="none", progress=False).model.cfg
+    attn = [il for il in range(cfg.n_layer) if not cfg.recurrent[il] and not cfg.is_swa(il)]
+    per_layer = (cfg.kv_lora_rank + cfg.n_rot) if cfg.mla else None
+    assert c["per_token"] == 4 * sum(per_layer or cfg.kv_heads(il) * (cfg.head_dim + cfg.v_dim) for il in attn)
+    assert (c["fixed"] > 0) == (arch != "deepseek2") and c["mtp_per_token"] + c["mtp_fixed"] > 0
+    for spec, per_token, fixed in (("none", c["per_token"], c["fixed"]),
+                                   ("mtp", c["per_token"] + c["mtp_per_token"], c["fixed"] + c["mtp_fixed"])):
+        engine = Engine(model=str(path), spec=spec, ctx_size=1024, draft_max=3, progress=False)
+        if spec == "mtp":                   # the native path's saved recurrent states for rollback
+            fixed += sum(t.numel() * 4 for t in (*engine.runner.cache.conv_backup.values(),
+                                                  *engine.runner.cache.ssm_backup.values()))
+        assert engine.runner.cache.nbytes() == per_token * engine.runner.rows + fixed
+    assert "kB per token" in inspect_text(describe(open_gguf(path)))

@@ -15,7 +15,7 @@ import torch
 from ..kernels import native
 from ..kernels.native import Graph
 from ..models.buffers import Buffers
-from ..models.cache import Cache
+from ..models.cache import Cache, ring_rows
 from ..models.model import Model
 from ..models.step import Step
 from .cuda_graphs import MAX_T, ShortForwards
@@ -23,12 +23,6 @@ from .sampling import draw, penalised, target
 from .sequence import Sequence
 
 SLACK = 16          # cache rows past the context limit, for draft tokens that may be rejected
-
-
-def ring_rows(cfg, max_chunk: int) -> int:
-    """Rows of a sliding-window layer's ring: the window, the longest forward's rows, and room for drafts a
-    rollback discarded (whose rows then read as positions one ring earlier, outside every window)."""
-    return cfg.n_swa + max_chunk + 2 * SLACK if any(cfg.swa) else 0
 
 
 class ModelRunner:

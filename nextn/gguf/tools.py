@@ -48,7 +48,26 @@ def describe(gf: GGUFFile) -> dict:
         "bytes": {"trunk": trunk_bytes, "mtp": mtp_bytes, "shared": other_bytes},
         "chat_template": gf.meta("tokenizer.chat_template") is not None,
         "sampling": {k[len("general.sampling."):]: gf.meta(k) for k in gf.fields if k.startswith("general.sampling.")},
+        "cache": cache_footprint(gf),
     }
+
+
+def cache_footprint(gf: GGUFFile) -> dict | None:
+    """Bytes of cache per token and fixed per sequence, as nextn allocates them on CPU (float32), for the
+    trunk and with the MTP head; None where the file does not describe a model nextn runs (a head alone)."""
+    from ..models.cache import footprint
+    from ..models.config import ModelConfig
+
+    if form_of(gf) == HEAD_ONLY:
+        return None
+    try:
+        cfg = ModelConfig.from_gguf(gf)
+    except (NextnError, ValueError, KeyError):
+        return None
+    trunk = footprint(cfg)
+    both = footprint(cfg, use_mtp=True) if gf.n_mtp else trunk
+    return {"per_token": trunk[0], "fixed": trunk[1], "mtp_per_token": both[0] - trunk[0],
+            "mtp_fixed": both[1] - trunk[1]}
 
 
 def inspect_text(info: dict) -> str:
@@ -71,6 +90,14 @@ def inspect_text(info: dict) -> str:
         f"chat template: {'yes' if info['chat_template'] else 'no'}",
         "sampling:      " + (", ".join(f"{k} {v:.4g}" for k, v in info["sampling"].items()) or "not stored (greedy)"),
     ]
+    c = info.get("cache")
+    if c:
+        fixed = (f" + {mb(c['fixed'])} per sequence (recurrent state, sliding-window rings at a 512-token chunk)"
+                 if c["fixed"] else "")
+        adds = ([f"{c['mtp_per_token'] / 1e3:.1f} kB per token"] if c["mtp_per_token"] else []) + \
+               ([f"{mb(c['mtp_fixed'])} per sequence"] if c["mtp_fixed"] else [])
+        mtp = f"; the MTP head adds {' + '.join(adds)}" if adds else ""
+        lines.append(f"cache:         {c['per_token'] / 1e3:.1f} kB per token (float32, as on CPU){fixed}{mtp}")
     return "\n".join(lines)
 
 

@@ -28,6 +28,26 @@ def _zeros(shape, dtype, device) -> torch.Tensor:
     return torch.zeros(shape, dtype=dtype, device=device)
 
 
+RING_SLACK = 32      # ring rows beyond window + chunk: room for up to 16 drafts a rollback discarded
+
+
+def ring_rows(cfg: ModelConfig, max_chunk: int) -> int:
+    """Rows of a sliding-window layer's ring: the window, the longest forward's rows, and room for drafts a
+    rollback discarded (whose rows then read as positions one ring earlier, outside every window)."""
+    return cfg.n_swa + max_chunk + RING_SLACK if any(cfg.swa) else 0
+
+
+def footprint(cfg: ModelConfig, use_mtp: bool = False, chunk: int = 512) -> tuple[int, int]:
+    """(bytes per token, fixed bytes per sequence) of the cache nextn allocates on CPU (float32) for this
+    model: attention rows (for MLA the latent and the RoPE key) grow with the context; recurrent state and
+    sliding-window rings (at a prefill chunk of `chunk`) do not."""
+    ring = ring_rows(cfg, chunk)
+    a, b = (Cache.allocate(cfg, 1, n, torch.float32, "meta", use_mtp, ring_rows=ring).nbytes()
+            for n in (ring + 1024, ring + 2048))
+    per_token = (b - a) // 1024
+    return per_token, a - per_token * (ring + 1024)
+
+
 def conv_window(buf: torch.Tensor, n: torch.Tensor, width: int) -> torch.Tensor:
     """The conv state after each sequence's first n[b] new inputs: buf [B, K-1+T, C] rows n..n+width-1, as the
     cache holds it ([B, C, width])."""
