@@ -53,7 +53,9 @@ def attention(x: torch.Tensor, w: dict, cfg: ModelConfig, step: Step, cache: Cac
         if gate is not None:
             out = out * torch.sigmoid(gate)
         return linear(out, w["attn_output.weight"])
-    n_keys = ring or step.kv_len
+    n_keys = min(ring, step.kv_len) if ring else step.kv_len     # a ring not yet full: its written rows
+    if ring:
+        ring_mask = ring_mask[..., :n_keys]
     keys, values = kc[step.sel, :n_keys], vc[step.sel, :n_keys]
     if sinks is not None:
         out = attend_with_sinks(q, keys.to(q.dtype), values.to(q.dtype),
