@@ -49,7 +49,7 @@ class Step:
         """A sliding-window layer's cache as a ring of n_rows rows (row r holds the latest position p = r mod
         n_rows written): where this step writes [N], and the [B, 1, T, n_rows] mask of the rows each query
         sees. Rows holding positions a rollback discarded count as older positions: the ring is sized so
-        that those fall out of every window (ModelRunner.ring_rows)."""
+        that those fall out of every window (cache.ring_rows)."""
         key = ("ring", n_rows, window)
         if self.masks is None:
             self.masks = {}
