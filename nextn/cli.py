@@ -117,8 +117,7 @@ LABELS = {"mtp": "MTP", "ngram": "n-gram", "draft": "draft model"}
 
 def mtp_label(engine) -> str:
     """"MTP", or with several layers in the file how many drafts go through: "MTP (3 layers)", "MTP (1 of 3 layers)"."""
-    used = engine.model.cfg.n_mtp
-    shipped = engine.file.n_mtp if engine.config.mtp_model is None else used
+    used, shipped = engine.model.cfg.n_mtp, engine.model.cfg.n_mtp_file
     if shipped <= 1 and used <= 1:
         return "MTP"
     return f"MTP ({used} layers)" if used == shipped else f"MTP ({used} of {shipped} layers)"

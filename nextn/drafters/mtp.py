@@ -36,6 +36,7 @@ class MTPDrafter(Drafter):
         self.queue_tokens: dict[int, list[int]] = {}
         self.queue_hidden: dict[int, list[torch.Tensor]] = {}
         self.positions: dict[int, int] = {}          # MTP cache holds positions 1..positions[slot]
+        self.chunk = min(256, runner.max_chunk)      # rows per torch forward of a long backlog (fits the rings)
         # several MTP layers: layer i drafts depth i + 1 from layer i - 1's output g for the same base position
         # t (its input pair: x_{t+i+1}, g_t, at position t + i + 1); its cache is caught up over the bases whose
         # token is known: waiting[i][slot] holds layer i - 1's outputs for bases from base[i][slot] on
@@ -116,7 +117,7 @@ class MTPDrafter(Drafter):
         """Run every queued pair of these slots through the MTP block: a short backlog (what a few steps
         without drafting leave) in native forwards of as many rows as the decode buffers hold, a long one
         (a prompt) through the torch forward in chunks of up to 256 rows (fewer if the prefill chunk is)."""
-        chunk = min(256, self.runner.max_chunk)
+        chunk = self.chunk
         while todo := [s for s in seqs if self.queued(s.slot)]:
             if self.runner.native and max(self.queued(s.slot) for s in todo) <= NATIVE_BACKLOG:
                 chunk = max(1, self.runner.buf.rows.max_rows // len(todo))
@@ -162,7 +163,7 @@ class MTPDrafter(Drafter):
         if not todo:
             return
         starts = [self.base[i][s.slot] - len(t) + i + 1 for s, t in zip(todo, tokens)]
-        chunk = min(256, self.runner.max_chunk)
+        chunk = self.chunk
         for c in range(0, max(len(t) for t in tokens), chunk):
             part = [(s, st + c, t[c:c + chunk], h[c:c + chunk]) for s, st, t, h in zip(todo, starts, tokens, hidden)
                     if t[c:]]

@@ -55,6 +55,7 @@ def describe(gf: GGUFFile) -> dict:
 def cache_footprint(gf: GGUFFile) -> dict | None:
     """Bytes of cache per token and fixed per sequence, as nextn allocates them on CPU (float32), for the
     trunk and with the MTP head; None where the file does not describe a model nextn runs (a head alone)."""
+    from ..engine.config import EngineConfig
     from ..models.cache import footprint
     from ..models.config import ModelConfig
 
@@ -64,10 +65,11 @@ def cache_footprint(gf: GGUFFile) -> dict | None:
         cfg = ModelConfig.from_gguf(gf)
     except (NextnError, ValueError, KeyError):
         return None
-    trunk = footprint(cfg)
-    both = footprint(cfg, use_mtp=True) if gf.n_mtp else trunk
+    chunk = EngineConfig.prefill_chunk              # the default prefill chunk sizes sliding-window rings
+    trunk = footprint(cfg, False, chunk)
+    both = footprint(cfg, True, chunk) if gf.n_mtp else trunk
     return {"per_token": trunk[0], "fixed": trunk[1], "mtp_per_token": both[0] - trunk[0],
-            "mtp_fixed": both[1] - trunk[1]}
+            "mtp_fixed": both[1] - trunk[1], "prefill_chunk": chunk}
 
 
 def inspect_text(info: dict) -> str:
@@ -92,7 +94,8 @@ def inspect_text(info: dict) -> str:
     ]
     c = info.get("cache")
     if c:
-        fixed = (f" + {mb(c['fixed'])} per sequence (recurrent state, sliding-window rings at a 512-token chunk)"
+        fixed = (f" + {mb(c['fixed'])} per sequence (recurrent state, sliding-window rings at a "
+                 f"{c['prefill_chunk']}-token chunk)"
                  if c["fixed"] else "")
         adds = ([f"{c['mtp_per_token'] / 1e3:.1f} kB per token"] if c["mtp_per_token"] else []) + \
                ([f"{mb(c['mtp_fixed'])} per sequence"] if c["mtp_fixed"] else [])

@@ -37,7 +37,7 @@ def ring_rows(cfg: ModelConfig, max_chunk: int) -> int:
     return cfg.n_swa + max_chunk + RING_SLACK if any(cfg.swa) else 0
 
 
-def footprint(cfg: ModelConfig, use_mtp: bool = False, chunk: int = 512) -> tuple[int, int]:
+def footprint(cfg: ModelConfig, use_mtp: bool, chunk: int) -> tuple[int, int]:
     """(bytes per token, fixed bytes per sequence) of the cache nextn allocates on CPU (float32) for this
     model: attention rows (for MLA the latent and the RoPE key) grow with the context; recurrent state and
     sliding-window rings (at a prefill chunk of `chunk`) do not."""

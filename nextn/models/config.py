@@ -69,6 +69,7 @@ class ModelConfig:
     head_kv: tuple[int, ...] = ()     # per-block KV head counts where they differ (empty: n_head_kv everywhere)
     attn_value_scale: float = 1.0     # values scaled before attention (MiMo-V2)
     # tensor parallelism (parallel.shard): this rank's place; head counts above are then this rank's
+    n_mtp_file: int = 0               # MTP layers in the file holding them (n_mtp: those loaded, --mtp-layers)
     tp_rank: int = 0
     tp_size: int = 1
 
@@ -163,7 +164,7 @@ class ModelConfig:
             tail = theirs[head.n_layer:head.n_layer + n] if len(theirs) == head.n_layer + head.n_mtp else (fill,) * n
             return (mine[:self.n_layer] or (fill,) * self.n_layer) + tuple(tail)
 
-        return replace(self, n_mtp=n, recurrent=self.recurrent[:self.n_layer] + (False,) * n,
+        return replace(self, n_mtp=n, n_mtp_file=head.n_mtp, recurrent=self.recurrent[:self.n_layer] + (False,) * n,
                        swa=extend(self.swa, head.swa, False), head_kv=extend(self.head_kv, head.head_kv, self.n_head_kv))
 
     @classmethod

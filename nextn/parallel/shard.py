@@ -21,6 +21,7 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q
 
 from ..errors import NextnError
+from ..gguf.reader import block_index
 from ..kernels.weights import QWeight
 from ..models.config import ModelConfig
 
@@ -60,7 +61,7 @@ def shard(name: str, t, cfg: ModelConfig, rank: int, size: int):
     """This rank's part of tensor `name` (a QWeight or a float tensor, as the file holds it)."""
     if size == 1:
         return t
-    il = int(name.split(".")[1]) if name.startswith("blk.") else None
+    il = block_index(name)
     rule = _rule(name.split(".", 2)[2] if il is not None else name, cfg, rank, size, t, il)
     if rule is None:
         return t
