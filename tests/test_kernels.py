@@ -289,3 +289,21 @@ def _resident_bytes(path) -> int:
             elif inside and head and head[0] == "Rss:":
                 total += int(head[1]) * 1024
     return total
+
+
+def test_argmax_is_the_first_index_of_the_largest_value():
+    from nextn.kernels import ops
+    V = 3 * 512 + 37                                    # whole blocks and a tail
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(8, V, generator=g)
+    plants = [[5, 900], [1200, 1300], [V - 3, V - 1], [0, 700], [1536, V - 1], [600, 601], [511, 512], [1100]]
+    for r, where in enumerate(plants):
+        x[r, where] = 9.0                              # ties: the first wins
+    x[3, 700] = float("nan")                           # NaN never wins
+    x[7, 10] = float("nan")
+    ids = torch.zeros(8, dtype=torch.int32)
+    ops.argmax(x, ids, 8)
+    assert ids.tolist() == [w[0] for w in plants]
+    x[6] = -torch.arange(V, dtype=torch.float32)       # the largest value at index 0
+    ops.argmax(x, ids, 8)
+    assert ids[6] == 0

@@ -23,6 +23,7 @@ struct Vec {
     static Vec two(float lo, float hi) { return {_mm512_insertf32x8(_mm512_set1_ps(lo), _mm256_set1_ps(hi), 1)}; }
     static Vec load(const float* p) { return {_mm512_loadu_ps(p)}; }
     void store(float* p) const { _mm512_storeu_ps(p, v); }
+    void stream(float* p) const { _mm512_stream_ps(p, v); }   // non-temporal; p 64-byte aligned
     // 16 signed / unsigned bytes (or 16-bit values) widened to floats
     static Vec from_i8(const int8_t* p) { return {_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)))}; }
     static Vec from_u8x16(__m128i b) { return {_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b))}; }
@@ -66,6 +67,7 @@ struct Vec {
     static Vec two(float lo, float hi) { return {_mm256_set1_ps(lo), _mm256_set1_ps(hi)}; }
     static Vec load(const float* p) { return {_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
     void store(float* p) const { _mm256_storeu_ps(p, lo); _mm256_storeu_ps(p + 8, hi); }
+    void stream(float* p) const { _mm256_stream_ps(p, lo); _mm256_stream_ps(p + 8, hi); }
     static Vec from_i8x16(__m128i b) {
         return {_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8)))};
     }
@@ -119,6 +121,7 @@ struct Vec {
     static Vec two(float lo, float hi) { Vec r; for (int i = 0; i < 16; i++) r.x[i] = i < 8 ? lo : hi; return r; }
     static Vec load(const float* p) { Vec r; std::memcpy(r.x, p, sizeof r.x); return r; }
     void store(float* p) const { std::memcpy(p, x, sizeof x); }
+    void stream(float* p) const { store(p); }
     static Vec from_i8(const int8_t* p) { Vec r; for (int i = 0; i < 16; i++) r.x[i] = (float)p[i]; return r; }
     static Vec from_f16(const uint16_t* p);
     static Vec from_bf16(const uint16_t* p) {
@@ -167,6 +170,13 @@ inline Vec vexp(Vec x) {
 }
 inline Vec vsilu(Vec x) { return x / (Vec::set1(1.0f) + vexp(Vec::set1(0.0f) - x)); }
 inline Vec vsigmoid(Vec x) { return Vec::set1(1.0f) / (Vec::set1(1.0f) + vexp(Vec::set1(0.0f) - x)); }
+
+// orders the non-temporal stores (Vec::stream) before what follows
+#if defined(NX_HAVE_SSE)
+inline void stream_fence() { _mm_sfence(); }
+#else
+inline void stream_fence() {}
+#endif
 
 // The one reduction order of 16 lanes: halves (i + 8), then quarters (i + 4), pairs (i + 2), last pair.
 #if defined(NX_HAVE_SSE)
