@@ -71,6 +71,14 @@ def matmul(x: torch.Tensor, w: QWeight, y: torch.Tensor, rows, bias: torch.Tenso
                    *_rows(rows)])
 
 
+def matmul_heads(x: torch.Tensor, x_head_stride: int, w: QWeight, y: torch.Tensor, y_head_stride: int, rows) -> None:
+    """y[r, h] = w[h] @ x[r, h] for each matrix h of the stack w [H, N, K]: head h reads K values of x from
+    column h * x_head_stride and writes N of y from column h * y_head_stride (weights decoded exactly)."""
+    H, N, K = w.shape
+    run("matmul_heads", [p(x), x.stride(0), x_head_stride, p(w.data), int(w.qtype), w.row_bytes, N, K, N * w.row_bytes,
+                         p(y), y.stride(0), y_head_stride, H, *_rows(rows)])
+
+
 def embed(tokens: torch.Tensor, w: QWeight, out: torch.Tensor, rows) -> None:
     run("embed", [p(tokens), p(w.data), int(w.qtype), w.row_bytes, w.K, p(out), out.stride(0), *_rows(rows)])
 
@@ -119,6 +127,17 @@ def attention(q, k, v, kcache, vcache, rows: Rows, out, *, n_head: int, n_kv: in
     run("attention", [p(q), q.stride(0), q_head_stride, p(k), k.stride(0), p(v), v.stride(0), p(kcache), p(vcache),
                       kcache.stride(0), n_head, n_kv, head_dim, n_rot, shift, rows.ptr, p(out), out.stride(0)],
         [theta, head_dim ** -0.5])
+
+
+def mla_attention(q, q_head_stride: int, nope: int, q_lat, c, k_pe, lat_cache, pe_cache, rows: Rows, out, *, n_head: int,
+                  kv_lora_rank: int, n_rot: int, inv_freq: torch.Tensor, rope_scale: float, scale: float,
+                  shift: int = 0) -> None:
+    """Multi-head Latent Attention, absorbed: RoPE (adjacent pairs) on each head's q_pe (in q, in place) and
+    on k_pe; the latent c and the rotated k_pe into the caches at row (position - shift); per head, scores
+    q_lat . c_j + q_pe . pe_j over the sequence's rows, out = the softmax-weighted latents [rows, H * kvr]."""
+    run("mla_attention", [p(q), q.stride(0), q_head_stride, nope, p(q_lat), q_lat.stride(0), p(c), c.stride(0), p(k_pe),
+                          k_pe.stride(0), p(lat_cache), p(pe_cache), lat_cache.stride(0), pe_cache.stride(0), n_head,
+                          kv_lora_rank, n_rot, shift, p(inv_freq), rows.ptr, p(out), out.stride(0)], [rope_scale, scale])
 
 
 def deltanet(*, qkv, z, b, alpha, conv_state, conv_w, ssm, A, dt_bias, norm_w, out, hk, hv, dk, dv, kernel,

@@ -7,6 +7,7 @@ import torch
 
 from ..kernels.ops import Rows
 from .config import ModelConfig
+from .mla import mla_buffers
 
 
 def _width(layers: list[dict], name: str, default: int = 0) -> int:
@@ -26,10 +27,12 @@ class Buffers:
         self.logits = f(R, n_vocab)
         # tensor parallel: this rank's vocabulary columns, before they are gathered into `logits`
         self.vocab_part = f(R, -(-n_vocab // cfg.tp_size)) if cfg.tp_size > 1 else None
-        self.q = f(R, _width(layers, "attn_q.weight", 1))
+        self.q = f(R, max(_width(layers, "attn_q.weight", 1), _width(layers, "attn_q_b.weight")))
         self.k = f(R, _width(layers, "attn_k.weight", 1))
         self.v = f(R, _width(layers, "attn_v.weight", 1))
-        self.att = f(R, max(cfg.n_head * cfg.head_dim, 1))
+        self.att = f(R, max(cfg.n_head * cfg.head_dim, cfg.n_head * cfg.v_dim, 1))
+        if cfg.mla:
+            vars(self).update(mla_buffers(cfg, R))
         ff = max(_width(layers, "ffn_gate.weight"), _width(layers, "ffn_gate_shexp.weight"), 1)
         self.ff_gate, self.ff_up, self.shared = f(R, ff), f(R, ff), f(R, D)
         self.router = f(R, cfg.n_expert + 1)

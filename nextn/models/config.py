@@ -139,9 +139,10 @@ class ModelConfig:
 
     @property
     def torch_decode(self) -> bool:
-        """Decode runs the torch forward on CPU too: the native ops cover neither MLA nor attention sinks,
-        sliding windows and value heads narrower than keys (MiMo-V2)."""
-        return self.mla or self.arch in SWA_ARCHS
+        """Decode runs the torch forward on CPU too: the native ops cover neither attention sinks, sliding
+        windows and value heads narrower than keys (MiMo-V2), nor MLA latents of a size that is not a
+        multiple of 16."""
+        return self.arch in SWA_ARCHS or (self.mla and (self.kv_lora_rank % 16 or self.n_rot > 256 or self.n_rot % 2))
 
     def is_moe_layer(self, il: int) -> bool:
         return self.n_expert > 0 and il >= self.n_leading_dense

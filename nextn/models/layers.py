@@ -57,13 +57,18 @@ def l2_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 def rope_tables(positions: torch.Tensor, n_rot: int, theta: float, dtype: torch.dtype, yarn: tuple | None = None):
     """cos/sin tables of shape [B, T, 1, n_rot] (each frequency twice). yarn: (factor, original context,
     beta_fast, beta_slow, cos/sin factor) interpolates the low frequencies (YaRN)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, n_rot, 2, dtype=torch.float32) / n_rot))
-    scale = 1.0
-    if yarn is not None:
-        inv_freq, scale = yarn_inv_freq(inv_freq, n_rot, theta, *yarn[:4]), yarn[4]
+    inv_freq, scale = rope_inv_freq(n_rot, theta, yarn)
     freqs = positions.float()[..., None] * inv_freq.to(positions.device)
     emb = torch.cat((freqs, freqs), dim=-1)[:, :, None, :]
     return (emb.cos() * scale).to(dtype), (emb.sin() * scale).to(dtype)
+
+
+def rope_inv_freq(n_rot: int, theta: float, yarn: tuple | None = None) -> tuple[torch.Tensor, float]:
+    """RoPE's n_rot / 2 frequencies (float32) and the factor on cos and sin (YaRN's; else 1)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, n_rot, 2, dtype=torch.float32) / n_rot))
+    if yarn is None:
+        return inv_freq, 1.0
+    return yarn_inv_freq(inv_freq, n_rot, theta, *yarn[:4]), yarn[4]
 
 
 def yarn_inv_freq(inv_freq: torch.Tensor, dim: int, theta: float, factor: float, orig_ctx: int, beta_fast: float,

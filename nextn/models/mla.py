@@ -17,10 +17,11 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..kernels import ops
 from ..kernels.weights import QWeight
 from .cache import Cache
 from .config import ModelConfig
-from .layers import linear, rms_norm
+from .layers import linear, rms_norm, rope_inv_freq
 from .step import Step
 
 
@@ -109,3 +110,39 @@ def _expanded(q_nope, q_pe, keys_lat, keys_pe, w: dict, cfg: ModelConfig, mask) 
     out = F.scaled_dot_product_attention(q.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2),
                                          attn_mask=mask, scale=softmax_scale(cfg))
     return out.transpose(1, 2)
+
+
+def mla_native(w: dict, cfg: ModelConfig, cache: Cache, il: int, x: torch.Tensor, out: torch.Tensor, buf, rows,
+               shift: int = 0) -> None:
+    """The absorbed form on the decode buffers (x: normed input, out: attention output), for a few rows per
+    sequence: the per-head W_UK and W_UV products in one op each (ops.matmul_heads), the attention over the
+    cached latents in one (ops.mla_attention)."""
+    H, nope, rope, kvr, dv, eps = cfg.n_head, cfg.qk_nope, cfg.n_rot, cfg.kv_lora_rank, cfg.v_head_dim, cfg.rms_eps
+    q = buf.q[:, :H * (nope + rope)]
+    if "attn_q_a.weight" in w:
+        ops.matmul(x, w["attn_q_a.weight"], buf.mla_qa, rows)
+        ops.rmsnorm(buf.mla_qa, w["attn_q_a_norm.weight"], buf.mla_qa_normed, eps, rows)
+        ops.matmul(buf.mla_qa_normed, w["attn_q_b.weight"], q, rows)
+    else:
+        ops.matmul(x, w["attn_q.weight"], q, rows)
+    kv = buf.mla_kv
+    ops.matmul(x, w["attn_kv_a_mqa.weight"], kv, rows)
+    ops.rmsnorm(kv[:, :kvr], w["attn_kv_a_norm.weight"], buf.mla_c, eps, rows)
+    ops.matmul_heads(q, nope + rope, w["attn_k_b.weight"], buf.mla_qlat, kvr, rows)
+    lat, pe = cache.k[il], cache.v[il]               # [slots, rows, 1, kv_lora_rank], [slots, rows, 1, n_rot]
+    ops.mla_attention(q, nope + rope, nope, buf.mla_qlat, buf.mla_c, kv[:, kvr:], lat, pe, rows, buf.mla_out,
+                      n_head=H, kv_lora_rank=kvr, n_rot=rope, inv_freq=buf.mla_inv_freq, rope_scale=buf.mla_rope_scale,
+                      scale=softmax_scale(cfg), shift=shift)
+    att = buf.att[:, :H * dv]
+    ops.matmul_heads(buf.mla_out, kvr, w["attn_v_b.weight"], att, dv, rows)
+    ops.matmul(att, w["attn_output.weight"], out, rows)
+
+
+def mla_buffers(cfg: ModelConfig, R: int) -> dict:
+    """The native MLA forward's workspace (models.buffers)."""
+    f = lambda *shape: torch.zeros(*shape, dtype=torch.float32)   # noqa: E731
+    inv_freq, scale = rope_inv_freq(cfg.n_rot, cfg.rope_theta, cfg.yarn)
+    kvr, H = cfg.kv_lora_rank, cfg.n_head
+    return dict(mla_qa=f(R, max(cfg.q_lora_rank, 1)), mla_qa_normed=f(R, max(cfg.q_lora_rank, 1)),
+                mla_kv=f(R, kvr + cfg.n_rot), mla_c=f(R, kvr), mla_qlat=f(R, H * kvr), mla_out=f(R, H * kvr),
+                mla_inv_freq=inv_freq.contiguous(), mla_rope_scale=float(scale))

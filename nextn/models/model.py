@@ -23,7 +23,7 @@ from ..gguf.reader import GGUFFile, block_index
 from ..kernels import native, ops, weights
 from ..kernels.weights import GPU_TYPES, QWeight, from_gguf, row_range, take_rows
 from .attention import attention, attention_native
-from .mla import mla_attention
+from .mla import mla_attention, mla_native
 from .buffers import Buffers
 from .cache import Cache
 from .config import HYBRID_ARCHS, SWA_ARCHS, ModelConfig
@@ -44,6 +44,7 @@ MLA_REQUIRED = ("attn_norm.weight", "attn_kv_a_mqa.weight", "attn_kv_a_norm.weig
 MTP_REQUIRED = ("nextn.eh_proj.weight", "nextn.enorm.weight", "nextn.hnorm.weight")
 DENSE = ("ssm_conv1d.weight",)       # read elementwise by the kernels, never multiplied: plain float tensors
 EMBEDDINGS = ("token_embd.weight", "nextn.embed_tokens.weight")   # tables read by row (kept in the file's layout)
+PER_HEAD = ("attn_k_b.weight", "attn_v_b.weight")   # MLA's per-head stacks: ops.matmul_heads reads the file's layout
 
 
 class Model:
@@ -85,7 +86,7 @@ class Model:
                 t = _place(shard(name, from_gguf(src.tensor(name), src.path), cfg, rank, size), name, device, dtype)
                 if isinstance(t, QWeight):
                     t.int8 = int8
-                    if t.packable and t.qtype in weights.PACK_TYPES and not name.endswith(EMBEDDINGS):
+                    if t.packable and t.qtype in weights.PACK_TYPES and not name.endswith(EMBEDDINGS + PER_HEAD):
                         t = _pack(t, src.tensor(name))
                 il = block_index(name)
                 if il is None:
@@ -221,11 +222,13 @@ class Model:
         ops.rmsnorm(buf.x, w["attn_norm.weight"], buf.h, cfg.rms_eps, rows)
         if cfg.recurrent[il]:
             deltanet_native(w, cfg, cache, il, buf.h, buf.mix, buf, rows, save)
+        elif cfg.mla:
+            mla_native(w, cfg, cache, il, buf.h, buf.mix, buf, rows, shift)
         else:
             attention_native(w, cfg, cache, il, buf.h, buf.mix, buf, rows, shift)
         self._sum_native(buf.mix, rows)
         ops.add(buf.x, buf.mix, buf.x, rows)
-        ops.rmsnorm(buf.x, w["post_attention_norm.weight"], buf.h, cfg.rms_eps, rows)
+        ops.rmsnorm(buf.x, w.get("post_attention_norm.weight", w.get("ffn_norm.weight")), buf.h, cfg.rms_eps, rows)
         if "ffn_gate_inp.weight" in w:
             moe_native(w, cfg, buf.h, buf.mix, buf, rows)
         else:

@@ -15,7 +15,8 @@ using OpFn = void (*)(const Args&);
 // Order matters: op ids are indices into this list (nextn/kernels/native.py reads the names).
 #define NX_OPS(X) \
     X(matmul) X(dequant) X(embed) X(rmsnorm) X(add) X(silu_mul) X(sigmoid_mul) X(add_gated) X(argmax) \
-    X(attention) X(deltanet) X(deltanet_commit) X(moe_route) X(moe_experts) X(copy_rows) X(probs) X(penalize) X(repack)
+    X(attention) X(deltanet) X(deltanet_commit) X(moe_route) X(moe_experts) X(copy_rows) X(probs) X(penalize) X(repack) \
+    X(matmul_heads) X(mla_attention)
 
 enum OpId {
 #define NX_ENUM(name) OP_##name,
