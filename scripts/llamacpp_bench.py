@@ -9,7 +9,8 @@ as `nextn generate --json` in a fresh process per measurement (its load is not t
 the process's peak RSS are). Each repeat runs llama.cpp, then each nextn configuration, so drift in
 machine speed hits every engine alike; the table gives medians. `--llama-mtp` adds llama.cpp's own
 MTP speculation (`--spec-type draft-mtp --spec-draft-n-max 3`). The bandwidth limit is the weight
-bytes a plain decode step reads (every tensor but the embedding) divided into what this machine reads
+bytes a plain decode step reads (every tensor but the embedding; of expert stacks, the share of the
+experts a token is routed to) divided into what this machine reads
 per second (a torch sum over 1 GiB with the same threads).
 """
 
@@ -42,8 +43,12 @@ def bytes_per_token(path: Path) -> int:
     from nextn.gguf.forms import is_mtp_tensor
 
     gf = open_gguf(path)
-    return sum(t.n_bytes for n, t in gf.tensors.items() if n != "token_embd.weight" and not is_mtp_tensor(gf, n)) + \
-        (gf.tensors["token_embd.weight"].n_bytes if "output.weight" not in gf.tensors else 0)
+    used = gf.arch_meta("expert_used_count", 0) / max(gf.arch_meta("expert_count", 0), 1)   # MoE: the routed experts only
+
+    def read(name: str, t) -> float:
+        return t.n_bytes * used if "_exps." in name else t.n_bytes
+    return int(sum(read(n, t) for n, t in gf.tensors.items() if n != "token_embd.weight" and not is_mtp_tensor(gf, n)) +
+               (gf.tensors["token_embd.weight"].n_bytes if "output.weight" not in gf.tensors else 0))
 
 
 def run_nextn(path: Path, threads: int, n: int, spec: str) -> tuple[float, float, dict]:
