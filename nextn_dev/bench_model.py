@@ -4,9 +4,9 @@ qwen35: the real-size Qwen3.5 of 1.03 B parameters: hidden 1024, 24 layers (full
 intermediate 3584, 8 heads of 256, 2 KV heads, 16 + 16 linear-attention heads of 128, vocabulary 248,320,
 untied output, one MTP block.
 mla: a GLM-4.7-Flash-shaped deepseek2 model of 0.84 B parameters (MTP block included; about 0.24 B read per
-token): hidden 1024, 8 layers (the
-first dense), 16 heads, MLA with q_lora 768, kv_lora 512, no-RoPE / RoPE / value heads of 128 / 64 / 128,
-32 routed experts of 768 (4 per token) and one shared, vocabulary 65,536, one MTP block.
+token): hidden 1024, 8 layers (the first dense), 16 heads, MLA with q_lora 768, kv_lora 512, no-RoPE / RoPE /
+value heads of 128 / 64 / 128, 32 routed experts of 768 (4 per token) and one shared, vocabulary 65,536, one
+MTP block.
 """
 
 from __future__ import annotations
