@@ -11,7 +11,7 @@ from nextn.models.step import Step
 
 ARCHS = ["qwen35", "qwen35moe", "qwen3next", "glm4moe", "deepseek2", "glm4moelite", "mimo2"]
 # MLA and MiMo's sliding windows with sinks decode through the torch forward on CPU
-NATIVE_ARCHS = [a for a in ARCHS if a != "mimo2"]      # MiMo-V2 decodes through the torch forward on CPU too
+NATIVE_ARCHS = ARCHS
 
 
 def _hf(path):

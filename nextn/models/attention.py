@@ -90,9 +90,9 @@ def attend_with_sinks(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
 def attention_native(w: dict, cfg: ModelConfig, cache: Cache, il: int, x: torch.Tensor, out: torch.Tensor, buf,
                      rows, shift: int = 0) -> None:
     """The same on the decode buffers, for a few rows per sequence (x: normed input, out: attention output)."""
-    hd, nh, nkv = cfg.head_dim, cfg.n_head, cfg.n_head_kv
+    hd, vd, nh, nkv = cfg.head_dim, cfg.v_dim, cfg.n_head, cfg.kv_heads(il)
     qw = nh * hd * (2 if cfg.attn_output_gate else 1)
-    q, k, v = buf.q[:, :qw], buf.k[:, :nkv * hd], buf.v[:, :nkv * hd]
+    q, k, v = buf.q[:, :qw], buf.k[:, :nkv * hd], buf.v[:, :nkv * vd]
     ops.matmul(x, w["attn_q.weight"], q, rows, w.get("attn_q.bias"))
     ops.matmul(x, w["attn_k.weight"], k, rows, w.get("attn_k.bias"))
     ops.matmul(x, w["attn_v.weight"], v, rows, w.get("attn_v.bias"))
@@ -101,9 +101,12 @@ def attention_native(w: dict, cfg: ModelConfig, cache: Cache, il: int, x: torch.
         ops.rmsnorm(q, w["attn_q_norm.weight"], q, cfg.rms_eps, rows, dim=hd, groups=nh, group_in=q_stride,
                     group_out=q_stride)
         ops.rmsnorm(k, w["attn_k_norm.weight"], k, cfg.rms_eps, rows, dim=hd, groups=nkv)
-    att = buf.att[:, :nh * hd]
+    att = buf.att[:, :nh * vd]
+    swa = cfg.is_swa(il)
     ops.attention(q, k, v, cache.k[il], cache.v[il], rows, att, n_head=nh, n_kv=nkv, head_dim=hd, n_rot=cfg.n_rot,
-                  theta=cfg.rope_theta, q_head_stride=q_stride, shift=shift)
+                  theta=(cfg.rope_theta_swa or cfg.rope_theta) if swa else cfg.rope_theta, q_head_stride=q_stride,
+                  shift=shift, v_dim=vd, window=cfg.n_swa if swa else 0, ring=cache.ring.get(il, 0),
+                  sinks=w.get("attn_sinks.weight"), v_scale=cfg.attn_value_scale)
     if cfg.attn_output_gate:
         ops.sigmoid_mul(att, q[:, hd:], att, rows, dim=hd, groups=nh, group_x=hd, group_gate=2 * hd, group_out=hd)
     ops.matmul(att, w["attn_output.weight"], out, rows)

@@ -139,10 +139,11 @@ class ModelConfig:
 
     @property
     def torch_decode(self) -> bool:
-        """Decode runs the torch forward on CPU too: the native ops cover neither attention sinks, sliding
-        windows and value heads narrower than keys (MiMo-V2), nor MLA latents of a size that is not a
-        multiple of 16."""
-        return self.arch in SWA_ARCHS or (self.mla and (self.kv_lora_rank % 16 or self.n_rot > 256 or self.n_rot % 2))
+        """Decode runs the torch forward on CPU too: the native ops need value heads and MLA latents in whole
+        vectors of 16 and RoPE parts of at most 256."""
+        if self.mla:
+            return bool(self.kv_lora_rank % 16 or self.n_rot > 256 or self.n_rot % 2)
+        return bool(self.v_dim % 16 or self.n_rot > 512)
 
     def is_moe_layer(self, il: int) -> bool:
         return self.n_expert > 0 and il >= self.n_leading_dense
