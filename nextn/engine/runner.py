@@ -34,7 +34,7 @@ class ModelRunner:
         native.set_threads(threads or native.default_threads())
         torch.set_num_threads(native.threads())
         self.use_mtp = use_mtp and model.use_mtp
-        self.native = self.device.type == "cpu" and not model.cfg.torch_decode    # no native op for MLA, sinks, SWA
+        self.native = self.device.type == "cpu" and not model.cfg.torch_decode    # (torch_decode: shapes the ops lack)
         self.rows = max_len + SLACK
         self.max_step_rows = n_slots * (max_draft + 1)
         # CUDA: short forwards as graphs (not for MoE: routing reads expert counts on the host)
