@@ -13,6 +13,17 @@ from gguf import GGUFReader
 RECORDING = Path(__file__).resolve().parents[1] / "tests" / "data" / "llamacpp_keys.json"
 BULKY = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type")
 FORMS = ("bundled", "mtp", "no-mtp")
+# published-shape checkpoints with a RoPE context extension (nextn_dev.tiny.scaled_rope), recorded in their
+# bundled form under "rope" (not MiMo-V2: its own config form carries no rope_parameters that transformers reads;
+# tests/test_parity.py checks its YaRN in transformers' form)
+ROPE_CASES = {
+    "qwen35-yarn": ("qwen35", {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 256}),
+    "qwen35moe-yarn-attention-factor": ("qwen35moe", {"rope_type": "yarn", "factor": 4.0, "attention_factor": 0.9,
+                                                      "original_max_position_embeddings": 256}),
+    "qwen3next-yarn-betas": ("qwen3next", {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 128,
+                                           "beta_fast": 16.0, "beta_slow": 2.0}),
+    "glm4moe-linear": ("glm4moe", {"rope_type": "linear", "factor": 2.0}),
+}
 
 
 def summary(path: str | Path) -> dict:
@@ -22,6 +33,11 @@ def summary(path: str | Path) -> dict:
     tensors = {t.name: [t.tensor_type.name, [int(x) for x in t.shape], hashlib.sha256(t.data.tobytes()).hexdigest()[:16]]
                for t in r.tensors}
     return {"keys": keys, "tensors": tensors}
+
+
+def keys_only(s: dict) -> dict:
+    """A summary without its tensors (the ROPE_CASES differ from the plain checkpoints in metadata only)."""
+    return {"keys": s["keys"], "tensors": {}}
 
 
 def recording() -> dict:

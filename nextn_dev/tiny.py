@@ -113,6 +113,18 @@ def _config(arch: str, vocab: int, n_layer: int):
     raise ValueError(f"unknown arch {arch!r} (choose from {ARCHS + MLA + MIMO})")
 
 
+def scaled_rope(arch: str, **scaling) -> dict:
+    """The tiny config's own rope_parameters of `arch` with a context extension added (e.g. rope_type='yarn',
+    factor=4.0, original_max_position_embeddings=256); MiMo's go to its full-attention layers only."""
+    cfg, _ = _config(arch, 320, 2)
+    rope = json.loads(json.dumps(cfg.rope_parameters))
+    if "full_attention" in rope:
+        rope["full_attention"].update(scaling)
+    else:
+        rope.update(scaling)
+    return rope
+
+
 def _randomize(state: dict, zero_centered: bool, gen: torch.Generator) -> dict:
     """Give norms and gates non-trivial values so parity tests exercise them."""
     for name, t in state.items():

@@ -15,7 +15,8 @@ For each family a tiny random checkpoint in the shape its authors publish (nextn
   (`--spec-type draft-mtp`) on the bundled file and on trunk-only + `-md mtp-*.gguf` with llama.cpp's
   plain greedy output; its draft and acceptance counts are printed next to nextn's with k = 3 (equal
   counts mean equal drafts).
-"demo" is the bundled demo model (nextn's file) through the second direction only.
+"demo" is the bundled demo model (nextn's file) through the second direction only; the names of
+nextn_dev.interop.ROPE_CASES (e.g. qwen35-yarn) are checkpoints with a RoPE context extension.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ from gguf import GGUFValueType
 from nextn.gguf.tools import _copy_metadata, _copy_tensors, extract_mtp, strip_mtp
 from nextn.gguf.writer import write_gguf
 from nextn.models.loader import DEMO_MODEL
-from nextn_dev.tiny import load_reference, make_checkpoint
+from nextn_dev.interop import ROPE_CASES
+from nextn_dev.tiny import load_reference, make_checkpoint, scaled_rope
 
 PROMPT = "import os\nimport sys\n\n\ndef main(argv):\n    \"\"\"Parse the command line and run.\"\"\"\n"
 
@@ -240,7 +242,9 @@ def main():
                 if name == "demo":
                     results[name] = check_model(args.server, DEMO_MODEL, args.n, tmp=tmp)
                     continue
-                hf = make_checkpoint(tmp / f"{name}.hf", name, published=True)
+                arch, rope = ROPE_CASES[name] if name in ROPE_CASES else (name, None)
+                hf = make_checkpoint(tmp / f"{name}.hf", arch, published=True,
+                                     rope=scaled_rope(arch, **rope) if rope else None)
                 there = check_llamacpp_file(args.llama_dir, hf, args.n, tmp)
                 ours = convert(hf, tmp / f"nextn-{name}.gguf", outtype="f32", progress=False)
                 print("  nextn's conversion in llama.cpp:")

@@ -4,7 +4,8 @@
 
 For each architecture a tiny random checkpoint in the published shape (nextn_dev/published.py) is
 converted by llama.cpp's own `convert_hf_to_gguf.py` (through scripts/llamacpp_convert.py) in the
-bundled, --mtp and --no-mtp forms (DeepSeek-V3: --no-mtp only, its converter drops the MTP layer). Recorded per form: every metadata key with its value (token
+bundled, --mtp and --no-mtp forms (DeepSeek-V3: --no-mtp only, its converter drops the MTP layer), and the
+checkpoints of nextn_dev.interop.ROPE_CASES (a RoPE context extension) in the bundled form, keys only. Recorded per form: every metadata key with its value (token
 lists and merges by count) and every tensor with its type, shape and a hash of its bytes. `--check` compares
 `nextn convert` of the same checkpoints with the recording and prints the differences instead.
 The tests compare nextn's converter with this recording without needing llama.cpp.
@@ -20,8 +21,8 @@ import tempfile
 from pathlib import Path
 
 from nextn.gguf.convert import convert
-from nextn_dev.interop import RECORDING, differences, recording, summary
-from nextn_dev.tiny import ARCHS, MLA, make_checkpoint
+from nextn_dev.interop import RECORDING, ROPE_CASES, differences, keys_only, recording, summary
+from nextn_dev.tiny import ARCHS, MLA, make_checkpoint, scaled_rope
 
 FORMS = {"bundled": [], "mtp": ["--mtp"], "no-mtp": ["--no-mtp"]}
 # llama.cpp's converter drops DeepSeek-V3's MTP layer (skip_mtp) and refuses --mtp / --no-mtp for it: its plain
@@ -58,7 +59,7 @@ def main() -> None:
     record = recording() if RECORDING.exists() else {}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        for arch in args.archs.split(","):
+        for arch in [a for a in args.archs.split(",") if a]:
             hf = make_checkpoint(tmp / arch, arch, published=True)
             for form in ONLY.get(arch, FORMS):
                 if args.check:
@@ -70,6 +71,16 @@ def main() -> None:
                     out = llamacpp_convert(llama, hf, tmp / f"ll-{arch}-{form}.gguf", form, arch)
                     record.setdefault("archs", {}).setdefault(arch, {})[form] = summary(out)
                     print(f"{arch} {form}: recorded {len(record['archs'][arch][form]['keys'])} keys")
+        for name, (arch, scaling) in ROPE_CASES.items():
+            hf = make_checkpoint(tmp / name, arch, published=True, rope=scaled_rope(arch, **scaling))
+            if args.check:
+                ours = keys_only(summary(convert(hf, tmp / f"nx-{name}.gguf", outtype="f32", progress=False)))
+                found = differences(record["rope"][name], ours)
+                print(f"{name}: " + ("\n  ".join(["differs:"] + found) if found else "same"))
+            else:
+                record.setdefault("rope", {})[name] = keys_only(summary(llamacpp_convert(
+                    llama, hf, tmp / f"ll-{name}.gguf", "bundled", arch)))
+                print(f"{name}: recorded")
     if not args.check:
         record["converter"] = versions(llama)
         RECORDING.parent.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
 """Bad input ends in one clear message naming the file and the problem, never a deep traceback."""
 
+import json
 import subprocess
 import sys
 
@@ -160,10 +161,30 @@ def test_an_undecodable_prompt_is_refused_before_anything_is_printed(tmp_path):
         "nextn: error: the prompt is not valid UTF-8 (undecodable byte at character 0)"]
 
 
-def test_mla_file_with_rope_scaling_nextn_lacks_is_refused_not_decoded_wrongly(tiny, tmp_path):
+@pytest.mark.parametrize("arch", ["deepseek2", "qwen35"])
+def test_file_with_rope_scaling_nextn_lacks_is_refused_not_decoded_wrongly(tiny, tmp_path, arch):
     T = _T()
-    path = _with_metadata(tiny("deepseek2"), tmp_path / "linear.gguf",
-                          {"ARCH.rope.scaling.type": ("linear", T.STRING, None),
+    path = _with_metadata(tiny(arch), tmp_path / "longrope.gguf",
+                          {"ARCH.rope.scaling.type": ("longrope", T.STRING, None),
                            "ARCH.rope.scaling.factor": (4.0, T.FLOAT32, None)})
-    with pytest.raises(ModelFileError, match="rope scaling 'linear' .*not implemented"):
+    with pytest.raises(ModelFileError, match="rope scaling 'longrope' is not implemented"):
         Engine(model=str(path), progress=False)
+    bad = _with_metadata(tiny(arch), tmp_path / "negative.gguf", {"ARCH.rope.scaling.type": ("yarn", T.STRING, None),
+                                                                 "ARCH.rope.scaling.factor": (-2.0, T.FLOAT32, None)})
+    with pytest.raises(ModelFileError, match="rope.scaling.factor = -2.0 must be positive"):
+        Engine(model=str(bad), progress=False)
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "longrope", "llama3"])
+def test_converting_a_rope_scaling_nextn_lacks_is_refused_in_one_line(models_dir, tmp_path, kind):
+    from nextn_dev.tiny import make_checkpoint, scaled_rope
+
+    ck = make_checkpoint(tmp_path / "hf", "qwen35", rope=scaled_rope("qwen35", rope_type="default"))
+    cfg = json.loads((ck / "config.json").read_text())
+    cfg["rope_parameters"].update(rope_type=kind, factor=4.0)
+    (ck / "config.json").write_text(json.dumps(cfg))
+    proc = subprocess.run([sys.executable, "-m", "nextn", "convert", str(ck), "-o", str(tmp_path / "out.gguf")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and not (tmp_path / "out.gguf").exists()
+    assert proc.stderr.strip().splitlines() == [
+        f"nextn: error: rope scaling '{kind}' is not implemented in nextn (linear and yarn are)"]

@@ -119,7 +119,8 @@ def test_row_ops_match_torch():
     torch.testing.assert_close(gpu_ops.rms_norm(*on(x, w), 1e-6, gate=z.to(DEV)).cpu(),
                                ref * torch.nn.functional.silu(z))
     heads = torch.randn(2, 3, 4, 128, generator=g)[..., :64]      # a strided view, as q is beside its gate
-    cos, sin = layers.rope_tables(torch.arange(6).reshape(2, 3) + 5, 32, 10000.0, torch.float32)
+    cos, sin = layers.rope_tables(torch.arange(6).reshape(2, 3) + 5,
+                                   1.0 / 10000.0 ** (torch.arange(0, 32, 2) / 32), 1.0, torch.float32)
     torch.testing.assert_close(gpu_ops.rope(*on(heads, cos, sin)).cpu(), layers.apply_rope(heads, cos, sin))
 
 

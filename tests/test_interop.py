@@ -17,8 +17,8 @@ from nextn.gguf.convert import convert
 from nextn.gguf.reader import open_gguf
 from nextn.gguf.tools import _copy_metadata, _copy_tensors
 from nextn.gguf.writer import write_gguf
-from nextn_dev.interop import FORMS, differences, recording, summary
-from nextn_dev.tiny import ARCHS, load_reference, make_checkpoint
+from nextn_dev.interop import FORMS, ROPE_CASES, differences, keys_only, recording, summary
+from nextn_dev.tiny import ARCHS, load_reference, make_checkpoint, scaled_rope
 
 RECORD = recording()
 # (family, form) pairs recorded: every form of every family, except DeepSeek-V3, whose MTP layer llama.cpp's
@@ -54,12 +54,12 @@ def test_the_comparison_can_fail():
     assert "nextn_predict_layers" in found and "block_count" in found and "blk.0.attn_qkv" in found
 
 
-def as_llamacpp_wrote_it(path, arch, out, form="bundled", window_fix: bool = False):
+def as_llamacpp_wrote_it(path, recorded: dict, out, window_fix: bool = False):
     """nextn's file with llama.cpp's metadata: keys llama.cpp does not write dropped, values replaced by
     the ones it wrote (tensors are byte-identical, see the test above). window_fix: MiMo's sliding window
     kept as the checkpoint trained it (llama.cpp's is one key short: nextn_dev.interop.differences)."""
     gf = open_gguf(path)
-    theirs = dict(RECORD["archs"][arch][form]["keys"])
+    theirs = dict(recorded["keys"])
     if window_fix:
         theirs["mimo2.attention.sliding_window"] += 1
     drop = {k for k in gf.fields if k not in theirs}
@@ -81,9 +81,13 @@ def test_a_file_with_llamacpps_metadata_decodes_like_transformers(published, tmp
     the checkpoint's sliding window, one key more than llama.cpp writes)."""
     hf = published(arch)
     form = "no-mtp" if arch == "deepseek2" else "bundled"
-    path = as_llamacpp_wrote_it(convert(hf, tmp_path / "n.gguf", outtype="f32", mode=form, progress=False), arch,
-                                tmp_path / "l.gguf", form, window_fix=arch == "mimo2")
+    path = as_llamacpp_wrote_it(convert(hf, tmp_path / "n.gguf", outtype="f32", mode=form, progress=False),
+                                RECORD["archs"][arch][form], tmp_path / "l.gguf", window_fix=arch == "mimo2")
     assert differences(RECORD["archs"][arch][form], summary(path)) == []
+    _decodes_like_transformers(hf, path, mtp=form == "bundled")
+
+
+def _decodes_like_transformers(hf, path, mtp: bool) -> None:
     prompt = torch.randint(3, 300, (1, 40), generator=torch.Generator().manual_seed(7))
     with torch.inference_mode():
         ref = load_reference(hf).generate(prompt, max_new_tokens=24, do_sample=False, eos_token_id=None,
@@ -91,7 +95,7 @@ def test_a_file_with_llamacpps_metadata_decodes_like_transformers(published, tmp
     params = SamplingParams(max_tokens=24, ignore_eos=True)
     plain = Engine(model=str(path), spec="none", progress=False).generate(prompt[0].tolist(), params)
     assert plain.tokens == ref
-    if form == "bundled":
+    if mtp:
         mtp = Engine(model=str(path), spec="mtp", progress=False).generate(
             prompt[0].tolist(), params, spec=SpecConfig(draft_max=3, adaptive=False))
         assert mtp.tokens == ref and mtp.stats.n_draft_tokens > 0
@@ -103,3 +107,17 @@ def test_qwen3next_mtp_layers_are_counted_from_the_tensors(published, tmp_path):
     assert gf.n_layer_all == 5 and gf.n_mtp == 1
     assert gf.meta("qwen3next.attention.recurrent_layers") == [True, False, True, False, False]
     assert "blk.4.nextn.eh_proj.weight" in gf.tensors
+
+
+@pytest.mark.parametrize("name", ROPE_CASES)
+def test_rope_scaled_checkpoints_convert_and_decode_as_llamacpp_files(models_dir, tmp_path, name):
+    """A checkpoint extended with YaRN or linear scaling: nextn writes llama.cpp's rope.scaling.* keys, and the
+    file as llama.cpp's converter writes it decodes transformers' tokens, with and without MTP. (One case carries
+    an explicit YaRN attention factor: llama.cpp's converter writes it, nextn applies it as transformers does.)"""
+    arch, scaling = ROPE_CASES[name]
+    hf = make_checkpoint(models_dir / f"published-{name}.hf", arch, published=True, rope=scaled_rope(arch, **scaling))
+    ours = convert(hf, tmp_path / "n.gguf", outtype="f32", progress=False)
+    assert differences(RECORD["rope"][name], keys_only(summary(ours))) == []
+    path = as_llamacpp_wrote_it(ours, RECORD["rope"][name], tmp_path / "l.gguf")
+    assert open_gguf(path).meta(f"{arch}.rope.scaling.type") == scaling["rope_type"]
+    _decodes_like_transformers(hf, path, mtp=True)

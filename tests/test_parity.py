@@ -194,3 +194,33 @@ def test_mimo_file_with_q_k_v_apart_decodes_like_the_fused_one(tiny, tmp_path):
     runs = [Engine(model=str(p), progress=False).generate(prompt, params, spec=SpecConfig(3, adaptive=False))
             for p in (path, apart)]
     assert runs[0].tokens == runs[1].tokens and runs[0].stats.n_draft_tokens == runs[1].stats.n_draft_tokens > 0
+
+
+SCALED = [("qwen35", {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 256}),
+          ("qwen3next", {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 128,
+                         "beta_fast": 16.0, "beta_slow": 2.0}),
+          ("glm4moe", {"rope_type": "linear", "factor": 2.0}),
+          ("mimo2", {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 256}),
+          ("qwen35moe", {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 256,
+                         "attention_factor": 0.9})]
+
+
+@pytest.mark.parametrize("arch,scaling", SCALED, ids=[f"{a}-{s['rope_type']}" for a, s in SCALED])
+@torch.inference_mode()
+def test_rope_scaled_checkpoints_match_transformers(models_dir, arch, scaling):
+    """A context extension in the checkpoint (YaRN as Qwen3 / Qwen3.5 long-context configs carry it, with an
+    explicit attention factor too; linear) is converted to llama.cpp's rope.scaling.* keys and applied by the
+    torch forward and the native decode alike (MiMo: its full-attention layers only)."""
+    from nextn_dev.tiny import make_gguf, scaled_rope
+
+    name = f"{arch}-{scaling['rope_type']}"
+    path = make_gguf(models_dir / f"{name}.gguf", arch, workdir=models_dir / f"{name}.hf",
+                     rope=scaled_rope(arch, **scaling))
+    cfg, model = _ours(path)
+    assert (cfg.rope_scaling, cfg.rope_factor) == (scaling["rope_type"], scaling["factor"])
+    ids = torch.randint(0, cfg.n_vocab, (1, 120), generator=torch.Generator().manual_seed(9))
+    from transformers import AutoModelForCausalLM
+    ref = AutoModelForCausalLM.from_pretrained(models_dir / f"{name}.hf", dtype=torch.float32).eval()(ids).logits
+    assert (model.score(ids, chunk=64) - ref).abs().max().item() <= 1e-4
+    native = native_decode_logits(model, ids, 90, 4)
+    assert (native - ref[:, 90:]).abs().max().item() <= 1e-4

@@ -104,6 +104,7 @@ def convert(hf_dir: str | Path, out: str | Path, *, outtype: str = "f16", mode: 
     if mode == "mtp" and not out.name.startswith("mtp-"):
         out = out.with_name("mtp-" + out.name)
     n_mtp = ck.n_mtp if mode != "no-mtp" else 0
+    metadata.write(GGUFWriter(None, ck.arch), ck.arch, ck.hp, ck.n_trunk, n_mtp)   # a config nextn refuses fails here
     tensors = list(_tensors(ck, mode))
     qtype = OUTTYPES[outtype]
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 from gguf import ExpertGatingFuncType, GGUFWriter, RopeScalingType
 
 from ..errors import NextnError
@@ -44,6 +46,7 @@ def write(w: GGUFWriter, arch: str, hp: dict, n_trunk: int, n_mtp: int) -> None:
         w.add_head_count_kv(1 if arch == "deepseek2" else hp.get("num_key_value_heads", n_head))  # MLA: one wide KV head
         w.add_rope_freq_base(float(rope.get("rope_theta", hp.get("rope_theta", 10000.0))))
     w.add_layer_norm_rms_eps(float(hp.get("rms_norm_eps", hp.get("layernorm_epsilon", 1e-6))))
+    write_rope_scaling(w, arch, hp)
     if arch == "deepseek2":
         _write_deepseek2(w, hp, n_mtp)
         return
@@ -57,6 +60,52 @@ def write(w: GGUFWriter, arch: str, hp: dict, n_trunk: int, n_mtp: int) -> None:
     else:
         _write_qwen_moe(w, hp)
         _write_hybrid(w, hp, arch, head_dim, rope, n_trunk, n_mtp)
+
+
+def write_rope_scaling(w: GGUFWriter, arch: str, hp: dict) -> None:
+    """rope.scaling.* as llama.cpp's converter writes them, from the full-attention layers' parameters
+    (transformers' `rope_parameters`, an older config's `rope_scaling`). Beyond it: YaRN without a factor
+    takes max_position_embeddings / original (as transformers does), and where transformers' cos / sin factor
+    differs from the one the reader derives (config.py: _rope_scaling) it is written as yarn_attn_factor.
+    Kinds nextn does not implement are refused."""
+    params = hp.get("rope_parameters") or hp.get("rope_scaling") or {}
+    params = params.get("full_attention", params)
+    kind = params.get("rope_type", params.get("type"))
+    if kind in (None, "default"):
+        return
+    if kind not in ("linear", "yarn"):
+        raise NextnError(f"rope scaling {kind!r} is not implemented in nextn (linear and yarn are)")
+    factor = params.get("factor")
+    if kind == "linear":
+        if factor:
+            w.add_rope_scaling_type(RopeScalingType.LINEAR)
+            w.add_rope_scaling_factor(float(factor))
+        return
+    orig = int(params.get("original_max_position_embeddings") or hp.get("original_max_position_embeddings") or 0)
+    if not orig:
+        raise NextnError("yarn rope scaling without original_max_position_embeddings")
+    factor = float(factor or int(hp.get("max_position_embeddings", orig)) / orig)
+    if params.get("truncate") is False:
+        raise NextnError("yarn rope scaling with truncate=false is not implemented in nextn")
+    w.add_rope_scaling_type(RopeScalingType.YARN)
+    w.add_rope_scaling_factor(factor)
+    w.add_rope_scaling_orig_ctx_len(orig)
+    for key, add in (("beta_fast", w.add_rope_scaling_yarn_beta_fast), ("beta_slow", w.add_rope_scaling_yarn_beta_slow)):
+        if params.get(key) is not None:
+            add(float(params[key]))
+
+    def mscale(m: float) -> float:
+        return 1.0 + 0.1 * m * math.log(factor) if factor > 1 else 1.0
+
+    m, m_all = params.get("mscale"), params.get("mscale_all_dim")
+    log_mul = arch == "deepseek2" and m_all is not None
+    if log_mul:                       # llama.cpp's deepseek2 convention: 0.1 x mscale_all_dim
+        w.add_rope_scaling_yarn_log_mul(0.1 * float(m_all))
+    wanted = params.get("attention_factor")           # transformers' cos / sin factor
+    if wanted is None:
+        wanted = mscale(float(m)) / mscale(float(m_all)) if m and m_all else mscale(1.0)
+    if abs(float(wanted) - (1.0 if log_mul else mscale(1.0))) > 1e-7:
+        w.add_rope_scaling_yarn_attn_factor(float(wanted))
 
 
 def _write_qwen_moe(w: GGUFWriter, hp: dict) -> None:
@@ -149,21 +198,6 @@ def _write_deepseek2(w: GGUFWriter, hp: dict, n_mtp: int) -> None:
     scoring = hp.get("scoring_func", "sigmoid" if moe else None)
     if scoring is not None:
         w.add_expert_gating_func(ExpertGatingFuncType.SIGMOID if scoring == "sigmoid" else ExpertGatingFuncType.SOFTMAX)
-    rope_params = hp.get("rope_parameters") or hp.get("rope_scaling") or {}
-    kind = rope_params.get("rope_type", rope_params.get("type", "default"))
-    if kind == "yarn" and rope_params.get("factor"):
-        w.add_rope_scaling_type(RopeScalingType.YARN)
-        w.add_rope_scaling_factor(float(rope_params["factor"]))
-        w.add_rope_scaling_orig_ctx_len(int(rope_params["original_max_position_embeddings"]))
-        for key, add in (("beta_fast", w.add_rope_scaling_yarn_beta_fast), ("beta_slow", w.add_rope_scaling_yarn_beta_slow)):
-            if rope_params.get(key) is not None:
-                add(float(rope_params[key]))
-        if rope_params.get("mscale_all_dim") is not None:   # llama.cpp's deepseek2 convention: 0.1 x mscale_all_dim
-            w.add_rope_scaling_yarn_log_mul(0.1 * float(rope_params["mscale_all_dim"]))
-        if rope_params.get("mscale") not in (None, rope_params.get("mscale_all_dim")):
-            raise NextnError("yarn with mscale != mscale_all_dim (a cos/sin factor other than 1) is not supported")
-    elif kind not in ("default", None):
-        raise NextnError(f"rope scaling {kind!r} is not implemented for deepseek2 in nextn yet")
     if n_mtp:
         w.add_nextn_predict_layers(n_mtp)
 

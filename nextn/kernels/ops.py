@@ -121,15 +121,15 @@ def copy_rows(src: torch.Tensor, dst: torch.Tensor, rows) -> None:
 
 
 def attention(q, k, v, kcache, vcache, rows: Rows, out, *, n_head: int, n_kv: int, head_dim: int, n_rot: int,
-              theta: float, q_head_stride: int, shift: int = 0, v_dim: int | None = None, window: int = 0,
-              ring: int = 0, sinks: torch.Tensor | None = None, v_scale: float = 1.0) -> None:
-    """RoPE on q and k (in place), k and v (times v_scale) into the cache of each row's slot at row
+              inv_freq: torch.Tensor, rope_scale: float, q_head_stride: int, shift: int = 0, v_dim: int | None = None,
+              window: int = 0, ring: int = 0, sinks: torch.Tensor | None = None, v_scale: float = 1.0) -> None:
+    """RoPE on q and k (in place; frequencies inv_freq, cos and sin times rope_scale), k and v (times v_scale) into the cache of each row's slot at row
     (position - shift) (mod `ring`: a sliding-window ring), causal softmax attention of each query over its
     sequence's cached positions (window > 0: the last `window`), with a sink logit per head where given."""
     run("attention", [p(q), q.stride(0), q_head_stride, p(k), k.stride(0), p(v), v.stride(0), p(kcache), p(vcache),
                       kcache.stride(0), n_head, n_kv, head_dim, n_rot, shift, rows.ptr, p(out), out.stride(0),
-                      v_dim or head_dim, vcache.stride(0), window, ring, p(sinks)],
-        [theta, head_dim ** -0.5, v_scale])
+                      v_dim or head_dim, vcache.stride(0), window, ring, p(sinks), p(inv_freq)],
+        [rope_scale, head_dim ** -0.5, v_scale])
 
 
 def mla_attention(q, q_head_stride: int, nope: int, q_lat, c, k_pe, lat_cache, pe_cache, rows: Rows, out, *, n_head: int,

@@ -103,8 +103,9 @@ def attention_native(w: dict, cfg: ModelConfig, cache: Cache, il: int, x: torch.
         ops.rmsnorm(k, w["attn_k_norm.weight"], k, cfg.rms_eps, rows, dim=hd, groups=nkv)
     att = buf.att[:, :nh * vd]
     swa = cfg.is_swa(il)
+    inv_freq, rope_scale = buf.rope[swa]
     ops.attention(q, k, v, cache.k[il], cache.v[il], rows, att, n_head=nh, n_kv=nkv, head_dim=hd, n_rot=cfg.n_rot,
-                  theta=(cfg.rope_theta_swa or cfg.rope_theta) if swa else cfg.rope_theta, q_head_stride=q_stride,
+                  inv_freq=inv_freq, rope_scale=rope_scale, q_head_stride=q_stride,
                   shift=shift, v_dim=vd, window=cfg.n_swa if swa else 0, ring=cache.ring.get(il, 0),
                   sinks=w.get("attn_sinks.weight"), v_scale=cfg.attn_value_scale)
     if cfg.attn_output_gate:

@@ -7,6 +7,7 @@ import torch
 
 from ..kernels.ops import Rows
 from .config import ModelConfig
+from .layers import rope_inv_freq
 from .mla import mla_buffers
 
 
@@ -31,6 +32,8 @@ class Buffers:
         self.k = f(R, _width(layers, "attn_k.weight", 1))
         self.v = f(R, _width(layers, "attn_v.weight", 1))
         self.att = f(R, max(cfg.n_head * cfg.head_dim, cfg.n_head * cfg.v_dim, 1))
+        # RoPE frequencies and cos / sin factor of the full-attention and the sliding-window layers
+        self.rope = {swa: (inv.contiguous(), float(scale)) for swa in (False, True) for inv, scale in [rope_inv_freq(cfg, swa)]}
         if cfg.mla:
             vars(self).update(mla_buffers(cfg, R))
         ff = max(_width(layers, "ffn_gate.weight"), _width(layers, "ffn_gate_shexp.weight"), 1)

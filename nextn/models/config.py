@@ -7,6 +7,7 @@ same here as there.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..errors import ModelFileError
@@ -55,13 +56,17 @@ class ModelConfig:
     kv_lora_rank: int = 0             # > 0: MLA; the cache holds this latent and the rope key per token
     v_head_dim: int = 0
     rope_pairs: bool = False          # RoPE on adjacent pairs (llama.cpp's "norm" type) instead of halves
-    # YaRN context extension (DeepSeek-V3, Kimi-K2): factor 0 = none
-    yarn_factor: float = 0.0
+    # RoPE context extension (rope.scaling.*; sliding-window layers are not scaled, as in llama.cpp): "linear"
+    # divides every frequency by rope_factor; "yarn" only the slow ones (those turning fewer than beta_slow
+    # times over the original context; a ramp up to beta_fast, times ext_factor), and scales cos / sin
+    rope_scaling: str = "none"
+    rope_factor: float = 1.0
     yarn_orig_ctx: int = 0
     yarn_beta_fast: float = 32.0
     yarn_beta_slow: float = 1.0
-    yarn_log_mul: float = 0.0         # softmax scale x (1 + log_mul ln factor)^2 (DeepSeek's mscale_all_dim / 10)
-    yarn_attn_factor: float = 1.0     # cos/sin scale
+    yarn_ext_factor: float = 1.0
+    yarn_log_mul: float = 0.0         # MLA: softmax scale x (1 + log_mul ln factor)^2 (DeepSeek's mscale_all_dim / 10)
+    rope_attn_scale: float = 1.0      # the factor on cos and sin (YaRN's attention factor)
     # sliding-window attention (MiMo-V2): per block, MTP blocks included; empty = every block full attention
     swa: tuple[bool, ...] = ()
     n_swa: int = 0                    # a query sees the keys less than n_swa positions back (itself included)
@@ -107,11 +112,8 @@ class ModelConfig:
         return self.kv_lora_rank > 0
 
     @property
-    def yarn(self) -> tuple | None:
-        """(factor, original context, beta_fast, beta_slow, cos/sin factor) when YaRN applies."""
-        if self.yarn_factor <= 1.0:
-            return None
-        return self.yarn_factor, self.yarn_orig_ctx, self.yarn_beta_fast, self.yarn_beta_slow, self.yarn_attn_factor
+    def yarn(self) -> bool:
+        return self.rope_scaling == "yarn"
 
     @property
     def qk_nope(self) -> int:
@@ -205,18 +207,8 @@ class ModelConfig:
             cfg["expert_gating"] = "softmax" if gating == 1 else "sigmoid"
         else:                   # deepseek2: softmax when the key is absent (DeepSeek-V2 files), as llama.cpp
             cfg["expert_gating"] = "sigmoid" if gating == 2 else "softmax"
+        cfg.update(_rope_scaling(gf, arch))
         if arch in MLA_ARCHS:
-            scaling = gf.arch_meta("rope.scaling.type")
-            factor = float(gf.arch_meta("rope.scaling.factor", 1.0) or 1.0)
-            if scaling == "yarn" and factor > 1.0:
-                cfg.update(yarn_factor=factor, yarn_orig_ctx=int(gf.require("rope.scaling.original_context_length")),
-                           yarn_beta_fast=float(gf.arch_meta("rope.scaling.yarn_beta_fast", 32.0)),
-                           yarn_beta_slow=float(gf.arch_meta("rope.scaling.yarn_beta_slow", 1.0)),
-                           yarn_log_mul=float(gf.arch_meta("rope.scaling.yarn_log_multiplier", 0.0)),
-                           yarn_attn_factor=float(gf.arch_meta("rope.scaling.yarn_attn_factor", 1.0)))
-            elif scaling not in (None, "none") and factor != 1.0:
-                raise ModelFileError(f"{gf.path}: rope scaling '{scaling}' (factor {factor}) is not implemented in "
-                                     f"nextn for {arch}; refusing rather than decoding wrongly")
             cfg.update(q_lora_rank=int(gf.arch_meta("attention.q_lora_rank", 0) or 0),
                        kv_lora_rank=int(gf.require("attention.kv_lora_rank")),
                        v_head_dim=int(gf.require("attention.value_length_mla")), rope_pairs=True)
@@ -247,6 +239,40 @@ def _scalar(gf: GGUFFile, suffix: str, default=None) -> int:
     if isinstance(value, list):  # per-layer arrays: nextn uses the first (uniform) value
         value = value[0]
     return int(value)
+
+
+def _rope_scaling(gf: GGUFFile, arch: str) -> dict:
+    """The file's RoPE scaling as llama.cpp's runtime reads it (a factor without a type is linear; YaRN's
+    original context defaults to the training context). YaRN's cos / sin factor is the file's
+    yarn_attn_factor where given (transformers' `attention_factor`; llama.cpp's runtime ignores the key),
+    else 1 + 0.1 ln factor (1 for DeepSeek's MLA with mscale_all_dim, whose softmax scale carries it);
+    rope.scaling.attn_factor multiplies it. Other kinds are refused rather than decoded wrongly."""
+    kind = str(gf.arch_meta("rope.scaling.type", "linear") or "linear")
+    factor = float(gf.arch_meta("rope.scaling.factor", 0.0) or gf.arch_meta("rope.scale_linear", 0.0) or 0.0)
+    attn = float(gf.arch_meta("rope.scaling.attn_factor", 1.0) or 1.0)
+    explicit = gf.arch_meta("rope.scaling.yarn_attn_factor")
+    ext = float(gf.arch_meta("rope.scaling.yarn_ext_factor", 1.0))
+    if kind not in ("none", "linear", "yarn"):
+        raise ModelFileError(f"{gf.path}: rope scaling '{kind}' is not implemented in nextn for {arch}; refusing "
+                             f"rather than decoding wrongly")
+    if factor < 0 or not math.isfinite(factor):
+        raise ModelFileError(f"{gf.path}: {arch}.rope.scaling.factor = {factor} must be positive")
+    if kind == "none" or factor in (0.0, 1.0) or (kind == "yarn" and factor < 1.0):
+        return {}
+    if kind == "linear" or ext == 0.0:
+        return dict(rope_scaling="linear", rope_factor=factor, rope_attn_scale=attn * float(explicit or 1.0))
+    log_mul = float(gf.arch_meta("rope.scaling.yarn_log_multiplier", 0.0) or 0.0) if arch in MLA_ARCHS else 0.0
+    if explicit is not None:
+        base = float(explicit)
+    else:
+        base = 1.0 if log_mul else 1.0 + 0.1 * math.log(factor)
+    orig = int(gf.arch_meta("rope.scaling.original_context_length", 0) or gf.arch_meta("context_length", 0) or 0)
+    if orig <= 0:
+        raise ModelFileError(f"{gf.path}: YaRN scaling needs {arch}.rope.scaling.original_context_length")
+    return dict(rope_scaling="yarn", rope_factor=factor, yarn_orig_ctx=orig, yarn_ext_factor=ext,
+                yarn_beta_fast=float(gf.arch_meta("rope.scaling.yarn_beta_fast", 32.0)),
+                yarn_beta_slow=float(gf.arch_meta("rope.scaling.yarn_beta_slow", 1.0)),
+                yarn_log_mul=log_mul, rope_attn_scale=base * attn)
 
 
 def _swa_config(gf: GGUFFile, n_all: int) -> dict:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from ..kernels import ops
 from ..kernels.weights import FEW_ROWS, QWeight
+from .config import ModelConfig
 
 
 def cuda_ops(x: torch.Tensor):
@@ -54,33 +55,37 @@ def l2_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + eps)
 
 
-def rope_tables(positions: torch.Tensor, n_rot: int, theta: float, dtype: torch.dtype, yarn: tuple | None = None):
-    """cos/sin tables of shape [B, T, 1, n_rot] (each frequency twice). yarn: (factor, original context,
-    beta_fast, beta_slow, cos/sin factor) interpolates the low frequencies (YaRN)."""
-    inv_freq, scale = rope_inv_freq(n_rot, theta, yarn)
+def rope_tables(positions: torch.Tensor, inv_freq: torch.Tensor, scale: float, dtype: torch.dtype):
+    """cos/sin tables of shape [B, T, 1, n_rot] (each frequency twice), times `scale` (rope_inv_freq)."""
     freqs = positions.float()[..., None] * inv_freq.to(positions.device)
     emb = torch.cat((freqs, freqs), dim=-1)[:, :, None, :]
     return (emb.cos() * scale).to(dtype), (emb.sin() * scale).to(dtype)
 
 
-def rope_inv_freq(n_rot: int, theta: float, yarn: tuple | None = None) -> tuple[torch.Tensor, float]:
-    """RoPE's n_rot / 2 frequencies (float32) and the factor on cos and sin (YaRN's; else 1)."""
+def rope_inv_freq(cfg: ModelConfig, swa: bool = False) -> tuple[torch.Tensor, float]:
+    """RoPE's n_rot / 2 frequencies (float32) and the factor on cos and sin, for the full-attention layers or
+    the sliding-window ones (their own base, never scaled): the one place every path takes them from."""
+    theta = (cfg.rope_theta_swa or cfg.rope_theta) if swa else cfg.rope_theta
+    n_rot = cfg.n_rot
     inv_freq = 1.0 / (theta ** (torch.arange(0, n_rot, 2, dtype=torch.float32) / n_rot))
-    if yarn is None:
+    if swa or cfg.rope_scaling == "none":
         return inv_freq, 1.0
-    return yarn_inv_freq(inv_freq, n_rot, theta, *yarn[:4]), yarn[4]
+    if cfg.rope_scaling == "linear":
+        return inv_freq / cfg.rope_factor, cfg.rope_attn_scale
+    return yarn_inv_freq(inv_freq, n_rot, theta, cfg.rope_factor, cfg.yarn_orig_ctx, cfg.yarn_beta_fast,
+                         cfg.yarn_beta_slow, cfg.yarn_ext_factor), cfg.rope_attn_scale
 
 
 def yarn_inv_freq(inv_freq: torch.Tensor, dim: int, theta: float, factor: float, orig_ctx: int, beta_fast: float,
-                  beta_slow: float) -> torch.Tensor:
+                  beta_slow: float, ext_factor: float = 1.0) -> torch.Tensor:
     """YaRN: frequencies that turn fewer than beta_slow times over the original context are divided by
-    `factor`, those turning more than beta_fast times are kept, a linear ramp in between."""
+    `factor`, those turning more than beta_fast times are kept, a linear ramp in between (times ext_factor)."""
     def dim_of(rotations: float) -> float:
         return dim * math.log(orig_ctx / (rotations * 2 * math.pi)) / (2 * math.log(theta))
 
     low, high = max(math.floor(dim_of(beta_fast)), 0), min(math.ceil(dim_of(beta_slow)), dim - 1)
     ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / max(high - low, 1e-3)).clamp(0, 1)
-    keep = 1 - ramp
+    keep = (1 - ramp) * ext_factor
     return inv_freq / factor * (1 - keep) + inv_freq * keep
 
 

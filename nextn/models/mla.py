@@ -44,7 +44,7 @@ def per_head(x: torch.Tensor, w) -> torch.Tensor:
 
 def softmax_scale(cfg: ModelConfig) -> float:
     """1/sqrt(head size), times YaRN's (1 + log_mul ln factor)^2 (DeepSeek's mscale_all_dim)."""
-    m = 1.0 + cfg.yarn_log_mul * math.log(cfg.yarn_factor) if cfg.yarn is not None else 1.0
+    m = 1.0 + cfg.yarn_log_mul * math.log(cfg.rope_factor) if cfg.yarn else 1.0
     return m * m * cfg.head_dim ** -0.5
 
 
@@ -141,7 +141,7 @@ def mla_native(w: dict, cfg: ModelConfig, cache: Cache, il: int, x: torch.Tensor
 def mla_buffers(cfg: ModelConfig, R: int) -> dict:
     """The native MLA forward's workspace (models.buffers)."""
     f = lambda *shape: torch.zeros(*shape, dtype=torch.float32)   # noqa: E731
-    inv_freq, scale = rope_inv_freq(cfg.n_rot, cfg.rope_theta, cfg.yarn)
+    inv_freq, scale = rope_inv_freq(cfg)
     kvr, H = cfg.kv_lora_rank, cfg.n_head
     return dict(mla_qa=f(R, max(cfg.q_lora_rank, 1)), mla_qa_normed=f(R, max(cfg.q_lora_rank, 1)),
                 mla_kv=f(R, kvr + cfg.n_rot), mla_c=f(R, kvr), mla_qlat=f(R, H * kvr), mla_out=f(R, H * kvr),

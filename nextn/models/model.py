@@ -28,7 +28,7 @@ from .buffers import Buffers
 from .cache import Cache
 from .config import HYBRID_ARCHS, SWA_ARCHS, ModelConfig
 from .deltanet import deltanet_native, gated_deltanet
-from .layers import dense_ffn, linear, rms_norm, rope_tables, swiglu_native
+from .layers import dense_ffn, linear, rms_norm, rope_inv_freq, rope_tables, swiglu_native
 from .moe import moe_ffn, moe_native
 from .step import Step
 
@@ -133,10 +133,9 @@ class Model:
     def _prepare(self, step: Step) -> None:
         cfg = self.cfg
         if step.rope is None:
-            step.rope = rope_tables(step.positions, cfg.n_rot, cfg.rope_theta, self.dtype, cfg.yarn)
+            step.rope = rope_tables(step.positions, *rope_inv_freq(cfg), self.dtype)
         if any(cfg.swa) and step.rope_swa is None:
-            step.rope_swa = rope_tables(step.positions, cfg.n_rot, cfg.rope_theta_swa or cfg.rope_theta, self.dtype,
-                                        cfg.yarn)
+            step.rope_swa = rope_tables(step.positions, *rope_inv_freq(cfg, swa=True), self.dtype)
 
     def embed(self, tokens: torch.Tensor, table) -> torch.Tensor:
         if self.comm is not None:         # this rank's vocabulary rows; the others contribute zeros
