@@ -216,7 +216,10 @@ def make_engines(args, configs: list[BenchConfig]) -> dict[str, Engine]:
     spec = [c for c in configs if c.spec.draft_max > 0]
     if spec:
         k_max = max(c.spec.draft_max for c in spec)
-        loaded = Engine.load(EngineConfig.from_args(args, spec="mtp", draft_max=k_max, draft_vocab=0, **base))
+        # one load for every speculative configuration: under --tp, draft vocabularies need the head whole on rank 0
+        apart = args.tp > 1 and args.tp_mtp == "auto" and any(c.draft_vocab for c in spec)
+        loaded = Engine.load(EngineConfig.from_args(args, spec="mtp", draft_max=k_max, draft_vocab=0, **base,
+                                                    **({"tp_mtp": "rank0"} if apart else {})))
         for c in spec:
             if "draft" in c.spec.drafters and not args.model_draft:
                 raise NextnError(f"--spec {c.name}: give the draft model with --model-draft")

@@ -33,10 +33,16 @@ def pair(tiny):
     return get
 
 
+def _block_bytes(model, blocks) -> int:
+    return sum((t.data if isinstance(t, QWeight) else t).nbytes for il in blocks for t in model.layers[il].values())
+
+
 @pytest.mark.parametrize("arch", ARCHS + MLA + MIMO)
-@pytest.mark.parametrize("spec", ["none", "mtp"])
-def test_two_ranks_decode_the_same_tokens_as_one(pair, arch, spec):
-    one, two = pair(arch, spec, draft_max=3, adaptive=False)
+@pytest.mark.parametrize("spec,place", [("none", "auto"), ("mtp", "split"), ("mtp", "rank0")])
+def test_two_ranks_decode_the_same_tokens_as_one(pair, arch, spec, place):
+    """Split, the MTP head is sharded like the trunk; on rank 0 its blocks are whole there (the trunk shard holds
+    none of them) and its output rows stay split with the trunk's."""
+    one, two = pair(arch, spec, draft_max=3, adaptive=False, tp_mtp=place)
     params = SamplingParams(max_tokens=24, ignore_eos=True)
     want = one.generate(PROMPT, params)
     got = two.generate(PROMPT, params)
@@ -44,8 +50,60 @@ def test_two_ranks_decode_the_same_tokens_as_one(pair, arch, spec):
     if spec == "mtp":
         assert (got.stats.n_draft_tokens, got.stats.n_accepted) == (want.stats.n_draft_tokens, want.stats.n_accepted)
         assert want.stats.n_draft_tokens > 0
-    half = two.memory()["weights_mb"] / one.memory()["weights_mb"]
+    mtp = range(one.model.cfg.n_layer, len(one.model.layers))
+    trunk = one.model.nbytes() - _block_bytes(one.model, mtp)
+    if place == "rank0":
+        assert two.mtp_runner is not None and not two.model.use_mtp and two.model.draft_out is not None
+        assert _block_bytes(two.mtp_model, mtp) == _block_bytes(one.model, mtp) > 0      # whole, on rank 0 alone
+        half = two.model.nbytes() / trunk
+    else:
+        assert two.mtp_runner is None
+        half = two.memory()["weights_mb"] / one.memory()["weights_mb"]
     assert 0.45 < half < 0.6, f"rank 0 holds {half:.2f} of the weights"
+
+
+@pytest.mark.parametrize("arch,apart", [("qwen35", True), ("mimo2", True), ("qwen35moe", False), ("glm4moe", False),
+                                        ("deepseek2", False)])
+def test_auto_keeps_dense_mtp_blocks_on_rank_0_and_splits_moe_ones(tiny, arch, apart):
+    from nextn.engine.config import EngineConfig
+    from nextn.gguf.reader import open_gguf
+    from nextn.parallel.placement import Apart, mtp_placement
+
+    gf = open_gguf(tiny(arch))
+    assert mtp_placement(EngineConfig(tp=2), gf) == (Apart(whole_output=False) if apart else None)
+    assert mtp_placement(EngineConfig(tp=2, draft_vocab=64), gf) == Apart(whole_output=True)   # a reduced head
+    assert mtp_placement(EngineConfig(tp=2, tp_mtp="split"), gf) is None
+    assert mtp_placement(EngineConfig(tp=1), gf) is None
+
+
+@pytest.mark.parametrize("arch", ["qwen35", "glm4moe"])
+def test_a_reduced_draft_vocabulary_runs_whole_on_rank_0(pair, arch):
+    """--draft-vocab under --tp: the head's blocks and its few output rows on rank 0, drafts without the other
+    rank; the same drafts and tokens as one rank with the same draft vocabulary."""
+    one, two = pair(arch, "mtp", draft_max=3, adaptive=False, draft_vocab=64)
+    assert two.mtp_model.draft_ids == one.model.draft_ids and len(one.model.draft_ids) == 64
+    assert two.mtp_model.head is None and two.mtp_model.mtp_head().shape[0] == 64
+    params = SamplingParams(max_tokens=24, ignore_eos=True)
+    want, got = one.generate(PROMPT, params), two.generate(PROMPT, params)
+    assert got.tokens == want.tokens
+    assert (got.stats.n_draft_tokens, got.stats.n_accepted) == (want.stats.n_draft_tokens, want.stats.n_accepted) != (0, 0)
+    with pytest.raises(NextnError, match="--tp-mtp split: a reduced head runs whole on rank 0"):
+        Engine(model=str(one.file.path), spec="mtp", progress=False, tp=2, tp_mtp="split", draft_vocab=64)
+
+
+def test_copies_sharing_a_prefill_over_two_ranks_with_the_head_on_rank_0(demo_model):
+    """n > 1 over two ranks with the MTP blocks on rank 0 (their own runner and cache there): the copies decode
+    as if each had prefilled alone, and the prompt runs through the trunk once."""
+    from test_shared_prefill import PROMPT as CODE, _run_together
+    from nextn.engine.sequence import SpecConfig
+
+    engine = Engine(model=str(demo_model), spec="mtp", n_parallel=3, progress=False, tp=2, tp_mtp="rank0")
+    ids = engine.encode_prompt(CODE)
+    sampled = [SamplingParams(max_tokens=16, temperature=0.9, seed=s, ignore_eos=True) for s in (1, 2)]
+    spec = SpecConfig(draft_max=3, adaptive=False)
+    alone = [engine.generate(CODE, p, spec=spec).tokens for p in sampled]
+    together, rows = _run_together(engine, ids, sampled, spec)
+    assert together == alone and rows == len(ids)
 
 
 def test_two_ranks_give_the_same_logits_and_sampled_tokens(pair):

@@ -30,9 +30,18 @@ FLUSH_EVERY = 256   # queued pairs that force a flush even when not drafting (bo
 class MTPDrafter(Drafter):
     name = "mtp"
 
-    def __init__(self, runner: ModelRunner, compile: bool = True):
+    def __init__(self, runner: ModelRunner, compile: bool = True, head: ModelRunner | None = None):
+        """runner: the trunk's. head: the runner of an MTP head that runs apart from the trunk (its own model,
+        cache and buffers: --tp-mtp rank0); by default the head is the trunk model's and shares its runner."""
+        self.trunk, self.apart = runner, head is not None
+        runner = head or runner
         self.runner, self.model = runner, runner.model
-        n_slots, d = runner.last_hidden.shape
+        # where draft logits are scored: with the blocks, or (blocks apart without a reduced vocabulary of their
+        # own, output rows split over the ranks: Model.draft_out) by the trunk's runner over its shard of them
+        split_out = self.apart and self.model.draft_ids is None and self.trunk.model.draft_out is not None
+        self.out = self.trunk if split_out else runner
+        self.out_model = self.out.model
+        n_slots, d = self.trunk.last_hidden.shape
         self.queue_tokens: dict[int, list[int]] = {}
         self.queue_hidden: dict[int, list[torch.Tensor]] = {}
         self.positions: dict[int, int] = {}          # MTP cache holds positions 1..positions[slot]
@@ -49,21 +58,31 @@ class MTPDrafter(Drafter):
         self.vocab_t = torch.tensor(ids, device=self.model.device) if ids is not None else None
         self.graphs = self.head_graphs = None
         layers = range(self.n_layers)
+        out = self.out
         if runner.graphs is not None:     # CUDA: each layer's short forwards and output head as graphs
             self.graphs = [ShortForwards(lambda tok, step, hid, i=i: (self.model.mtp_forward(tok, hid, step, runner.cache, i),),
                                          runner.cache, runner.rows, shift=1 + i, pool=runner.graph_pool) for i in layers]
-            self.head_graphs = [ShortForwards(lambda tok, step, hid, i=i: self._head(hid, i), runner.cache, runner.rows,
-                                              pool=runner.graph_pool) for i in layers]
+        if out.graphs is not None:
+            self.head_graphs = [ShortForwards(lambda tok, step, hid, i=i: self._head(hid, i), out.cache, out.rows,
+                                              pool=out.graph_pool) for i in layers]
         if runner.native:
             buf, cache = runner.buf, runner.cache
             self.blocks = [Graph(lambda i=i: self.model.emit_mtp_block(cache, buf, i), compile) for i in layers]
-            self.heads = [Graph(lambda i=i: self.model.emit_mtp_head(buf, i), compile) for i in layers]
+        if out.native:
+            self.heads = [Graph(lambda i=i: self.out_model.emit_mtp_head(out.buf, i), compile) for i in layers]
+
+    def nbytes(self) -> int:
+        """A head apart from the trunk: its weights (not the embedding, of which it reads rows from the mapped
+        file, nor output rows it leaves to the trunk's ranks), cache and buffers."""
+        if not self.apart:
+            return 0
+        return self.model.nbytes(embeddings=False, outputs=self.out is self.runner) + self.runner.state_nbytes()
 
     @property
     def capture_seconds(self) -> float:
-        if self.graphs is not None:
-            return sum(g.capture_seconds for g in self.graphs + self.head_graphs)
-        return sum(g.capture_seconds for g in self.blocks + self.heads) if self.runner.native else 0.0
+        graphs = (self.graphs or []) + (self.head_graphs or []) + (self.blocks if self.runner.native else []) + \
+            (self.heads if self.out.native else [])
+        return sum(g.capture_seconds for g in graphs)
 
     # ---- keeping the head's cache in step with the trunk ------------------------------------------
     def start(self, seq: Sequence) -> None:
@@ -78,6 +97,8 @@ class MTPDrafter(Drafter):
         self.queue_tokens[b], self.queue_hidden[b] = list(self.queue_tokens[a]), list(self.queue_hidden[a])
         self.positions[b] = self.positions[a]
         self.last_mtp_hidden[b] = self.last_mtp_hidden[a]
+        if self.apart:          # the head's own cache (otherwise copied with the trunk's)
+            self.runner.cache.copy_slot(a, b, self.positions[a])
         for i in range(1, self.n_layers):
             self.waiting[i][b], self.base[i][b] = list(self.waiting[i][a]), self.base[i][a]
 
@@ -90,16 +111,16 @@ class MTPDrafter(Drafter):
             if self._tracks(seq):
                 s = seq.num_cached - n
                 successors = seq.tokens[s + 1:s + n + 1]
-                self._enqueue(seq.slot, successors, self.runner.hidden_rows(b, len(successors)))
+                self._enqueue(seq.slot, successors, self.trunk.hidden_rows(b, len(successors)))
 
     def on_first_token(self, seq: Sequence, token: int) -> None:
         if self._tracks(seq):
-            self._enqueue(seq.slot, [token], self.runner.last_hidden[seq.slot][None])
+            self._enqueue(seq.slot, [token], self.trunk.last_hidden[seq.slot][None])
 
     def on_commit(self, seqs: list[Sequence], new_tokens: list[list[int]], keep: list[int]) -> None:
         for b, (seq, n) in enumerate(zip(seqs, keep)):
             if self._tracks(seq):
-                self._enqueue(seq.slot, new_tokens[b][:n], self.runner.hidden_rows(b, n))
+                self._enqueue(seq.slot, new_tokens[b][:n], self.trunk.hidden_rows(b, n))
         long = [s for s in seqs if self.queued(s.slot) >= FLUSH_EVERY]
         if long:
             self._flush(long)
@@ -208,9 +229,9 @@ class MTPDrafter(Drafter):
             logits, rows = self.head_graphs[layer]([0] * B, [0] * B, [[0]] * B, hidden[:, None])
             rows = rows.tolist()
             return logits, [self.vocab[r] for r in rows] if self.vocab else rows
-        if not self.runner.native:
-            return self.model.mtp_logits(hidden, layer), None
-        buf, B = self.runner.buf, hidden.shape[0]
+        if not self.out.native:
+            return self.out_model.mtp_logits(hidden, layer), None
+        buf, B = self.out.buf, hidden.shape[0]
         buf.rows.set_rows(B)
         buf.hidden[:B] = hidden
         self.heads[layer].run()
@@ -220,7 +241,7 @@ class MTPDrafter(Drafter):
 
     def _head(self, hidden: torch.Tensor, layer: int) -> tuple:
         """Layer `layer`'s output head on hidden [B, 1, D]: logits [B, head rows] and their argmax (head rows)."""
-        logits = self.model.mtp_logits(hidden[:, 0], layer)
+        logits = self.out_model.mtp_logits(hidden[:, 0], layer)
         return logits, logits.argmax(-1)
 
     def _full(self, logits: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,8 @@ from dataclasses import dataclass, fields
 from ..errors import NextnError
 from .sequence import model_drafter_of, parse_spec
 
+TP_MTP = ("auto", "split", "rank0")       # where the MTP head runs under --tp (parallel/placement.py)
+
 
 @dataclass
 class EngineConfig:
@@ -33,6 +35,7 @@ class EngineConfig:
     kernels: str = "int8"             # CPU products of Q4_K/Q6_K/Q8_0: int8 activations, or "exact" floats
     progress: bool = True
     tp: int = 1                       # tensor parallel ranks (parallel/): each holds 1/tp of every large weight
+    tp_mtp: str = "auto"              # --tp: the MTP head split like the trunk, whole on rank 0, or auto (placement.py)
 
     def __post_init__(self):
         try:
@@ -61,9 +64,11 @@ class EngineConfig:
             raise NextnError(f"--kernels must be 'exact' or 'int8', not {self.kernels!r}")
         if not 1 <= self.tp <= 1024:
             raise NextnError(f"--tp must be in [1, 1024] (got {self.tp})")
-        if self.tp > 1 and self.draft_vocab:
-            raise NextnError("--draft-vocab with --tp > 1 is not supported yet: the MTP head's rows are split by "
-                             "vocabulary over the ranks; drop one of the two")
+        if self.tp_mtp not in TP_MTP:
+            raise NextnError(f"--tp-mtp must be one of {', '.join(TP_MTP)} (got {self.tp_mtp!r})")
+        if self.tp > 1 and self.draft_vocab and self.tp_mtp == "split":
+            raise NextnError("--draft-vocab with --tp-mtp split: a reduced head runs whole on rank 0 "
+                             "(--tp-mtp rank0, or auto)")
         if self.threads is not None and not 1 <= self.threads <= 1024:
             raise NextnError(f"--threads must be in [1, 1024] (got {self.threads})")
 
@@ -111,6 +116,11 @@ class EngineConfig:
         p.add_argument("--tp", type=int, default=1, metavar="N",
                        help="tensor parallel over N ranks (torch.distributed: gloo on CPU, NCCL on GPUs), each holding "
                             "1/N of every large weight; one host: nextn starts the ranks; several: torchrun")
+        p.add_argument("--tp-mtp", default="auto", choices=TP_MTP,
+                       help="with --tp: the MTP blocks split over the ranks like the trunk, or whole on rank 0 (no "
+                            "collectives in them; their output rows stay split unless reduced by --draft-vocab or "
+                            "trim-head, then rank 0 drafts alone). auto (default): rank 0 unless the blocks hold "
+                            "routed experts and the head is not reduced")
         p.add_argument("--kernels", default="int8", choices=["int8", "exact"],
                        help="CPU products of Q4_K/Q6_K/Q8_0 weights: int8 (default: activations quantized to int8 "
                             "per 256 values, as llama.cpp does) or exact (weights decoded to floats: exact up to "

@@ -17,6 +17,7 @@ from ..errors import NextnError
 from ..kernels import native
 from ..models import loader
 from ..parallel import launch, mirror
+from ..parallel.placement import mtp_placement
 from ..parallel.comm import RankLost
 from ..text.chat import render_chat
 from ..text.json_mode import OBJECT, JsonConstraint
@@ -83,7 +84,9 @@ class Engine:
                            max_draft=max_draft, compile=config.compile, threads=config.threads,
                            max_chunk=config.prefill_chunk)
         self.runner = ModelRunner(self.model, **runner_args)
-        mtp = MTPDrafter(self.runner, compile=config.compile) if self.use_mtp else None
+        apart = self.model.mtp_apart if config.use_mtp else None      # the head whole on rank 0 (--tp-mtp)
+        self.mtp_runner = ModelRunner(apart, **runner_args, trunk=False) if apart is not None else None
+        mtp = MTPDrafter(self.runner, compile=config.compile, head=self.mtp_runner) if self.use_mtp else None
         model_drafter = mtp or (self._draft_model(config) if config.model_drafter == "draft" else None)
         self.tp = launch.session() if config.tp > 1 else None
         if self.tp is not None:          # the other ranks build the same runner and run every forward with us
@@ -123,9 +126,13 @@ class Engine:
             name = mirror.announce_load(session.channel, (config, fingerprint))
             comm = session.comm
         try:
-            loaded = loader.load(config.model, mtp_path=config.mtp_model, use_mtp=config.use_mtp, device=config.device,
-                                 dtype=config.dtype, progress=config.progress, kernels=config.kernels,
-                                 draft_vocab=config.draft_vocab, mtp_layers=config.mtp_layers, comm=comm)
+            place = mtp_placement(config, loader.open_trunk(config.model or loader.default_model()))
+            args = dict(mtp_path=config.mtp_model, device=config.device, dtype=config.dtype, progress=config.progress,
+                        kernels=config.kernels, draft_vocab=config.draft_vocab, mtp_layers=config.mtp_layers)
+            loaded = loader.load(config.model, use_mtp=config.use_mtp and place is None, comm=comm,
+                                 mtp_out=place is not None and not place.whole_output, **args)
+            if place is not None and session is not None:      # rank 0: the MTP blocks whole, apart from its shard
+                loaded[1].mtp_apart = loader.load(config.model, use_mtp=True, head_only=True, **args)[1]
         except NextnError as e:
             if session is not None:
                 session.channel.agree(str(e))
@@ -137,7 +144,12 @@ class Engine:
 
     @property
     def use_mtp(self) -> bool:
-        return self.runner.use_mtp
+        return self.runner.use_mtp or self.mtp_runner is not None
+
+    @property
+    def mtp_model(self):
+        """The model whose MTP head drafts: the trunk's own, or the head running apart from it (--tp-mtp rank0)."""
+        return self.mtp_runner.model if self.mtp_runner is not None else self.model
 
     def model_form(self) -> str:
         """bundled (MTP head in the model file), trunk + MTP file, or no MTP (not loaded, or absent)."""
@@ -151,7 +163,8 @@ class Engine:
         return tuple(d.name for d in self.drafter.all) if self.drafter is not None else ()
 
     def memory_bytes(self) -> int:
-        """Weights as held in memory plus the preallocated caches and decode buffers (a draft model's too)."""
+        """Weights as held in memory plus the preallocated caches and decode buffers (a draft model's, a head
+        apart from the trunk's too)."""
         return self.model.nbytes() + self.runner.state_nbytes() + self._drafter_bytes()
 
     def lost(self) -> str | None:
@@ -172,7 +185,10 @@ class Engine:
                "caches_mb": round(self.runner.state_nbytes() / 2**20, 1)}
         if self.tp is not None:
             out["tensor_parallel"] = f"rank 0 of {self.tp.comm.size}: its shard of the weights and caches"
-        if self._drafter_bytes():
+        if self.mtp_runner is not None:
+            out["mtp_head_mb"] = round(self._drafter_bytes() / 2**20, 1)
+            out["tensor_parallel"] += "; the MTP head whole (its embedding rows read from the file as needed)"
+        elif self._drafter_bytes():
             out["draft_model_mb"] = round(self._drafter_bytes() / 2**20, 1)
         return out
 

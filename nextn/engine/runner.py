@@ -27,9 +27,10 @@ SLACK = 16          # cache rows past the context limit, for draft tokens that m
 
 class ModelRunner:
     def __init__(self, model: Model, n_slots: int, max_len: int, use_mtp: bool, max_draft: int = 0,
-                 compile: bool = True, threads: int | None = None, max_chunk: int = 512):
+                 compile: bool = True, threads: int | None = None, max_chunk: int = 512, trunk: bool = True):
         """max_chunk: the most rows one sequence brings to a forward (the prefill chunk; the MTP head's
-        catch-up runs at most that many at a time): it sizes the sliding-window rings."""
+        catch-up runs at most that many at a time): it sizes the sliding-window rings. trunk=False: the runner
+        of an MTP head that runs apart from its trunk (Model.mtp_apart): state and buffers for its blocks only."""
         self.model, self.cfg, self.device = model, model.cfg, model.device
         native.set_threads(threads or native.default_threads())
         torch.set_num_threads(native.threads())
@@ -42,7 +43,7 @@ class ModelRunner:
         graphs = self.device.type == "cuda" and compile and not model.cfg.n_expert and model.comm is None
         self.cache = Cache.allocate(model.cfg, n_slots, self.rows + int(graphs), model.dtype, model.device,
                                     self.use_mtp, rollback=self.native and max_draft > 0,
-                                    ring_rows=ring_rows(model.cfg, max_chunk))
+                                    ring_rows=ring_rows(model.cfg, max_chunk), trunk=trunk)
         self.max_chunk = max_chunk
         self.graph_pool = torch.cuda.graph_pool_handle() if graphs else None
         self.graphs = ShortForwards(self._trunk_step, self.cache, self.rows, pool=self.graph_pool) if graphs else None

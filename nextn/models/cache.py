@@ -79,13 +79,14 @@ class Cache:
 
     @classmethod
     def allocate(cls, cfg: ModelConfig, n_slots: int, max_len: int, dtype, device, use_mtp: bool,
-                 rollback: bool = False, ring_rows: int = 0) -> "Cache":
+                 rollback: bool = False, ring_rows: int = 0, trunk: bool = True) -> "Cache":
         """rollback: also the native path's saved states (only needed when speculating).
         ring_rows > 0: sliding-window layers keep a ring of that many rows (+1 spare for padding writes)
-        instead of a row per position, when it is the smaller."""
+        instead of a row per position, when it is the smaller. trunk=False: the MTP blocks' state only (a head
+        that runs apart from its trunk, parallel/placement.py)."""
         cache = cls(cfg, n_slots, max_len)
         n_blocks = cfg.n_layer + (cfg.n_mtp if use_mtp else 0)
-        for il in range(n_blocks):
+        for il in range(0 if trunk else cfg.n_layer, n_blocks):
             if cfg.recurrent[il]:
                 conv_dim = 2 * cfg.ssm_n_k_heads * cfg.ssm_head_k_dim + cfg.ssm_inner
                 conv = (n_slots, conv_dim, cfg.ssm_conv_kernel - 1)

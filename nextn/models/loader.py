@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 
@@ -93,22 +94,24 @@ def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
 
 def load(model_path: str | Path | None = None, *, mtp_path: str | Path | None = None, use_mtp: bool = False,
          device: str | None = None, dtype: str | None = None, progress: bool = True, kernels: str = "int8",
-         draft_vocab: int = 0, mtp_layers: int = 0, comm=None):
+         draft_vocab: int = 0, mtp_layers: int = 0, comm=None, head_only: bool = False, mtp_out: bool = False):
     """Open, check and load a model. Returns (model config, model, tokenizer, trunk file).
     `kernels`: "int8" (Q4_K, Q6_K and Q8_0 weights meet int8-quantized activations in few-row CPU products,
     as llama.cpp runs them) or "exact" (weights decoded to floats in every product).
     `draft_vocab`: > 0 restricts the MTP head to that many token ids (gguf/draft_vocab.py).
     `mtp_layers`: > 0 loads only the file's first that many MTP layers (deeper drafts reuse the last).
-    `comm` (parallel.comm): load this rank's shard of a tensor-parallel run."""
+    `comm` (parallel.comm): load this rank's shard of a tensor-parallel run.
+    `head_only` (with use_mtp): the MTP head alone, whole, to run apart from the trunk (Model.mtp_apart).
+    `mtp_out` (without use_mtp): the trunk and the MTP blocks' output rows (Model.draft_out), for such a head."""
     trunk = open_trunk(model_path or default_model())
     cfg = ModelConfig.from_gguf(trunk)
-    head = find_head(trunk, mtp_path) if use_mtp else None
-    if use_mtp:
+    head = find_head(trunk, mtp_path) if use_mtp or mtp_out else None
+    if use_mtp or mtp_out:
         cfg = cfg.with_mtp_blocks(ModelConfig.from_gguf(head) if head is not None else cfg, keep=mtp_layers)
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
     model = Model.load(trunk, cfg, head=head, use_mtp=use_mtp, device=dev, dtype=dt, progress=progress,
-                       int8=kernels == "int8", comm=comm)
+                       int8=kernels == "int8", comm=comm, trunk=not head_only, mtp_out=mtp_out)
     tokenizer = Tokenizer.from_gguf(trunk)
     if use_mtp:
         model = with_draft_vocab((cfg, model, tokenizer, trunk), n=draft_vocab, head=head)[1]
@@ -120,6 +123,13 @@ def with_draft_vocab(loaded: tuple, config=None, *, n: int | None = None, head: 
     view of the model sharing every other weight. A head written by `nextn gguf trim-head` is always
     restricted to the ids its rows hold (or fewer)."""
     cfg, model, tokenizer, trunk = loaded
+    if model.mtp_apart is not None:     # the head runs apart from the trunk (--tp-mtp rank0): restrict that model
+        head_view = with_draft_vocab((cfg, model.mtp_apart, tokenizer, trunk), config, n=n, head=head)[1]
+        if head_view is model.mtp_apart:
+            return loaded
+        view = copy.copy(model)
+        view.mtp_apart = head_view
+        return cfg, view, tokenizer, trunk
     if config is not None:
         n = config.draft_vocab
         if not n or not model.use_mtp:      # `load` has already taken in a trimmed head
@@ -129,9 +139,9 @@ def with_draft_vocab(loaded: tuple, config=None, *, n: int | None = None, head: 
         return loaded
     src, rows = head or trunk, model.mtp_head().shape[0]
     if model.comm is not None:         # tensor parallel: every head row split by vocabulary over the ranks
-        if src.meta(draft_vocab.KEY) is not None:
-            raise NextnError(f"{src.path.name}: a trimmed MTP head (nextn gguf trim-head) cannot run with --tp > 1 "
-                             f"yet; use the full head")
+        if src.meta(draft_vocab.KEY) is not None or n:
+            what = f"--draft-vocab {n}" if n else "a trimmed MTP head (nextn gguf trim-head)"
+            raise NextnError(f"{src.path.name}: {what} runs whole on rank 0: use --tp-mtp rank0 (or auto), not split")
         return loaded
     if model.draft_ids is None and rows != trunk.n_vocab:       # a trimmed head, as loaded
         ids = src.meta(draft_vocab.KEY)

@@ -44,6 +44,7 @@ MLA_REQUIRED = ("attn_norm.weight", "attn_kv_a_mqa.weight", "attn_kv_a_norm.weig
 MTP_REQUIRED = ("nextn.eh_proj.weight", "nextn.enorm.weight", "nextn.hnorm.weight")
 DENSE = ("ssm_conv1d.weight",)       # read elementwise by the kernels, never multiplied: plain float tensors
 EMBEDDINGS = ("token_embd.weight", "nextn.embed_tokens.weight")   # tables read by row (kept in the file's layout)
+OUTPUTS = ("output.weight", "nextn.shared_head_head.weight")      # output heads: the trunk's, an MTP block's own
 PER_HEAD = ("attn_k_b.weight", "attn_v_b.weight")   # MLA's per-head stacks: ops.matmul_heads reads the file's layout
 
 
@@ -59,26 +60,35 @@ class Model:
         self.draft_ids: list[int] | None = None      # the token of each MTP head row, when not the whole vocabulary
         self.draft_vocab_source: str | None = None   # where those came from (for the user)
         self.tp_name: str | None = None              # tensor parallel: the other ranks' name for their shard
+        self.mtp_apart: Model | None = None          # the MTP head as a model of its own (--tp-mtp rank0)
+        self.draft_out: list | None = None           # that head's output rows, split over the ranks with the trunk
 
     # ---- loading -------------------------------------------------------------------------------
     @classmethod
     def load(cls, gf: GGUFFile, cfg: ModelConfig, *, head: GGUFFile | None = None, use_mtp: bool = False,
              device="cpu", dtype=torch.float32, progress: bool = True, int8: bool = False,
-             comm: "Comm | None" = None) -> "Model":
+             comm: "Comm | None" = None, trunk: bool = True, mtp_out: bool = False) -> "Model":
         """`int8`: quantized weights take int8 activations in few-row products (QWeight.int8).
-        `comm`: tensor parallel over its ranks: this rank reads and holds only its shard (parallel.shard)."""
+        `comm`: tensor parallel over its ranks: this rank reads and holds only its shard (parallel.shard).
+        trunk=False (with use_mtp): the MTP head alone (its blocks, the embedding and output matrices, whole),
+        to run apart from a trunk held elsewhere; the trunk's blocks are left empty (a full-vocabulary output
+        matrix is left mapped, not packed: such a head reads it only through the rows a draft vocabulary takes).
+        mtp_out (use_mtp False): the MTP blocks' output matrices alone (`draft_out`: this rank's rows of each
+        block's own head, else the trunk's), for blocks that run apart on rank 0 (parallel/placement.py)."""
         from ..parallel.shard import local_config, shard
 
         rank, size = (comm.rank, comm.size) if comm is not None else (0, 1)
         local = local_config(cfg, rank, size)
         plan = [(gf, n) for n in ("token_embd.weight", "output_norm.weight", "output.weight") if n in gf.tensors]
-        plan += [(gf, n) for n in gf.tensors if block_index(n) is not None and block_index(n) < cfg.n_layer]
-        if use_mtp:
+        if trunk:
+            plan += [(gf, n) for n in gf.tensors if block_index(n) is not None and block_index(n) < cfg.n_layer]
+        mtp = range(cfg.n_layer, cfg.n_layer + cfg.n_mtp)
+        if use_mtp or mtp_out:
             src = head or gf
-            plan += [(src, n) for n in src.tensors
-                     if block_index(n) is not None and cfg.n_layer <= block_index(n) < cfg.n_layer + cfg.n_mtp]
+            plan += [(src, n) for n in src.tensors if block_index(n) in mtp and (use_mtp or n.endswith(OUTPUTS[1]))]
         device = torch.device(device)
         globals_, blocks = {}, [dict() for _ in range(cfg.n_layer + (cfg.n_mtp if use_mtp else 0))]
+        outs = {}
         total = sum(src.tensors[n].n_bytes for src, n in plan)
         with tqdm(total=total, unit="B", unit_scale=True, desc=f"loading {gf.path.name}", disable=not progress,
                   leave=False) as bar:
@@ -86,31 +96,50 @@ class Model:
                 t = _place(shard(name, from_gguf(src.tensor(name), src.path), cfg, rank, size), name, device, dtype)
                 if isinstance(t, QWeight):
                     t.int8 = int8
-                    if t.packable and t.qtype in weights.PACK_TYPES and not name.endswith(EMBEDDINGS + PER_HEAD):
+                    mapped = not trunk and name.endswith(OUTPUTS) and t.shape[0] == cfg.n_vocab
+                    if t.packable and t.qtype in weights.PACK_TYPES and not name.endswith(EMBEDDINGS + PER_HEAD) \
+                            and not mapped:
                         t = _pack(t, src.tensor(name))
                 il = block_index(name)
                 if il is None:
                     globals_[name] = t
                 elif il < len(blocks):
                     blocks[il][name.split(".", 2)[2]] = t
+                else:
+                    outs[il - cfg.n_layer] = t
                 bar.update(src.tensors[name].n_bytes)
         for name in ("token_embd.weight", "output_norm.weight"):
             if name not in globals_:
                 raise ModelFileError(f"{gf.path}: tensor '{name}' is missing")
         for il, w in enumerate(blocks):
+            if not trunk and il < cfg.n_layer:
+                continue
             if "attn_qkv.weight" in w and not cfg.recurrent[il]:
                 _split_qkv(w, local, il)
             _check_block(head if (head is not None and il >= cfg.n_layer) else gf, local, il, w)
-        return cls(local, globals_, blocks, device, dtype, comm)
+        model = cls(local, globals_, blocks, device, dtype, comm)
+        if mtp_out:
+            model.draft_out = [outs.get(i, model.head) for i in range(cfg.n_mtp)]
+        return model
 
     def int8_types(self) -> list[str]:
         """The weight types whose products run with int8 activations (see QWeight.int8_kernel)."""
-        ws = [self.head, *(t for w in self.layers for t in w.values())]
+        ws = [t for t in (self.head, *(t for w in self.layers for t in w.values())) if t is not None]
         return sorted({w.qtype.name for w in ws if isinstance(w, QWeight) and w.int8_kernel})
 
-    def nbytes(self) -> int:
+    def nbytes(self, embeddings: bool = True, outputs: bool = True) -> int:
+        """Bytes of the weights held (embeddings=False: not the embedding tables, of which a head apart from its
+        trunk reads only the rows it looks up from the mapped file; outputs=False: nor its output matrices)."""
         seen, total = set(), 0
+        tables = [self.tok_embd, *(w.get("nextn.embed_tokens.weight") for w in self.layers)] if not embeddings else []
+        if not outputs:
+            tables += [self.head, *(w.get(OUTPUTS[1]) for w in self.layers)]
+        for t in tables:
+            if t is not None and (t is not self.head or not outputs):
+                seen.add((t.data if isinstance(t, QWeight) else t).data_ptr())
         for t in [self.tok_embd, self.output_norm, self.head, *(t for w in self.layers for t in w.values())]:
+            if t is None:
+                continue
             data = t.data if isinstance(t, QWeight) else t
             if data.data_ptr() not in seen:
                 seen.add(data.data_ptr())
@@ -191,6 +220,8 @@ class Model:
 
     def mtp_head(self, i: int = 0):
         """MTP block i's output head: its own, else the trunk's (rows: `draft_ids`, or every token)."""
+        if self.draft_out is not None:
+            return self.draft_out[i]
         return self.layers[self.cfg.n_layer + i].get("nextn.shared_head_head.weight", self.head)
 
     def with_draft_vocab(self, ids: list[int]) -> "Model":
@@ -209,8 +240,12 @@ class Model:
         rows = torch.tensor([held[t] for t in ids] if held is not None else ids, dtype=torch.long)
         for i in range(self.cfg.n_mtp):
             w = self.layers[self.cfg.n_layer + i]
-            w["nextn.shared_head_head.weight"] = take_rows(self.mtp_head(i), rows)
+            t = take_rows(self.mtp_head(i), rows)
+            w["nextn.shared_head_head.weight"] = t.pack() if isinstance(t, QWeight) and t.packable and \
+                t.qtype in weights.PACK_TYPES else t
         self.draft_ids = list(ids)
+        if not any(self.layers[:self.cfg.n_layer]):      # a head apart from its trunk: the full matrix is not needed
+            self.head = None
 
     def mtp_logits(self, g: torch.Tensor, i: int = 0) -> torch.Tensor:
         return self._vocab(linear(g, self.mtp_head(i)).float())

@@ -138,7 +138,8 @@ def announce_load(channel: Channel, request) -> str:
 
 
 def lead(channel: Channel, runner, mtp_drafter, runner_args: dict) -> None:
-    """Wire rank 0's runner (and MTP drafter) so that the followers build the same runner and run every call."""
+    """Wire rank 0's runner (and MTP drafter) so that the followers build the same runner and run every call.
+    An MTP drafter whose head runs apart on rank 0 (--tp-mtp rank0) is left alone: its drafts involve no other rank."""
     key = channel.track(runner, channel.new_name("r"))
     channel.send("runner", key, runner.model.tp_name, runner_args)
     channel.agree(None)
@@ -148,10 +149,14 @@ def lead(channel: Channel, runner, mtp_drafter, runner_args: dict) -> None:
     graphs = {}
     if runner.native:
         graphs.update(trunk=runner.trunk, rollback=runner.rollback)
-    if mtp_drafter is not None:
-        mtp_drafter.model = model
+    if mtp_drafter is not None and not mtp_drafter.apart:
+        mtp_drafter.model = mtp_drafter.out_model = model
         if runner.native:
             graphs.update({f"block{i}": g for i, g in enumerate(mtp_drafter.blocks)})
+            graphs.update({f"head{i}": g for i, g in enumerate(mtp_drafter.heads)})
+    elif mtp_drafter is not None and mtp_drafter.out is runner:     # blocks on rank 0, output rows split
+        mtp_drafter.out_model = model
+        if runner.native:
             graphs.update({f"head{i}": g for i, g in enumerate(mtp_drafter.heads)})
     for name, graph in graphs.items():
         graph.run = _announced(graph.run, key, name, channel, runner.buf)
@@ -213,9 +218,10 @@ class Follower:
             cache, buf = runner.cache, runner.buf
             compile_ = runner_args.get("compile", True)
             graphs = {"trunk": runner.trunk, "rollback": runner.rollback}
-            if runner.use_mtp:
+            if runner.use_mtp or model.draft_out is not None:     # draft_out: only the heads (blocks on rank 0)
                 for i in range(max(1, model.cfg.n_mtp)):
-                    graphs[f"block{i}"] = Graph(lambda i=i: model.emit_mtp_block(cache, buf, i), compile_)
+                    if runner.use_mtp:
+                        graphs[f"block{i}"] = Graph(lambda i=i: model.emit_mtp_block(cache, buf, i), compile_)
                     graphs[f"head{i}"] = Graph(lambda i=i: model.emit_mtp_head(buf, i), compile_)
         self.objects.update({key: runner, f"{key}.cache": runner.cache, f"{key}.graphs": graphs})
 
