@@ -87,7 +87,7 @@ def cmd_generate(args) -> int:
     if args.json:
         json.dump({"text": result.text, "tokens": result.tokens, "finish_reason": result.finish_reason,
                    "timings": t, "memory": engine.memory(), "kernels": engine.kernels(),
-                   "draft_vocab": engine.model.draft_vocab_source,
+                   "draft_vocab": engine.mtp_model.draft_vocab_source,
                    "params": asdict(result.params)}, out)
         out.write("\n")
         return 0
@@ -105,8 +105,10 @@ def cmd_generate(args) -> int:
         line += f"; mean accepted length {t['mean_accepted_length']:.2f}"
     mem = engine.memory()
     print(line + "]", file=sys.stderr)
-    vocab = f"; MTP draft vocabulary: {engine.model.draft_vocab_source}" if engine.model.draft_vocab_source else ""
+    vocab = f"; MTP draft vocabulary: {engine.mtp_model.draft_vocab_source}" if engine.mtp_model.draft_vocab_source else ""
     draft = f", draft model {mem['draft_model_mb']:.1f} MB" if "draft_model_mb" in mem else ""
+    if "mtp_head_mb" in mem:
+        draft = f", MTP head on rank 0 {mem['mtp_head_mb']:.1f} MB"
     print(f"[memory: weights {mem['weights_mb']:.1f} MB, caches {mem['caches_mb']:.1f} MB{draft}; "
           f"products: {engine.kernels()}; sampling: {describe_sampling(result.params)}{vocab}]", file=sys.stderr)
     return 0
@@ -117,7 +119,7 @@ LABELS = {"mtp": "MTP", "ngram": "n-gram", "draft": "draft model"}
 
 def mtp_label(engine) -> str:
     """"MTP", or with several layers in the file how many drafts go through: "MTP (3 layers)", "MTP (1 of 3 layers)"."""
-    used, shipped = engine.model.cfg.n_mtp, engine.model.cfg.n_mtp_file
+    used, shipped = engine.mtp_model.cfg.n_mtp, engine.mtp_model.cfg.n_mtp_file
     if shipped <= 1 and used <= 1:
         return "MTP"
     return f"MTP ({used} layers)" if used == shipped else f"MTP ({used} of {shipped} layers)"

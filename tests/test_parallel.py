@@ -195,3 +195,22 @@ def test_other_drafters_run_on_rank_0_over_a_split_trunk(tiny, tiny_draft, spec)
     runs = [Engine(model=model, spec=spec, progress=False, tp=tp, draft_max=4, adaptive=False, **kw).generate(prompt, params)
             for tp in (1, 2)]
     assert runs[1].tokens == runs[0].tokens and runs[1].stats.n_draft_tokens == runs[0].stats.n_draft_tokens > 0
+
+
+def test_a_trimmed_head_file_runs_on_rank_0(tiny, tmp_path):
+    """A head written by `nextn gguf trim-head` holds few output rows: under --tp it drafts on rank 0, as one rank
+    does; split it is refused in one line."""
+    from nextn.gguf import draft_vocab
+
+    model = tiny("qwen35")
+    head = draft_vocab.trim_head(model, 48, tmp_path / "mtp-trimmed.gguf")
+    params = SamplingParams(max_tokens=20, ignore_eos=True)
+    runs = [Engine(model=str(model), mtp_model=str(head), spec="mtp", progress=False, tp=tp, draft_max=3,
+                   adaptive=False).generate(PROMPT, params) for tp in (1, 2)]
+    assert runs[1].tokens == runs[0].tokens
+    assert runs[1].stats.n_draft_tokens == runs[0].stats.n_draft_tokens > 0
+    out = subprocess.run([sys.executable, "-m", "nextn", "generate", "-m", str(model), "--mtp-model", str(head),
+                          "--tp", "2", "--tp-mtp", "split", "-n", "4"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and out.stderr.strip().splitlines()[-1] == (
+        "nextn: error: mtp-trimmed.gguf: a trimmed MTP head (nextn gguf trim-head) runs whole on rank 0: use "
+        "--tp-mtp rank0 (or auto), not split")
