@@ -281,3 +281,22 @@ def test_inspect_reports_the_cache_the_engine_allocates(tiny, arch):
                                                   *engine.runner.cache.ssm_backup.values()))
         assert engine.runner.cache.nbytes() == per_token * engine.runner.rows + fixed
     assert "kB per token" in inspect_text(describe(open_gguf(path)))
+
+
+def test_inspect_reports_rope_and_its_context_extension(models_dir, tiny, tmp_path):
+    """The rotated dimensions, base and scaling nextn applies; a scaling it refuses is named, not hidden."""
+    from gguf import GGUFValueType as T
+    from test_errors import _with_metadata
+    from nextn_dev.tiny import make_gguf, scaled_rope
+
+    path = make_gguf(models_dir / "inspect-yarn.gguf", "qwen35", workdir=models_dir / "inspect-yarn.hf",
+                     rope=scaled_rope("qwen35", rope_type="yarn", factor=4.0, original_max_position_embeddings=256))
+    text = inspect_text(describe(open_gguf(path)))
+    assert "rope:          8 of 16 dims, base 10000; YaRN x4 over an original context of 256 (betas 32 / 1), " \
+           "cos/sin x1.139" in text
+    assert "no context extension" in inspect_text(describe(open_gguf(tiny("qwen35"))))
+    mimo = describe(open_gguf(tiny("mimo2")))["rope"]
+    assert mimo["base_swa"] != mimo["base"] and mimo["scaling"] == "none"
+    bad = _with_metadata(tiny("qwen35"), tmp_path / "longrope.gguf", {"ARCH.rope.scaling.type": ("longrope", T.STRING, None)})
+    assert "rope:          refused: " in inspect_text(describe(open_gguf(bad)))
+    assert "rope scaling 'longrope' is not implemented" in inspect_text(describe(open_gguf(bad)))

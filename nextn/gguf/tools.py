@@ -49,7 +49,29 @@ def describe(gf: GGUFFile) -> dict:
         "chat_template": gf.meta("tokenizer.chat_template") is not None,
         "sampling": {k[len("general.sampling."):]: gf.meta(k) for k in gf.fields if k.startswith("general.sampling.")},
         "cache": cache_footprint(gf),
+        "rope": rope_summary(gf),
     }
+
+
+def rope_summary(gf: GGUFFile) -> dict | str | None:
+    """RoPE as nextn applies it: rotated dimensions, base, context extension (rope.scaling.*); the reason
+    where nextn refuses the file's scaling; None for a head alone."""
+    from ..models.config import ModelConfig
+
+    if form_of(gf) == HEAD_ONLY:
+        return None
+    try:
+        cfg = ModelConfig.from_gguf(gf)
+    except (NextnError, ValueError, KeyError) as e:
+        return str(e) if "rope" in str(e) else None
+    out = {"dims": cfg.n_rot, "head_dim": cfg.head_dim, "base": cfg.rope_theta, "scaling": cfg.rope_scaling}
+    if cfg.rope_theta_swa:
+        out["base_swa"] = cfg.rope_theta_swa
+    if cfg.rope_scaling != "none":
+        out.update(factor=cfg.rope_factor, cos_sin_factor=round(cfg.rope_attn_scale, 6))
+    if cfg.yarn:
+        out.update(original_context=cfg.yarn_orig_ctx, beta_fast=cfg.yarn_beta_fast, beta_slow=cfg.yarn_beta_slow)
+    return out
 
 
 def cache_footprint(gf: GGUFFile) -> dict | None:
@@ -101,6 +123,17 @@ def inspect_text(info: dict) -> str:
                ([f"{mb(c['mtp_fixed'])} per sequence"] if c["mtp_fixed"] else [])
         mtp = f"; the MTP head adds {' + '.join(adds)}" if adds else ""
         lines.append(f"cache:         {c['per_token'] / 1e3:.1f} kB per token (float32, as on CPU){fixed}{mtp}")
+    r = info.get("rope")
+    if isinstance(r, str):
+        lines.append(f"rope:          refused: {r}")
+    elif r:
+        swa = f" (sliding-window layers {r['base_swa']:g}, unscaled)" if "base_swa" in r else ""
+        ext = {"none": "no context extension",
+               "linear": f"linear scaling x{r.get('factor', 1):g}",
+               "yarn": f"YaRN x{r.get('factor', 1):g} over an original context of {r.get('original_context')} "
+                       f"(betas {r.get('beta_fast', 0):g} / {r.get('beta_slow', 0):g})"}[r["scaling"]]
+        cs = f", cos/sin x{r['cos_sin_factor']:.4g}" if r.get("cos_sin_factor", 1) != 1 else ""
+        lines.append(f"rope:          {r['dims']} of {r['head_dim']} dims, base {r['base']:g}{swa}; {ext}{cs}")
     return "\n".join(lines)
 
 
