@@ -18,6 +18,7 @@ from .config import ModelConfig
 from .model import Model
 
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "data" / "nextn-demo-code.gguf"
+_announced: set[Path] = set()
 
 
 def default_model() -> Path:
@@ -56,7 +57,9 @@ def find_head(trunk: GGUFFile, mtp_path: str | Path | None) -> GGUFFile | None:
         except ModelFileError:
             continue
         if form_of(head) == HEAD_ONLY and head_mismatch(trunk, head) is None:
-            print(f"nextn: using MTP head {path}", file=sys.stderr)
+            if path not in _announced:          # once per process (the head's placement looks for it too)
+                _announced.add(path)
+                print(f"nextn: using MTP head {path}", file=sys.stderr)
             return head
     raise MTPUnavailableError(
         f"{trunk.path} has no MTP layers (nextn_predict_layers missing); use a GGUF converted with MTP "
