@@ -214,3 +214,58 @@ def test_a_trimmed_head_file_runs_on_rank_0(tiny, tmp_path):
     assert out.returncode == 1 and out.stderr.strip().splitlines()[-1] == (
         "nextn: error: mtp-trimmed.gguf: a trimmed MTP head (nextn gguf trim-head) runs whole on rank 0: use "
         "--tp-mtp rank0 (or auto), not split")
+
+
+COLLECTIVES = """
+import sys, torch, torch.distributed as dist
+from nextn.parallel.comm import Comm
+rank, size, addr, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+dist.init_process_group("gloo", init_method=addr, rank=rank, world_size=size)
+comm = Comm(rank, size)
+g = torch.Generator().manual_seed(rank)
+parts = torch.randn(3, 1000, generator=g)
+total = comm.all_reduce(parts.clone())
+first, end = comm.vocab_range(337)
+logits = comm.gather_vocab(torch.arange(first, end).float()[None], 337)
+torch.save({"total": total, "logits": logits, "calls": comm.calls}, f"{out}/{rank}.pt")
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.parametrize("size", [3, 4])
+def test_collectives_over_more_ranks_give_every_rank_the_same_bits(tmp_path, size):
+    """Sums by recursive doubling (4 ranks: two swaps, not gloo's ring) and by gloo (3 ranks): every rank's
+    part added up, bit for bit the same on every rank; the vocabulary gathered in rank order."""
+    import socket
+
+    (tmp_path / "c.py").write_text(COLLECTIVES)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        addr = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    procs = [subprocess.Popen([sys.executable, str(tmp_path / "c.py"), str(r), str(size), addr, str(tmp_path)])
+             for r in range(size)]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    got = [torch.load(tmp_path / f"{r}.pt") for r in range(size)]
+    want = sum(torch.randn(3, 1000, generator=torch.Generator().manual_seed(r)) for r in range(size))
+    for g in got:
+        assert torch.equal(g["total"], got[0]["total"]) and torch.allclose(g["total"], want, atol=1e-5)
+        assert torch.equal(g["logits"][0], torch.arange(337).float())
+    assert got[0]["calls"] == (3 if size == 4 else 2)       # log2(4) swaps for the sum, one gloo call otherwise
+
+
+def test_four_ranks_decode_the_same_tokens_as_one(tiny):
+    """--tp 4 (sums by recursive doubling) on the MLA + MoE model, whose 4 heads and 8 experts split four
+    ways, with MTP: the tokens, drafts and acceptances of one rank. (Its own process: a process runs one
+    rank count.)"""
+    script = textwrap.dedent(f"""
+        from nextn.engine.engine import Engine
+        from nextn.engine.params import SamplingParams
+        p = SamplingParams(max_tokens=24, ignore_eos=True)
+        runs = [Engine(model={str(tiny("deepseek2"))!r}, spec="mtp", progress=False, draft_max=3, adaptive=False,
+                       tp=tp).generate({PROMPT!r}, p) for tp in (1, 4)]
+        print(runs[0].tokens == runs[1].tokens, runs[0].stats.n_draft_tokens, runs[1].stats.n_draft_tokens)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    same, drafted_one, drafted_four = out.stdout.split()
+    assert same == "True" and drafted_one == drafted_four != "0"
