@@ -36,8 +36,8 @@ class Comm:
     def doubling(self) -> bool:
         """A power of two of ranks: sums on CPU by recursive doubling, log2(size) swaps with one rank each
         (gloo's ring takes 2 (size - 1) steps, and decode-sized tensors are all latency: 1,024 floats over
-        loopback took 0.41 / 2.5 / 7.8 ms against gloo's 1.5 / 6.5 / 22.7 ms with 2 / 4 / 8 ranks on this
-        2-core machine)."""
+        loopback took 0.35 / 2.9 / 8.1 ms against gloo's 1.6 / 5.7 / 22.4 ms with 2 / 4 / 8 ranks on a
+        2-core machine: scripts/comm_bench.py)."""
         return self.size > 1 and self.size & (self.size - 1) == 0
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
