@@ -119,3 +119,47 @@ def shard(out_dir: Path, mtp: dict[str, torch.Tensor], arch: str = "") -> None:
         save_file(part, str(out_dir / name), metadata={"format": "pt"})
         weight_map.update({k: name for k in part})
     (out_dir / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=1))
+
+
+E4M3_MAX = 448.0
+
+
+def to_fp8(src: Path, out: Path, block: tuple[int, int] = (128, 128), dequantized: Path | None = None) -> Path:
+    """A copy of checkpoint `src` in the form DeepSeek-V3, Kimi-K2 and MiMo-V2 publish: every linear projection
+    (`*_proj.weight`) in float8_e4m3fn with a `*_scale_inv` float32 scale per block of `block` weights (the block's
+    largest magnitude / 448), `quantization_config` fp8 with `weight_block_size`; embeddings, norms, routers and
+    output heads as they were. `dequantized`: also write the checkpoint of what those FP8 weights mean (FP8 times
+    scale, float32), the reference a converter must reproduce."""
+    import shutil
+
+    out = Path(out)
+    shutil.copytree(src, out, dirs_exist_ok=True)
+    if dequantized is not None:
+        shutil.copytree(src, dequantized, dirs_exist_ok=True)
+    bn, bk = block
+    index = {}
+    for f in sorted(Path(src).glob("*.safetensors")):
+        state, exact = load_file(f), {}
+        fp8 = {}
+        for name, w in state.items():
+            if not (name.endswith("_proj.weight") and w.dim() == 2):
+                fp8[name] = exact[name] = w
+                continue
+            n, k = w.shape
+            blocks = torch.nn.functional.pad(w.float(), (0, -k % bk, 0, -n % bn)).reshape(-(-n // bn), bn, -(-k // bk), bk)
+            scale = blocks.abs().amax(dim=(1, 3)).clamp(min=1e-12) / E4M3_MAX
+            full = scale.repeat_interleave(bn, 0)[:n].repeat_interleave(bk, 1)[:, :k]
+            q = (w.float() / full).to(torch.float8_e4m3fn)
+            fp8[name], fp8[name + "_scale_inv"] = q, scale.contiguous()
+            exact[name] = q.float() * full
+        save_file(fp8, out / f.name, metadata={"format": "pt"})
+        if dequantized is not None:
+            save_file(exact, Path(dequantized) / f.name, metadata={"format": "pt"})
+        index.update({k: f.name for k in fp8})
+    if (out / "model.safetensors.index.json").exists():
+        (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": index}, indent=1))
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                                  "weight_block_size": [bn, bk]}
+    (out / "config.json").write_text(json.dumps(cfg, indent=1))
+    return out

@@ -1,5 +1,6 @@
 """Converting, inspecting, extracting, stripping and grafting MTP heads: forms round-trip byte for byte."""
 
+import json
 import shutil
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 from nextn_dev.interop import summary
 from gguf import GGMLQuantizationType as Q
 
-from nextn.gguf.convert import convert
+from nextn.gguf.convert import Checkpoint, convert
 from nextn.engine.engine import Engine
 from nextn.errors import ModelFileError, NextnError
 from nextn.gguf.tools import (describe, extract_mtp, graft_mtp, inspect_text, merge_file, quantize_file, set_sampling,
@@ -129,16 +130,57 @@ def test_convert_errors_leave_no_file(tmp_path):
     assert not (tmp_path / "out.gguf").exists()
 
 
-def test_an_fp8_checkpoint_is_refused_with_what_to_do(tiny, tmp_path, capsys):
-    """DeepSeek-V3 and MiMo publish FP8 weights with per-block `weight_scale_inv`: read as they are they would
-    convert to garbage, so the converter says what to do instead."""
-    from safetensors.torch import save_file
+@pytest.mark.parametrize("arch", ["deepseek2", "mimo2"])
+def test_block_scaled_fp8_checkpoints_convert_to_what_their_weights_mean(models_dir, tmp_path, arch):
+    """DeepSeek-V3, Kimi-K2 and MiMo publish their projections in FP8 with a `weight_scale_inv` per block:
+    the converter writes FP8 x scale, exactly (the same file as the dequantized checkpoint), within FP8's
+    precision of the original weights, and the file decodes."""
+    from nextn_dev.published import to_fp8
+    from nextn_dev.tiny import make_checkpoint
 
-    hf = tmp_path / "fp8.hf"
+    hf = make_checkpoint(models_dir / f"fp8-src-{arch}.hf", arch, published=True)
+    fp8 = to_fp8(hf, tmp_path / "fp8.hf", block=(16, 32), dequantized=tmp_path / "deq.hf")
+    assert any(k.endswith("_scale_inv") for k in Checkpoint(fp8).where)
+    got = summary(convert(fp8, tmp_path / "fp8.gguf", outtype="f32", progress=False))
+    want = summary(convert(tmp_path / "deq.hf", tmp_path / "deq.gguf", outtype="f32", progress=False))
+    assert got["tensors"] == want["tensors"]
+    fp8_file, orig = open_gguf(tmp_path / "fp8.gguf"), open_gguf(convert(hf, tmp_path / "o.gguf", outtype="f32",
+                                                                         progress=False))
+    changed = 0
+    for name, t in orig.tensors.items():
+        a, b = torch.from_numpy(fp8_file.tensor(name).data.copy()), torch.from_numpy(t.data.copy())
+        err = ((a - b).norm() / b.norm()).item() if b.norm() > 0 else 0.0
+        assert err < 0.05, f"{name}: relative error {err:.3f}"
+        changed += err > 0
+    assert changed >= 10
+    out = Engine(model=str(tmp_path / "fp8.gguf"), spec="mtp", progress=False).generate(
+        "def f(x):", SamplingParams(max_tokens=8, ignore_eos=True))
+    assert len(out.tokens) == 8
+
+
+@pytest.mark.parametrize("quant,scales,needle", [
+    ({"quant_method": "fp8"}, True, "without quantization_config.weight_block_size"),
+    ({"quant_method": "gptq", "bits": 4}, False, "quant_method 'gptq' is not supported"),
+    ({"quant_method": "fp8", "weight_block_size": [16, 32]}, "wrong", "has shape \\[1, 1\\]; .* need"),
+    ({"quant_method": "fp8", "weight_block_size": [16, 32]}, "none", "has no block scales"),
+])
+def test_unsupported_quantized_checkpoints_are_refused_in_one_line(tiny, tmp_path, quant, scales, needle):
+    from safetensors.torch import load_file, save_file
+
+    hf = tmp_path / "q.hf"
     shutil.copytree(tiny("mimo2").parent / "mimo2.hf", hf)
-    save_file({"model.layers.1.self_attn.q_proj.weight_scale_inv": torch.ones(1, 1)}, str(hf / "scales.safetensors"))
-    with pytest.raises(NextnError, match="FP8 checkpoint .*weight_scale_inv.*dequantize it to BF16"):
-        convert(hf, tmp_path / "out.gguf")
+    cfg = json.loads((hf / "config.json").read_text())
+    (hf / "config.json").write_text(json.dumps({**cfg, "quantization_config": quant}))
+    f = next(hf.glob("*.safetensors"))
+    state = load_file(f)
+    name = next(k for k in state if k.endswith("q_proj.weight"))
+    if scales is not False:
+        state[name] = state[name].to(torch.float8_e4m3fn)
+    if scales is True or scales == "wrong":
+        state[name + "_scale_inv"] = torch.ones(1, 1)
+    save_file(state, str(f))
+    with pytest.raises(NextnError, match=needle):
+        convert(hf, tmp_path / "out.gguf", progress=False)
     assert not (tmp_path / "out.gguf").exists()
 
 

@@ -63,11 +63,7 @@ class Checkpoint:
             with safe_open(f, "pt") as sf:
                 for k in sf.keys():
                     self.where[k] = f
-        quant = raw.get("quantization_config") or {}
-        scaled = next((k for k in self.where if k.endswith("_scale_inv")), None)
-        if quant.get("quant_method") == "fp8" or scaled:
-            raise NextnError(f"{hf_dir}: an FP8 checkpoint ({scaled or 'quantization_config fp8'}); nextn convert reads "
-                             f"BF16/F16/F32 weights: dequantize it to BF16 first")
+        self.fp8_block = _fp8_block(hf_dir, raw.get("quantization_config") or {}, self.where)
         self.n_mtp = self._count_mtp_layers()
         gen = hf_dir / "generation_config.json"
         try:
@@ -85,7 +81,28 @@ class Checkpoint:
 
     def get(self, name: str) -> torch.Tensor:
         with safe_open(self.where[name], "pt") as sf:
-            return sf.get_tensor(name).float()
+            t = sf.get_tensor(name)
+        if t.dtype in FP8:
+            return self._dequantize(name, t)
+        return t.float()
+
+    def _dequantize(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        """An FP8 weight times its block scales (`NAME_scale_inv`, one per block of weight_block_size: the
+        form DeepSeek-V3, Kimi-K2 and MiMo-V2 publish), exactly in float32."""
+        scale_name = name + "_scale_inv"
+        if scale_name not in self.where or self.fp8_block is None:
+            raise NextnError(f"{self.dir}: FP8 tensor '{name}' has no block scales ('{scale_name}' with "
+                             f"quantization_config.weight_block_size); nextn convert reads block-scaled FP8 only")
+        with safe_open(self.where[scale_name], "pt") as sf:
+            scale = sf.get_tensor(scale_name).float()
+        bn, bk = self.fp8_block
+        n, k = t.shape
+        want = (-(-n // bn), -(-k // bk))
+        if tuple(scale.shape) != want:
+            raise NextnError(f"{self.dir}: '{scale_name}' has shape {list(scale.shape)}; {list(t.shape)} weights in "
+                             f"blocks of {bn} x {bk} need {list(want)}")
+        full = scale.repeat_interleave(bn, 0)[:n].repeat_interleave(bk, 1)[:, :k]
+        return t.float() * full
 
 
 def convert(hf_dir: str | Path, out: str | Path, *, outtype: str = "f16", mode: str = "bundled",
@@ -128,6 +145,26 @@ def convert(hf_dir: str | Path, out: str | Path, *, outtype: str = "f16", mode: 
     return write_gguf(out, ck.arch, add_metadata, add_tensors, split_max_size)
 
 
+FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
+
+
+def _fp8_block(hf_dir: Path, quant: dict, where: dict) -> tuple[int, int] | None:
+    """The block size of a block-scaled FP8 checkpoint (quantization_config quant_method fp8 with
+    weight_block_size), None for an unquantized one; other quantization methods are refused in one line."""
+    method = quant.get("quant_method")
+    scaled = any(k.endswith("_scale_inv") for k in where)
+    if method is None and not scaled:
+        return None
+    if method not in (None, "fp8"):
+        raise NextnError(f"{hf_dir}: quantization_config.quant_method {method!r} is not supported by nextn convert "
+                         f"(BF16 / F16 / F32 weights, or block-scaled FP8)")
+    block = quant.get("weight_block_size")
+    if not (isinstance(block, list) and len(block) == 2 and all(isinstance(b, int) and b > 0 for b in block)):
+        raise NextnError(f"{hf_dir}: an FP8 checkpoint without quantization_config.weight_block_size [rows, columns] "
+                         f"(per-tensor scales are not supported)")
+    return block[0], block[1]
+
+
 def _model_name(ck: Checkpoint) -> str:
     return ck.hp.get("_name_or_path") or ck.dir.resolve().name
 
@@ -149,7 +186,7 @@ def _tensors(ck: Checkpoint, mode: str):
     out = []
     for raw_name in ck.where:
         name = names.canonical(raw_name)
-        if name is None:
+        if name is None or (ck.fp8_block and raw_name.endswith("_scale_inv")):     # scales: read with their weight
             continue
         if name.startswith("mtp."):
             name = names.qwen_mtp_to_block(name, ck.n_trunk)
