@@ -35,6 +35,11 @@ def summary(path: str | Path) -> dict:
     return {"keys": keys, "tensors": tensors}
 
 
+# published-shape checkpoints in block-scaled FP8 (nextn_dev.published.to_fp8, blocks of 16 x 32 so that tiny
+# matrices hold several), recorded as llama.cpp's converter writes them (DeepSeek-V3: the trunk-only form)
+FP8_CASES = {"deepseek2-fp8": ("deepseek2", (16, 32))}
+
+
 def keys_only(s: dict) -> dict:
     """A summary without its tensors (the ROPE_CASES differ from the plain checkpoints in metadata only)."""
     return {"keys": s["keys"], "tensors": {}}

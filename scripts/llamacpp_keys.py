@@ -5,7 +5,8 @@
 For each architecture a tiny random checkpoint in the published shape (nextn_dev/published.py) is
 converted by llama.cpp's own `convert_hf_to_gguf.py` (through scripts/llamacpp_convert.py) in the
 bundled, --mtp and --no-mtp forms (DeepSeek-V3: --no-mtp only, its converter drops the MTP layer), and the
-checkpoints of nextn_dev.interop.ROPE_CASES (a RoPE context extension) in the bundled form, keys only. Recorded per form: every metadata key with its value (token
+checkpoints of nextn_dev.interop.ROPE_CASES (a RoPE context extension) in the bundled form, keys only, and of
+FP8_CASES (block-scaled FP8, as DeepSeek-V3 publishes it). Recorded per form: every metadata key with its value (token
 lists and merges by count) and every tensor with its type, shape and a hash of its bytes. `--check` compares
 `nextn convert` of the same checkpoints with the recording and prints the differences instead.
 The tests compare nextn's converter with this recording without needing llama.cpp.
@@ -21,7 +22,8 @@ import tempfile
 from pathlib import Path
 
 from nextn.gguf.convert import convert
-from nextn_dev.interop import RECORDING, ROPE_CASES, differences, keys_only, recording, summary
+from nextn_dev.interop import FP8_CASES, RECORDING, ROPE_CASES, differences, keys_only, recording, summary
+from nextn_dev.published import to_fp8
 from nextn_dev.tiny import ARCHS, MLA, make_checkpoint, scaled_rope
 
 FORMS = {"bundled": [], "mtp": ["--mtp"], "no-mtp": ["--no-mtp"]}
@@ -71,6 +73,16 @@ def main() -> None:
                     out = llamacpp_convert(llama, hf, tmp / f"ll-{arch}-{form}.gguf", form, arch)
                     record.setdefault("archs", {}).setdefault(arch, {})[form] = summary(out)
                     print(f"{arch} {form}: recorded {len(record['archs'][arch][form]['keys'])} keys")
+        for name, (arch, block) in FP8_CASES.items():
+            hf = to_fp8(make_checkpoint(tmp / f"{name}-src", arch, published=True), tmp / name, block=block)
+            if args.check:
+                ours = summary(convert(hf, tmp / f"nx-{name}.gguf", outtype="f32", mode="no-mtp", progress=False))
+                found = differences(record["fp8"][name], ours)
+                print(f"{name}: " + ("\n  ".join(["differs:"] + found) if found else "same"))
+            else:
+                record.setdefault("fp8", {})[name] = summary(llamacpp_convert(llama, hf, tmp / f"ll-{name}.gguf",
+                                                                              "no-mtp", arch))
+                print(f"{name}: recorded")
         for name, (arch, scaling) in ROPE_CASES.items():
             hf = make_checkpoint(tmp / name, arch, published=True, rope=scaled_rope(arch, **scaling))
             if args.check:

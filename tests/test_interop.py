@@ -17,7 +17,7 @@ from nextn.gguf.convert import convert
 from nextn.gguf.reader import open_gguf
 from nextn.gguf.tools import _copy_metadata, _copy_tensors
 from nextn.gguf.writer import write_gguf
-from nextn_dev.interop import FORMS, ROPE_CASES, differences, keys_only, recording, summary
+from nextn_dev.interop import FORMS, FP8_CASES, ROPE_CASES, differences, keys_only, recording, summary
 from nextn_dev.tiny import ARCHS, load_reference, make_checkpoint, scaled_rope
 
 RECORD = recording()
@@ -121,3 +121,16 @@ def test_rope_scaled_checkpoints_convert_and_decode_as_llamacpp_files(models_dir
     path = as_llamacpp_wrote_it(ours, RECORD["rope"][name], tmp_path / "l.gguf")
     assert open_gguf(path).meta(f"{arch}.rope.scaling.type") == scaling["rope_type"]
     _decodes_like_transformers(hf, path, mtp=True)
+
+
+@pytest.mark.parametrize("name", FP8_CASES)
+def test_fp8_checkpoints_convert_as_llamacpps_converter_does(models_dir, tmp_path, name):
+    """A checkpoint in DeepSeek-V3's published FP8 form: the same keys and tensors, byte for byte, as llama.cpp's
+    converter writes (its output for DeepSeek-V3 is the trunk-only form)."""
+    from nextn_dev.published import to_fp8
+
+    arch, block = FP8_CASES[name]
+    hf = to_fp8(make_checkpoint(models_dir / f"published-{name}-src.hf", arch, published=True), tmp_path / "fp8.hf",
+                block=block)
+    ours = summary(convert(hf, tmp_path / "n.gguf", outtype="f32", mode="no-mtp", progress=False))
+    assert differences(RECORD["fp8"][name], ours) == []
