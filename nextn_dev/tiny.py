@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from nextn.gguf.convert import convert
 from nextn.text.chat import CHATML
-from nextn.text.tokenizer import PRE_TOKENIZER_REGEX
+from nextn.text.tokenizer import PRE_TOKENIZERS
 
 from . import published as pub
 
@@ -55,7 +55,7 @@ def make_tokenizer(out_dir: Path, vocab_size: int, texts: list[str] | None = Non
     glm = arch in ("glm4moe", "glm4moelite")
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRE_TOKENIZER_REGEX["glm4" if glm else "qwen2"]), behavior="isolated"),
+        pre_tokenizers.Split(Regex(PRE_TOKENIZERS["glm4" if glm else "qwen2"].regexes[0]), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tk.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=GLM_SPECIALS if glm else SPECIALS,

@@ -1,9 +1,10 @@
 """Tokenizer and chat template rebuilt from GGUF metadata behave like the original tokenizer."""
 
 import pytest
-from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import Regex, Tokenizer as HFTokenizer
 
 from nextn.text.chat import render_chat
+from nextn.errors import NextnError
 from nextn.gguf.reader import open_gguf
 from nextn.text.tokenizer import StreamDecoder, Tokenizer
 
@@ -63,3 +64,59 @@ def test_token_bytes_join_to_the_text(pair, demo_model):
         for text in ("héllo wörld\n\tdef f():  ✓ 日本", "x = {'a': [1, 2]}\r\n"):
             ids = tk.encode(text, add_bos=False)
             assert b"".join(tk.token_bytes(i) for i in ids) == text.encode()
+
+
+@pytest.fixture(scope="module")
+def cut_vocab(tmp_path_factory):
+    """A model file whose BPE merges cross every boundary a pre-tokenizer may cut at."""
+    from nextn_dev.tokens import base_model
+
+    return base_model(tmp_path_factory.mktemp("cut") / "model.gguf")
+
+
+@pytest.mark.parametrize("pre", ["qwen2", "qwen35", "glm4", "deepseek-v3", "kimi-k2"])
+def test_pre_tokenizers_cut_text_as_llamacpp_does(cut_vocab, tmp_path, pre):
+    """Qwen3 / Qwen3-Next / MiMo (qwen2), Qwen3.5, GLM (glm4, merges skipped for whole-token pieces), DeepSeek-V3
+    (three splits in turn) and Kimi-K2 files tokenize as llama-server does (tests/data/llamacpp_tokens.json),
+    but where llama.cpp's Kimi-K2 splitter departs from Kimi's regex (nextn_dev.tokens.LLAMACPP_DIFFERS)."""
+    from nextn_dev.tokens import LLAMACPP_DIFFERS, TEXTS, recording, with_pre
+
+    tk = Tokenizer.from_gguf(open_gguf(with_pre(cut_vocab, pre, tmp_path / f"{pre}.gguf")))
+    rec = recording()["tokens"]
+    checked = 0
+    for i, text in enumerate(TEXTS):
+        if (pre, i) not in LLAMACPP_DIFFERS:
+            assert tk.encode(text, add_bos=False) == rec[pre][i], (pre, text)
+            checked += 1
+    assert checked >= 3 and len({tuple(rec[p][0]) for p in rec}) > 1       # the names do cut differently
+
+
+def test_kimi_k2_pieces_follow_its_regex(cut_vocab, tmp_path):
+    """Kimi-K2's pre-tokenizer is its tiktoken pattern (character-class intersections included), cut as the
+    `regex` package cuts it; like tiktoken, a piece that is itself a token is taken whole."""
+    import regex
+    from tokenizers import pre_tokenizers
+
+    from nextn.text.tokenizer import PRE_TOKENIZERS
+    from nextn_dev.tokens import TEXTS
+
+    pattern = PRE_TOKENIZERS["kimi-k2"].regexes[0]
+    split = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
+    for text in TEXTS:
+        assert [p for p, _ in split.pre_tokenize_str(text)] == regex.findall(pattern, text, flags=regex.V1)
+    from nextn_dev.tokens import with_pre
+    tk = Tokenizer.from_gguf(open_gguf(with_pre(cut_vocab, "kimi-k2", tmp_path / "k.gguf")))
+    assert [tk.decode([t]) for t in tk.encode("the trailing windows", add_bos=False)][-2:] == [" trailing", " windows"]
+
+
+def test_a_deepseek_v3_tokenizer_json_converts_to_its_pre_tokenizer_name():
+    from nextn.gguf.vocab import pre_tokenizer_name
+    from nextn.text.tokenizer import PRE_TOKENIZERS
+
+    splits = [{"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": False}
+              for r in PRE_TOKENIZERS["deepseek-v3"].regexes]
+    tj = {"pre_tokenizer": {"type": "Sequence", "pretokenizers": splits + [{"type": "ByteLevel"}]}}
+    assert pre_tokenizer_name(tj, "deepseek2") == "deepseek-v3"
+    tj["pre_tokenizer"]["pretokenizers"] = splits[1:]
+    with pytest.raises(NextnError, match="pre-tokenizer nextn does not know"):
+        pre_tokenizer_name(tj, "deepseek2")

@@ -8,7 +8,7 @@ from pathlib import Path
 from gguf import GGUFWriter, TokenType
 
 from ..errors import NextnError
-from ..text.tokenizer import PRE_TOKENIZER_REGEX
+from ..text.tokenizer import PRE_TOKENIZERS
 
 
 GLM_SPECIAL_TOKENS = {"bos": "[gMASK]", "eot": "<|user|>", "unk": "<|endoftext|>", "eom": "<|observation|>"}
@@ -16,24 +16,22 @@ SPECIAL_KEYS = {"bos": "bos_token_id", "eos": "eos_token_id", "pad": "padding_to
                 "unk": "unknown_token_id", "eom": "eom_token_id"}
 
 
-def _find_regex(node) -> str | None:
+def _find_regexes(node) -> list[str]:
+    """The Split regexes of a tokenizer.json pre_tokenizer, in the order they apply."""
     if isinstance(node, dict):
         if node.get("type") == "Split" and isinstance(node.get("pattern"), dict):
-            return node["pattern"].get("Regex")
-        for child in node.get("pretokenizers", []) or []:
-            found = _find_regex(child)
-            if found:
-                return found
-    return None
+            return [node["pattern"]["Regex"]] if node["pattern"].get("Regex") else []
+        return [r for child in node.get("pretokenizers", []) or [] for r in _find_regexes(child)]
+    return []
 
 
 def pre_tokenizer_name(tok_json: dict, arch: str) -> str:
-    regex = _find_regex(tok_json.get("pre_tokenizer") or {})
-    if regex is None:
+    regexes = tuple(_find_regexes(tok_json.get("pre_tokenizer") or {}))
+    if not regexes:
         return "gpt2"
-    names = [n for n, r in PRE_TOKENIZER_REGEX.items() if r == regex]
+    names = [n for n, p in PRE_TOKENIZERS.items() if p.regexes == regexes]
     if not names:
-        raise NextnError(f"tokenizer.json uses a pre-tokenizer regex nextn does not know: {regex!r}")
+        raise NextnError(f"tokenizer.json uses a pre-tokenizer nextn does not know: {' then '.join(map(repr, regexes))}")
     if arch == "glm4moe" and "glm4" in names:
         return "glm4"
     return names[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 from gguf import TokenType
 from tokenizers import AddedToken, Regex, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
@@ -17,10 +18,34 @@ _QWEN35 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}|
 _LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
            r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 _GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+# DeepSeek-V3 / R1: three splits in turn (digits in threes, runs of CJK ideographs and kana, then the rest)
+_DEEPSEEK_V3 = (r"\p{N}{1,3}", r"[一-龥぀-ゟ゠-ヿ]+",
+                r"[!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+"
+                r"| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# Kimi-K2 (its tiktoken pattern): Han runs apart, cased words without Han characters, contractions kept on;
+# tiktoken takes a piece that is itself a token whole (ignore_merges), which llama.cpp's kimi-k2 does not
+_NO_HAN_UPPER = r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]"
+_NO_HAN_LOWER = r"[\p{Ll}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]"
+_KIMI_K2 = (rf"[\p{{Han}}]+|[^\r\n\p{{L}}\p{{N}}]?{_NO_HAN_UPPER}*{_NO_HAN_LOWER}+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+            rf"|[^\r\n\p{{L}}\p{{N}}]?{_NO_HAN_UPPER}+{_NO_HAN_LOWER}*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+            r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 
-PRE_TOKENIZER_REGEX = {
-    "qwen2": _QWEN2, "qwen35": _QWEN35, "llama3": _LLAMA3, "llama-bpe": _LLAMA3, "glm4": _LLAMA3,
-    "chatglm-bpe": _LLAMA3, "gpt2": _GPT2, "default": _GPT2,
+
+@dataclass(frozen=True)
+class PreTokenizer:
+    """How text is cut before BPE for one `tokenizer.ggml.pre` name, as llama.cpp does it: regexes applied in
+    turn (each splits the pieces the one before left, keeping matches and what lies between them), and
+    whether a piece that is itself a token is taken whole, without merges (`ignore_merges`)."""
+    regexes: tuple[str, ...]
+    ignore_merges: bool = False
+
+
+PRE_TOKENIZERS = {
+    "qwen2": PreTokenizer((_QWEN2,)), "qwen35": PreTokenizer((_QWEN35,)),
+    "llama3": PreTokenizer((_LLAMA3,), True), "llama-bpe": PreTokenizer((_LLAMA3,), True),
+    "glm4": PreTokenizer((_LLAMA3,), True), "chatglm-bpe": PreTokenizer((_LLAMA3,)),
+    "deepseek-v3": PreTokenizer(_DEEPSEEK_V3), "kimi-k2": PreTokenizer((_KIMI_K2,), True),
+    "gpt2": PreTokenizer((_GPT2,)), "default": PreTokenizer((_GPT2,)),
 }
 EOG_TEXTS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<|user|>", "<|observation|>",
              "<|end|>", "<|return|>")
@@ -30,18 +55,18 @@ class Tokenizer:
     def __init__(self, tokens: list[str], merges: list[str], token_types: list[int], pre: str,
                  bos_id: int | None, eos_id: int | None, eot_id: int | None, add_bos: bool,
                  chat_template: str | None):
-        regex = PRE_TOKENIZER_REGEX.get(pre)
-        if regex is None:
+        how = PRE_TOKENIZERS.get(pre)
+        if how is None:
             warnings.warn(f"unknown pre-tokenizer '{pre}', using the GPT-2 pattern")
-            regex = _GPT2
+            how = PRE_TOKENIZERS["gpt2"]
         vocab = {t: i for i, t in enumerate(tokens)}
         pairs = [tuple(m.split(" ", 1)) for m in merges]
-        model = models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, byte_fallback=False)
+        model = models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, byte_fallback=False,
+                           ignore_merges=how.ignore_merges)
         tk = HFTokenizer(model)
-        tk.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(regex), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ])
+        tk.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Split(Regex(r), behavior="isolated", invert=False) for r in how.regexes]
+            + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
         tk.decoder = decoders.ByteLevel()
         special = [i for i, t in enumerate(token_types) if t in (TokenType.CONTROL, TokenType.USER_DEFINED)]
         tk.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False) for i in special])
