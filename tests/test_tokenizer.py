@@ -120,3 +120,23 @@ def test_a_deepseek_v3_tokenizer_json_converts_to_its_pre_tokenizer_name():
     tj["pre_tokenizer"]["pretokenizers"] = splits[1:]
     with pytest.raises(NextnError, match="pre-tokenizer nextn does not know"):
         pre_tokenizer_name(tj, "deepseek2")
+
+
+def test_chat_templates_render_as_transformers_renders_them():
+    """What published templates use beyond plain jinja: transformers' `tojson` (no HTML escapes, keys in their
+    order, non-ASCII kept), loop controls, `{% generation %}` blocks; the same text as apply_chat_template's."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    template = ("{%- for m in messages %}{% if loop.index > 3 %}{% break %}{% endif %}"
+                "<|{{ m.role }}|>{% if m.role == 'assistant' %}{% generation %}{{ m.content }}{% endgeneration %}"
+                "{% else %}{{ m.content }}{% endif %}\n{% endfor %}"
+                "{%- if tools %}<tools>{% for t in tools %}{{ t | tojson }}{{ t | tojson(indent=2) }}{% endfor %}"
+                "</tools>{% endif %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    tools = [{"type": "function", "function": {"name": "météo", "description": "Weather <& 'quotes'>",
+                                               "parameters": {"z": 1, "a": [1, 2]}}}]
+    messages = [{"role": "user", "content": "Quel temps fait-il ?"}, {"role": "assistant", "content": "Je regarde."},
+                {"role": "user", "content": "Merci"}, {"role": "user", "content": "never shown"}]
+    ours = render_chat(template, messages, tools=tools)
+    theirs = render_jinja_template([messages], tools=tools, chat_template=template, add_generation_prompt=True)[0][0]
+    assert ours == theirs
+    assert '"météo"' in ours and "<&" in ours and ours.index('"z"') < ours.index('"a"') and "never shown" not in ours
