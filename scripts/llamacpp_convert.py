@@ -33,7 +33,7 @@ def known_pre_tokenizer(hf_dir: Path) -> str:
     from nextn.gguf.vocab import pre_tokenizer_name
 
     tj = json.loads((hf_dir / "tokenizer.json").read_text(encoding="utf-8"))
-    return pre_tokenizer_name(tj, Checkpoint(hf_dir).arch)
+    return pre_tokenizer_name(tj, Checkpoint(hf_dir).vocab_style)
 
 
 def main() -> None:

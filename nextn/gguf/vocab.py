@@ -32,7 +32,7 @@ def pre_tokenizer_name(tok_json: dict, arch: str) -> str:
     names = [n for n, p in PRE_TOKENIZERS.items() if p.regexes == regexes]
     if not names:
         raise NextnError(f"tokenizer.json uses a pre-tokenizer nextn does not know: {' then '.join(map(repr, regexes))}")
-    if arch == "glm4moe" and "glm4" in names:
+    if arch in ("glm4moe", "glm4moelite") and "glm4" in names:     # GLM-4.5 and GLM-4.7-Flash, as llama.cpp names them
         return "glm4"
     return names[0]
 
