@@ -140,3 +140,43 @@ def test_chat_templates_render_as_transformers_renders_them():
     theirs = render_jinja_template([messages], tools=tools, chat_template=template, add_generation_prompt=True)[0][0]
     assert ours == theirs
     assert '"météo"' in ours and "<&" in ours and ours.index('"z"') < ours.index('"a"') and "never shown" not in ours
+
+
+def test_a_kimi_k2_tiktoken_vocabulary_converts_and_tokenizes_as_tiktoken(models_dir, tmp_path):
+    """Kimi-K2 ships tiktoken ranks (tiktoken.model) and tokenization_kimi.py, no tokenizer.json: nextn convert
+    derives the merges, and the file tokenizes exactly as tiktoken does with Kimi's pattern and those ranks
+    (including pieces that are tokens no merge reaches), special tokens included."""
+    import base64
+    import json
+    import shutil
+
+    import tiktoken
+
+    from nextn.gguf.convert import convert
+    from nextn.text.tokenizer import PRE_TOKENIZERS, _byte_level_alphabet
+    from nextn_dev.tiny import make_checkpoint
+    from nextn_dev.tokens import TEXTS, WHOLE_WORDS
+
+    hf = tmp_path / "kimi.hf"
+    shutil.copytree(make_checkpoint(models_dir / "kimi-src.hf", "deepseek2", published=True), hf)
+    tj = json.loads((hf / "tokenizer.json").read_text())
+    (hf / "tokenizer.json").unlink()
+    to_byte = _byte_level_alphabet()
+    normal = sorted((i, t) for t, i in tj["model"]["vocab"].items() if t not in {a["content"] for a in tj["added_tokens"]})
+    cfg = json.loads((hf / "config.json").read_text())
+    ranks = {bytes(to_byte[c] for c in t): r for r, (_, t) in enumerate(normal[:cfg["vocab_size"] - 16])}
+    for w in WHOLE_WORDS:                           # tokens that no merge leads to
+        ranks.setdefault(w.encode(), len(ranks))
+    (hf / "tiktoken.model").write_text("".join(f"{base64.b64encode(t).decode()} {r}\n" for t, r in ranks.items()))
+    (hf / "tokenization_kimi.py").write_text("# Kimi-K2's tokenizer class (its pattern is the kimi-k2 pre-tokenizer)\n")
+    specials = {"[BOS]": len(ranks), "[EOS]": len(ranks) + 1, "<|im_end|>": len(ranks) + 2}
+    tcfg = {"bos_token": "[BOS]", "eos_token": "[EOS]",
+            "added_tokens_decoder": {str(i): {"content": t, "special": True} for t, i in specials.items()}}
+    (hf / "tokenizer_config.json").write_text(json.dumps(tcfg))
+    gf = open_gguf(convert(hf, tmp_path / "kimi.gguf", outtype="f32", mode="no-mtp", progress=False))
+    assert gf.meta("tokenizer.ggml.pre") == "kimi-k2" and gf.meta("tokenizer.ggml.eos_token_id") == specials["[EOS]"]
+    ours = Tokenizer.from_gguf(gf)
+    reference = tiktoken.Encoding("kimi-test", pat_str=PRE_TOKENIZERS["kimi-k2"].regexes[0], mergeable_ranks=ranks,
+                                  special_tokens=specials)
+    for text in TEXTS + [" ".join(WHOLE_WORDS) + "<|im_end|>"]:
+        assert ours.encode(text, add_bos=False) == reference.encode(text, allowed_special="all"), text
