@@ -113,8 +113,11 @@ def test_a_deepseek_v3_tokenizer_json_converts_to_its_pre_tokenizer_name():
     from nextn.gguf.vocab import pre_tokenizer_name
     from nextn.text.tokenizer import PRE_TOKENIZERS
 
+    # spelt as in llama.cpp's source (and DeepSeek's tokenizer.json): line breaks as characters, quotes bare
+    third = ("[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+"
+             "| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+")
     splits = [{"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": False}
-              for r in PRE_TOKENIZERS["deepseek-v3"].regexes]
+              for r in PRE_TOKENIZERS["deepseek-v3"].regexes[:2] + (third,)]
     tj = {"pre_tokenizer": {"type": "Sequence", "pretokenizers": splits + [{"type": "ByteLevel"}]}}
     assert pre_tokenizer_name(tj, "deepseek2") == "deepseek-v3"
     tj["pre_tokenizer"]["pretokenizers"] = splits[1:]

@@ -26,11 +26,16 @@ def _find_regexes(node) -> list[str]:
     return []
 
 
+def _plain(regex: str) -> str:
+    """A regex in one spelling: line breaks as escapes (tokenizer.json files write either)."""
+    return regex.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def pre_tokenizer_name(tok_json: dict, arch: str) -> str:
-    regexes = tuple(_find_regexes(tok_json.get("pre_tokenizer") or {}))
+    regexes = tuple(map(_plain, _find_regexes(tok_json.get("pre_tokenizer") or {})))
     if not regexes:
         return "gpt2"
-    names = [n for n, p in PRE_TOKENIZERS.items() if p.regexes == regexes]
+    names = [n for n, p in PRE_TOKENIZERS.items() if tuple(map(_plain, p.regexes)) == regexes]
     if not names:
         raise NextnError(f"tokenizer.json uses a pre-tokenizer nextn does not know: {' then '.join(map(repr, regexes))}")
     if arch in ("glm4moe", "glm4moelite") and "glm4" in names:     # GLM-4.5 and GLM-4.7-Flash, as llama.cpp names them
