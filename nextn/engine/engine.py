@@ -132,7 +132,8 @@ class Engine:
             loaded = loader.load(config.model, use_mtp=config.use_mtp and place is None, comm=comm,
                                  mtp_out=place is not None and not place.whole_output, **args)
             if place is not None and session is not None:      # rank 0: the MTP blocks whole, apart from its shard
-                loaded[1].mtp_apart = loader.load(config.model, use_mtp=True, head_only=True, **args)[1]
+                loaded[1].mtp_apart = loader.load(config.model, use_mtp=True, head_only=True, tokenizer=loaded[2],
+                                                  **args)[1]
         except NextnError as e:
             if session is not None:
                 session.channel.agree(str(e))

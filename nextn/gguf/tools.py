@@ -48,22 +48,26 @@ def describe(gf: GGUFFile) -> dict:
         "bytes": {"trunk": trunk_bytes, "mtp": mtp_bytes, "shared": other_bytes},
         "chat_template": gf.meta("tokenizer.chat_template") is not None,
         "sampling": {k[len("general.sampling."):]: gf.meta(k) for k in gf.fields if k.startswith("general.sampling.")},
-        "cache": cache_footprint(gf),
-        "rope": rope_summary(gf),
+        **_model_lines(gf),
     }
 
 
-def rope_summary(gf: GGUFFile) -> dict | str | None:
-    """RoPE as nextn applies it: rotated dimensions, base, context extension (rope.scaling.*); the reason
-    where nextn refuses the file's scaling; None for a head alone."""
+def _model_lines(gf: GGUFFile) -> dict:
+    """What describe says from the model's config (the cache and RoPE lines); where the file does not make a
+    config nextn runs (a head alone, bad metadata) no cache line, and the RoPE line says why if RoPE is it."""
     from ..models.config import ModelConfig
 
     if form_of(gf) == HEAD_ONLY:
-        return None
+        return {"cache": None, "rope": None}
     try:
         cfg = ModelConfig.from_gguf(gf)
     except (NextnError, ValueError, KeyError) as e:
-        return str(e) if "rope" in str(e) else None
+        return {"cache": None, "rope": str(e) if "rope" in str(e) else None}
+    return {"cache": cache_footprint(gf, cfg), "rope": rope_summary(cfg)}
+
+
+def rope_summary(cfg) -> dict:
+    """RoPE as nextn applies it: rotated dimensions, base, context extension (rope.scaling.*)."""
     out = {"dims": cfg.n_rot, "head_dim": cfg.head_dim, "base": cfg.rope_theta, "scaling": cfg.rope_scaling}
     if cfg.rope_theta_swa:
         out["base_swa"] = cfg.rope_theta_swa
@@ -74,19 +78,12 @@ def rope_summary(gf: GGUFFile) -> dict | str | None:
     return out
 
 
-def cache_footprint(gf: GGUFFile) -> dict | None:
+def cache_footprint(gf: GGUFFile, cfg) -> dict:
     """Bytes of cache per token and fixed per sequence, as nextn allocates them on CPU (float32), for the
-    trunk and with the MTP head; None where the file does not describe a model nextn runs (a head alone)."""
+    trunk (config `cfg`) and with the MTP head."""
     from ..engine.config import EngineConfig
     from ..models.cache import footprint
-    from ..models.config import ModelConfig
 
-    if form_of(gf) == HEAD_ONLY:
-        return None
-    try:
-        cfg = ModelConfig.from_gguf(gf)
-    except (NextnError, ValueError, KeyError):
-        return None
     chunk = EngineConfig.prefill_chunk              # the default prefill chunk sizes sliding-window rings
     trunk = footprint(cfg, False, chunk)
     both = footprint(cfg, True, chunk) if gf.n_mtp else trunk

@@ -97,7 +97,8 @@ def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
 
 def load(model_path: str | Path | None = None, *, mtp_path: str | Path | None = None, use_mtp: bool = False,
          device: str | None = None, dtype: str | None = None, progress: bool = True, kernels: str = "int8",
-         draft_vocab: int = 0, mtp_layers: int = 0, comm=None, head_only: bool = False, mtp_out: bool = False):
+         draft_vocab: int = 0, mtp_layers: int = 0, comm=None, head_only: bool = False, mtp_out: bool = False,
+         tokenizer: Tokenizer | None = None):
     """Open, check and load a model. Returns (model config, model, tokenizer, trunk file).
     `kernels`: "int8" (Q4_K, Q6_K and Q8_0 weights meet int8-quantized activations in few-row CPU products,
     as llama.cpp runs them) or "exact" (weights decoded to floats in every product).
@@ -105,7 +106,8 @@ def load(model_path: str | Path | None = None, *, mtp_path: str | Path | None = 
     `mtp_layers`: > 0 loads only the file's first that many MTP layers (deeper drafts reuse the last).
     `comm` (parallel.comm): load this rank's shard of a tensor-parallel run.
     `head_only` (with use_mtp): the MTP head alone, whole, to run apart from the trunk (Model.mtp_apart).
-    `mtp_out` (without use_mtp): the trunk and the MTP blocks' output rows (Model.draft_out), for such a head."""
+    `mtp_out` (without use_mtp): the trunk and the MTP blocks' output rows (Model.draft_out), for such a head.
+    `tokenizer`: the file's, already built (a second load of the same file)."""
     trunk = open_trunk(model_path or default_model())
     cfg = ModelConfig.from_gguf(trunk)
     head = find_head(trunk, mtp_path) if use_mtp or mtp_out else None
@@ -115,7 +117,7 @@ def load(model_path: str | Path | None = None, *, mtp_path: str | Path | None = 
     dt = pick_dtype(dtype, dev)
     model = Model.load(trunk, cfg, head=head, use_mtp=use_mtp, device=dev, dtype=dt, progress=progress,
                        int8=kernels == "int8", comm=comm, trunk=not head_only, mtp_out=mtp_out)
-    tokenizer = Tokenizer.from_gguf(trunk)
+    tokenizer = tokenizer or Tokenizer.from_gguf(trunk)
     if use_mtp:
         model = with_draft_vocab((cfg, model, tokenizer, trunk), n=draft_vocab, head=head)[1]
     return cfg, model, tokenizer, trunk

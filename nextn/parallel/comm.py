@@ -64,13 +64,11 @@ class Comm:
             x = torch.nn.functional.pad(x, (0, per - x.shape[-1]), value=float("-inf"))
         x = x.contiguous()
         if self.size == 2 and not x.is_cuda:     # (more ranks: gloo's all-gather beat doubling 7x for these sizes)
-            theirs = self._swap(x, 1 - self.rank)
-            held = torch.cat([x, theirs] if self.rank == 0 else [theirs, x], -1)
+            parts = [x, self._swap(x, 1 - self.rank)][::1 if self.rank == 0 else -1]
         else:
             parts = [torch.empty_like(x) for _ in range(self.size)]
             self._timed(dist.all_gather, parts, x, group=self.group)
-            held = torch.cat(parts, -1)
-        return held[:, :n_vocab].reshape(*lead, n_vocab)
+        return torch.cat(parts, -1)[:, :n_vocab].reshape(*lead, n_vocab)
 
     def _swap(self, x: torch.Tensor, peer: int) -> torch.Tensor:
         """Rank `peer`'s x, for ours."""

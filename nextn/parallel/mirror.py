@@ -149,15 +149,14 @@ def lead(channel: Channel, runner, mtp_drafter, runner_args: dict) -> None:
     graphs = {}
     if runner.native:
         graphs.update(trunk=runner.trunk, rollback=runner.rollback)
-    if mtp_drafter is not None and not mtp_drafter.apart:
-        mtp_drafter.model = mtp_drafter.out_model = model
-        if runner.native:
-            graphs.update({f"block{i}": g for i, g in enumerate(mtp_drafter.blocks)})
-            graphs.update({f"head{i}": g for i, g in enumerate(mtp_drafter.heads)})
-    elif mtp_drafter is not None and mtp_drafter.out is runner:     # blocks on rank 0, output rows split
+    if mtp_drafter is not None and mtp_drafter.out is runner:      # draft logits scored by every rank
         mtp_drafter.out_model = model
+        if not mtp_drafter.apart:                                      # and the blocks split too
+            mtp_drafter.model = model
         if runner.native:
             graphs.update({f"head{i}": g for i, g in enumerate(mtp_drafter.heads)})
+            if not mtp_drafter.apart:
+                graphs.update({f"block{i}": g for i, g in enumerate(mtp_drafter.blocks)})
     for name, graph in graphs.items():
         graph.run = _announced(graph.run, key, name, channel, runner.buf)
 

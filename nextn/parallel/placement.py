@@ -40,8 +40,7 @@ def mtp_placement(config, trunk) -> Apart | None:
 
     head = find_head(trunk, config.mtp_model) or trunk
     reduced = bool(config.draft_vocab) or head.meta(draft_vocab.KEY) is not None
-    n_layer = trunk.n_layer_all - trunk.n_mtp
-    moe = any(n.endswith("ffn_gate_exps.weight") and (block_index(n) or 0) >= n_layer for n in head.tensors)
+    moe = any(n.endswith("ffn_gate_exps.weight") and (block_index(n) or 0) >= trunk.n_trunk for n in head.tensors)
     if config.tp_mtp == "auto" and moe and not reduced:
         return SPLIT
     return Apart(whole_output=reduced)
